@@ -1,0 +1,149 @@
+"""The one user-error type of loadmaster and the strict dataclass loader every spec goes through."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+
+class SpecError(ValueError):
+    """A user error in a model, cluster, plan, job or profile file.
+
+    Its message is one line: ``SOURCE: KEY: WHAT; FIX``. The CLI prints it and exits with code 2.
+    """
+
+    def __init__(self, source: str, key: str, problem: str, fix: str = "") -> None:
+        self.source, self.key, self.problem, self.fix = str(source), key, problem, fix
+        line = f"{self.source}: {key}: {problem}" + (f"; {fix}" if fix else "")
+        super().__init__(" ".join(line.split()))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML (or JSON, which is YAML) file into a dict, turning every failure into a SpecError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(p, "<file>", "no such file", "check the path or use a shipped recipe name") from None
+    except IsADirectoryError:
+        raise SpecError(p, "<file>", "is a directory, not a file", "point at the YAML file inside it") from None
+    except UnicodeDecodeError:
+        raise SpecError(p, "<file>", "is not UTF-8 text", "give a YAML or JSON file") from None
+    except OSError as e:
+        raise SpecError(p, "<file>", f"cannot be read ({e.strerror})", "check its permissions") from None
+    return parse_yaml(text, p)
+
+
+def parse_yaml(text: str, source: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(source, "<file>", f"is not valid YAML{where}", "fix the syntax") from None
+    except (RecursionError, ValueError, OverflowError):
+        raise SpecError(source, "<file>", "is not valid YAML", "fix the syntax") from None
+    if not isinstance(data, dict):
+        raise SpecError(source, "<file>", f"holds a {type(data).__name__}, not a mapping of keys",
+                        "write one `key: value` per line")
+    for k in data:
+        if not isinstance(k, str):
+            raise SpecError(source, repr(k), "keys must be strings", "quote the key or fix the indentation")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + (
+            " or null" if type(None) in get_args(tp) else "")
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _check(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits type ``tp``; returns (ok, converted value)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin is Union:
+        for arg in get_args(tp):
+            ok, v = _check(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is Literal:
+        return value in get_args(tp) and type(value) in {type(a) for a in get_args(tp)}, value
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            return False, value
+        (item,) = get_args(tp)[:1]
+        out = []
+        for v in value:
+            ok, cv = _check(v, item)
+            if not ok:
+                return False, value
+            out.append(cv)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 5.0e9 (no exponent sign) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                return False, value
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+T = typing.TypeVar("T")
+
+
+def build_dataclass(cls: type[T], data: dict, source: str | Path, *, what: str) -> T:
+    """Build dataclass ``cls`` from ``data``: unknown keys, missing keys and wrong types are SpecErrors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            fix = f"did you mean `{close[0]}`?" if close else f"valid {what} keys: {', '.join(sorted(fields))}"
+            raise SpecError(source, key, f"unknown {what} key", fix)
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpecError(source, name, f"missing (required in a {what})",
+                                f"add `{name}: <{_type_name(hints[name])}>`")
+            continue
+        ok, value = _check(data[name], hints[name])
+        if not ok:
+            raise SpecError(source, name, f"is {data[name]!r} ({type(data[name]).__name__})",
+                            f"it must be {_type_name(hints[name])}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def require(cond: bool, source: str | Path, key: str, problem: str, fix: str = "") -> None:
+    """Raise a SpecError unless ``cond``; used for value checks after types are known."""
+    if not cond:
+        raise SpecError(source, key, problem, fix)

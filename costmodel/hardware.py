@@ -1,0 +1,178 @@
+"""Hardware profiles: the measured (or datasheet) constants the cost model stands on, kept as data."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import SpecError, build_dataclass, read_yaml, require
+from .specs import ClusterSpec, resolve
+
+
+@dataclass(kw_only=True, frozen=True)
+class Curve:
+    """Achieved fraction of a peak as a saturating function of problem size x:
+    ``eff(x) = max_eff / (1 + (half_x / x) ** exponent)``; ``points`` keeps the measurements it was fit to."""
+
+    max_eff: float
+    """Asymptotic efficiency for very large problems (0-1]."""
+    half_x: float
+    """Size at which half of max_eff is reached."""
+    exponent: float = 1.0
+    """Steepness of the rise."""
+    points: list[list[float]] = field(default_factory=list)
+    """Measured [size, efficiency] pairs (informational; the fit is what the model uses)."""
+
+    def __call__(self, x):
+        return self.max_eff / (1.0 + (self.half_x / x) ** self.exponent)
+
+
+@dataclass(kw_only=True, frozen=True)
+class Link:
+    """One tier of interconnect, seen by one GPU, for the alpha-beta model of a ring collective."""
+
+    bandwidth_gbps: float
+    """Bus bandwidth per GPU at large messages, GB/s (NCCL's busbw)."""
+    latency_s: float
+    """Fixed cost per collective call, seconds (alpha)."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class Overlap:
+    """How much concurrent work slows compute; measured by `loadmaster profile`, refit by `calibrate`."""
+
+    comm_compute_slowdown: float = 0.05
+    """Fractional slowdown of compute while an NCCL collective runs beside it (SMs and HBM shared)."""
+    comm_efficiency: float = 1.0
+    """Fraction of the link's bandwidth a collective reaches while compute runs beside it."""
+    h2d_compute_slowdown: float = 0.02
+    """Fractional slowdown of compute while a host copy runs beside it."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class HardwareProfile:
+    """One GPU type and its links. ``source`` says where the numbers come from."""
+
+    name: str
+    """Profile name (file stem)."""
+    source: str
+    """'datasheet ...' or 'measured <date> <gpu> <torch version>'."""
+    memory_gib: float
+    """Device memory PyTorch can allocate, GiB."""
+    bf16_tflops: float
+    """Dense bf16 tensor-core peak, TFLOP/s (MFU is reported against this)."""
+    fp8_tflops: float
+    """Dense float8 tensor-core peak, TFLOP/s."""
+    hbm_gbps: float
+    """Achievable HBM bandwidth (a large device copy, read + write), GB/s."""
+    host_link_gbps: float
+    """Pinned host-device copy bandwidth per GPU, GB/s."""
+    cpu_adam_params_per_s: float
+    """Parameters per second one GPU's share of the host CPU updates with AdamW (offloaded state)."""
+    host_memory_gib: float = 1024.0
+    """CPU memory per node, GiB."""
+    intra_node: Link
+    """NVLink / NVSwitch (or PCIe) between GPUs of one node."""
+    inter_node: Link
+    """Network between nodes, per GPU."""
+    gemm: Curve
+    """bf16 GEMM efficiency (of bf16_tflops) by GEMM FLOPs (2mnk)."""
+    fp8_gemm: Curve
+    """float8 GEMM efficiency (of fp8_tflops) by GEMM FLOPs, compiled torchao tensorwise."""
+    attention: Curve
+    """Causal SDPA forward+backward efficiency (of bf16_tflops) by FLOPs per call."""
+    overlap: Overlap = field(default_factory=Overlap)
+    """Interference between overlapped work."""
+    context_gib: float = 0.0
+    """Memory outside PyTorch's allocator (CUDA context, NCCL, cuBLAS workspaces), GiB."""
+    fragmentation: float = 0.05
+    """Reserved/allocated - 1 of the caching allocator at peak (expandable segments)."""
+    kernel_launch_s: float = 5e-6
+    """Host cost per launched kernel in eager mode; bounds small blocks."""
+    constants: dict = field(default_factory=dict)
+    """Constants refit by `loadmaster calibrate` (named, each used in one cost formula)."""
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gib * 2**30
+
+    def with_cluster(self, cluster: ClusterSpec) -> "HardwareProfile":
+        """This profile with the cluster's link overrides applied."""
+        p = self
+        if cluster.intra_node_bandwidth_gbps:
+            p = dataclasses.replace(p, intra_node=dataclasses.replace(
+                p.intra_node, bandwidth_gbps=cluster.intra_node_bandwidth_gbps))
+        if cluster.inter_node_bandwidth_gbps:
+            p = dataclasses.replace(p, inter_node=dataclasses.replace(
+                p.inter_node, bandwidth_gbps=cluster.inter_node_bandwidth_gbps))
+        if cluster.host_memory_gib:
+            p = dataclasses.replace(p, host_memory_gib=cluster.host_memory_gib)
+        return p
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
+
+
+_NESTED = {"intra_node": Link, "inter_node": Link, "gemm": Curve, "fp8_gemm": Curve, "attention": Curve,
+           "overlap": Overlap}
+
+
+def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
+    """Build a profile from its dict, nested sections included, with the usual one-line errors."""
+    data = dict(data)
+    for key, cls in _NESTED.items():
+        if key in data:
+            require(isinstance(data[key], dict), source, key, f"is {data[key]!r}", "it must be a mapping")
+            try:
+                data[key] = build_dataclass(cls, data[key], source, what=key)
+            except SpecError as e:
+                raise SpecError(source, f"{key}.{e.key}", e.problem, e.fix) from None
+    prof = build_dataclass(HardwareProfile, data, source, what="profile")
+    for key in ("memory_gib", "bf16_tflops", "fp8_tflops", "hbm_gbps", "host_link_gbps", "cpu_adam_params_per_s"):
+        v = getattr(prof, key)
+        require(v > 0 and math.isfinite(v), source, key, f"is {v}", "it must be positive")
+    for key in ("gemm", "fp8_gemm", "attention"):
+        c = getattr(prof, key)
+        require(0 < c.max_eff <= 1, source, f"{key}.max_eff", f"is {c.max_eff}", "it must be in (0, 1]")
+        require(c.half_x > 0 and c.exponent > 0, source, f"{key}.half_x", "half_x and exponent must be positive")
+    for key in ("intra_node", "inter_node"):
+        ln = getattr(prof, key)
+        require(ln.bandwidth_gbps > 0 and ln.latency_s >= 0, source, key,
+                f"bandwidth {ln.bandwidth_gbps}, latency {ln.latency_s}", "bandwidth > 0 and latency >= 0")
+    return prof
+
+
+@functools.lru_cache(maxsize=64)
+def _load_cached(path: str, mtime: float) -> HardwareProfile:
+    return parse_profile(read_yaml(path), path)
+
+
+def load_profile(ref: str | Path | HardwareProfile) -> HardwareProfile:
+    """A profile from an object, a path or a name in profiles/."""
+    if isinstance(ref, HardwareProfile):
+        return ref
+    path = resolve(ref, "profiles")
+    return _load_cached(str(path), path.stat().st_mtime)
+
+
+def profile_for(cluster: ClusterSpec) -> HardwareProfile:
+    """The cluster's GPU profile with its link overrides; a measured profile wins over the datasheet one."""
+    name = cluster.gpu
+    measured = resolve_measured(name)
+    return load_profile(measured or name).with_cluster(cluster)
+
+
+def resolve_measured(name: str) -> str | None:
+    """`<name>-measured` in profiles/ if it exists (made by `loadmaster profile`)."""
+    from .specs import PROFILES
+    if Path(name).exists():
+        return None
+    cand = PROFILES / f"{name}-measured.yaml"
+    return str(cand) if cand.is_file() else None

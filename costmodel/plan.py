@@ -1,0 +1,231 @@
+"""The plan: the one schema the planner writes, `predict` costs and the trainer executes."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from .errors import SpecError, build_dataclass, read_yaml, require
+from .specs import ClusterSpec, ModelSpec
+
+PerStage = int | list[int] | None
+
+
+@dataclass(kw_only=True, frozen=True)
+class Plan:
+    """How one training job is parallelised and which memory techniques each pipeline stage uses.
+
+    ``zero`` levels, as executed with FSDP2 (launcher.fsdp.apply_fsdp):
+    0 replicates parameters, gradients and optimizer state (FSDP2 on a (dp, 1) HSDP mesh: DDP-like
+    all-reduce); 1 is executed as 2, because FSDP2 cannot shard the optimizer state alone (a warning says
+    so); 2 shards fp32 parameters, gradients and AdamW state and keeps the bf16 parameters unsharded from
+    forward to backward (``reshard_after_forward=False``); 3 also re-shards them after forward.
+    """
+
+    global_batch_size: int
+    """Sequences per optimizer step."""
+    micro_batch_size: int
+    """Sequences per micro-batch per data-parallel rank."""
+    seq_len: int
+    """Tokens per sequence."""
+    dp: int
+    """Data-parallel (FSDP) degree."""
+    tp: int
+    """Tensor-parallel degree (Megatron-style column/row split with DTensor)."""
+    pp: int
+    """Pipeline-parallel degree (ranks in the pipeline)."""
+    zero: Literal[0, 1, 2, 3]
+    """Sharding level, see the class docstring."""
+    recompute: Literal["none", "full", "selective"]
+    """Activation checkpointing: none, full (save block input only) or selective (save matmul and
+    attention outputs, recompute elementwise ops)."""
+    recompute_layers: PerStage = None
+    """Checkpointed blocks per stage (the first N of each stage): int, list per stage, or null = all."""
+    offload_activation_layers: PerStage = 0
+    """First N blocks of a stage (after the checkpointed ones) keep saved activations in pinned CPU memory."""
+    offload_state_layers: PerStage = 0
+    """First N blocks of a stage keep params, grads and optimizer state on CPU (FSDP2 CPUOffloadPolicy);
+    their optimizer step runs on the CPU."""
+    fp8_layers: PerStage = 0
+    """Blocks per stage whose Linear layers run in float8 (torchao; needs compile to pay)."""
+    fp8_rotation_steps: int = 0
+    """>0: the set of float8 blocks rotates every this many steps (DPQuant-style); 0: fixed set."""
+    fp8_recipe: Literal["tensorwise", "rowwise"] = "tensorwise"
+    """torchao float8 scaling recipe."""
+    layers_per_stage: list[int] | None = None
+    """Blocks of each pipeline stage (pp * virtual_stages entries); null = as even as possible."""
+    pp_schedule: Literal["1F1B", "Interleaved1F1B", "GPipe"] = "1F1B"
+    """Pipeline schedule (torch.distributed.pipelining names)."""
+    virtual_stages: int = 1
+    """Stages per pipeline rank (2 or more only with Interleaved1F1B)."""
+    sequence_parallel: bool = True
+    """With tp > 1: shard norms and residuals along the sequence (Korthikanti's sequence parallelism)."""
+    compile: bool = False
+    """torch.compile each transformer block (after AC, before FSDP)."""
+    model: str | None = None
+    """Model recipe name or path this plan was made for (launch uses it when --model is not given)."""
+    cluster: str | None = None
+    """Cluster recipe name or path this plan was made for."""
+
+    # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    @property
+    def num_stages(self) -> int:
+        return self.pp * self.virtual_stages
+
+    @property
+    def num_microbatches(self) -> int:
+        """Micro-batches per data-parallel rank per optimizer step."""
+        return self.global_batch_size // (self.micro_batch_size * self.dp)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
+
+    def stage_layers(self, num_layers: int) -> list[int]:
+        """Blocks per stage, the given split or the even one (earlier stages take the remainder)."""
+        if self.layers_per_stage is not None:
+            return list(self.layers_per_stage)
+        n = self.num_stages
+        return [num_layers // n + (1 if i < num_layers % n else 0) for i in range(n)]
+
+    def per_stage(self, key: str, num_layers: int) -> list[int]:
+        """A per-stage knob as one int per stage; recompute_layers=null means all blocks (if recompute)."""
+        layers = self.stage_layers(num_layers)
+        v = getattr(self, key)
+        if key == "recompute_layers":
+            if self.recompute == "none":
+                return [0] * len(layers)
+            if v is None:
+                return list(layers)
+        if isinstance(v, list):
+            return list(v)
+        return [min(int(v or 0), n) for n in layers]
+
+    def replace(self, **changes) -> "Plan":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            required = f.default is dataclasses.MISSING
+            if required or v != f.default:
+                out[f.name] = v
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0][:12]
+
+
+def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
+    """A Plan from a dict, with every check that needs no model or cluster."""
+    plan = build_dataclass(Plan, data, source, what="plan")
+    for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "virtual_stages"):
+        v = getattr(plan, key)
+        require(v >= 1, source, key, f"is {v}", "it must be a positive integer")
+        require(v <= 10**9, source, key, f"is {v}, beyond any cluster or batch", "check the value")
+    require(plan.fp8_rotation_steps >= 0, source, "fp8_rotation_steps", f"is {plan.fp8_rotation_steps}",
+            "use 0 (fixed set) or a positive step count")
+    per_mb = plan.micro_batch_size * plan.dp
+    require(plan.global_batch_size % per_mb == 0, source, "global_batch_size",
+            f"{plan.global_batch_size} is not a multiple of micro_batch_size × dp = {per_mb}",
+            f"use a multiple of {per_mb} or change micro_batch_size/dp")
+    if plan.pp_schedule == "Interleaved1F1B":
+        require(plan.virtual_stages >= 2 and plan.pp >= 2, source, "virtual_stages",
+                f"Interleaved1F1B needs pp ≥ 2 and virtual_stages ≥ 2 (got pp={plan.pp}, "
+                f"virtual_stages={plan.virtual_stages})", "set virtual_stages: 2 or use pp_schedule: 1F1B")
+    else:
+        require(plan.virtual_stages == 1, source, "virtual_stages",
+                f"is {plan.virtual_stages} with {plan.pp_schedule}", "use pp_schedule: Interleaved1F1B")
+    if plan.pp > 1:
+        require(plan.num_microbatches >= plan.pp, source, "micro_batch_size",
+                f"{plan.num_microbatches} micro-batches per step cannot fill {plan.pp} pipeline stages",
+                f"make global_batch_size / (micro_batch_size × dp) at least {plan.pp}")
+    if plan.layers_per_stage is not None:
+        require(len(plan.layers_per_stage) == plan.num_stages, source, "layers_per_stage",
+                f"has {len(plan.layers_per_stage)} entries for {plan.num_stages} stages",
+                "give one entry per stage (pp × virtual_stages)")
+        require(all(n >= 1 for n in plan.layers_per_stage), source, "layers_per_stage",
+                f"{plan.layers_per_stage} has an empty stage", "every stage needs at least one block")
+    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+        v = getattr(plan, key)
+        vals = v if isinstance(v, list) else [v] if v is not None else []
+        require(all(x >= 0 for x in vals), source, key, f"{v} is negative", "use 0 or more blocks")
+        if isinstance(v, list):
+            require(len(v) == plan.num_stages, source, key, f"has {len(v)} entries for {plan.num_stages} stages",
+                    "give one int per stage or a single int")
+    if plan.zero == 1:
+        warnings.warn(f"{source}: zero 1 runs as zero 2: FSDP2 cannot shard optimizer state alone",
+                      stacklevel=2)
+    if plan.fp8_layers and not plan.compile:
+        warnings.warn(f"{source}: float8 without compile is slower than bf16 on H100/H200; set compile: true",
+                      stacklevel=2)
+    return plan
+
+
+def load_plan(ref: str | Path | Plan | dict) -> Plan:
+    """A Plan from an object, a dict, or a YAML path."""
+    if isinstance(ref, Plan):
+        return ref
+    if isinstance(ref, dict):
+        return parse_plan(ref)
+    return parse_plan(read_yaml(ref), Path(ref))
+
+
+def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
+               source: str | Path = "<plan>") -> None:
+    """The checks that need the model and the cluster; SpecError naming the key and the fix."""
+    L = model.num_hidden_layers
+    if cluster is not None:
+        require(plan.world_size == cluster.num_gpus, source, "dp",
+                f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but cluster "
+                f"{cluster.name or ''} has {cluster.num_gpus} GPUs",
+                f"make dp × tp × pp = {cluster.num_gpus}")
+    for heads_key in ("num_attention_heads", "num_key_value_heads"):
+        heads = getattr(model, heads_key)
+        require(heads % plan.tp == 0, source, "tp",
+                f"{plan.tp} does not divide {heads_key} {heads} of {model.name}",
+                f"use tp in {_divisors(model.kv_heads)}")
+    require(model.intermediate_size % plan.tp == 0, source, "tp",
+            f"{plan.tp} does not divide intermediate_size {model.intermediate_size}", "use a divisor")
+    if plan.tp > 1 and plan.sequence_parallel:
+        require(plan.seq_len % plan.tp == 0, source, "seq_len",
+                f"{plan.seq_len} is not a multiple of tp {plan.tp} (sequence parallel)",
+                "use a multiple of tp or sequence_parallel: false")
+    require(plan.num_stages <= L, source, "pp", f"{plan.num_stages} stages for {L} blocks",
+            "use at most one stage per block")
+    layers = plan.stage_layers(L)
+    require(sum(layers) == L, source, "layers_per_stage", f"{layers} sums to {sum(layers)}, not {L} blocks",
+            f"make the entries sum to {L}")
+    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+        v = getattr(plan, key)
+        if isinstance(v, list):
+            for i, (x, n) in enumerate(zip(v, layers)):
+                require(x <= n, source, key, f"stage {i} asks for {x} of its {n} blocks",
+                        f"use at most {n}")
+        elif isinstance(v, int):
+            require(v <= max(layers), source, key, f"{v} is more than the {max(layers)} blocks of a stage",
+                    f"use at most {max(layers)}")
+    rec, off = plan.per_stage("recompute_layers", L), plan.per_stage("offload_activation_layers", L)
+    for i, (r, o, n) in enumerate(zip(rec, off, layers)):
+        require(r + o <= n, source, "offload_activation_layers",
+                f"stage {i}: {r} checkpointed + {o} offloaded blocks exceed its {n} blocks",
+                "activation offload applies to blocks after the checkpointed ones; lower one of the two")
+    if plan.recompute == "none" and plan.recompute_layers not in (None, 0):
+        raise SpecError(source, "recompute_layers", f"is {plan.recompute_layers} with recompute: none",
+                        "set recompute: full or selective, or drop recompute_layers")
+    if model.max_position_embeddings and plan.seq_len > model.max_position_embeddings:
+        warnings.warn(f"{source}: seq_len {plan.seq_len} exceeds {model.name}'s max_position_embeddings "
+                      f"{model.max_position_embeddings}", stacklevel=2)
