@@ -1,0 +1,177 @@
+"""Per-GPU memory of one pipeline stage, as sympy expressions in the plan's knobs (bytes).
+
+Semantics follow the trainer (launcher/): bf16 compute, fp32 master weights, AdamW state and gradient
+reduction (FSDP2 MixedPrecisionPolicy), FSDP2 `fully_shard` per block and on the root, the fp32 logits of the
+cross-entropy, SDPA (flash/cuDNN) attention. Each formula is written once and named for what it measures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import sympy as sp
+
+from .symbols import K, M, pos, smax, smin
+
+BF16, FP32 = 2, 4
+
+
+@dataclass(frozen=True)
+class ArchOptions:
+    """Implementation facts that change what a block saves; defaults describe loadmaster's trainer."""
+
+    attention: Literal["flash", "materialized"] = "flash"
+    """flash: SDPA saves its output and logsumexp; materialized: the s×s softmax is saved (Megatron 2022)."""
+    dropout: bool = False
+    """Dropout after attention and MLP (and on the attention probabilities when materialized)."""
+    norm_stats: bool = True
+    """Count the fp32 per-token statistics RMSNorm saves (Korthikanti's accounting leaves them out)."""
+    sp_saves_sharded: bool = False
+    """Under sequence parallelism, the all-gathered input of QKV/MLP is saved sharded and re-gathered in
+    backward (Megatron-LM); DTensor saves the gathered tensor (False)."""
+    selective: Literal["matmuls", "attention_core"] = "matmuls"
+    """What selective checkpointing keeps: every matmul and attention output, recomputing elementwise ops
+    (the trainer); or everything but the attention core, which is recomputed (Korthikanti's selective)."""
+
+
+RUNTIME = ArchOptions()
+
+
+def tokens() -> sp.Expr:
+    return K.b * K.s
+
+
+def seq_share() -> sp.Expr:
+    """Share of a hidden-size activation a rank holds: 1/t inside the sequence-parallel region."""
+    return 1 - K.sp_ + K.sp_ / K.t
+
+
+def block_params_local() -> sp.Expr:
+    """Weights of one block held per tensor-parallel rank (norm vectors are replicated)."""
+    attn = M.h * M.dh * (M.a + 2 * M.g) + M.a * M.dh * M.h
+    mlp = (2 + M.gated) * M.h * M.F
+    return (attn + mlp) / K.t + 2 * M.h
+
+
+def vocab_params_local() -> sp.Expr:
+    """Embedding / output projection weights on this stage (vocab-sharded by TP), plus the final norm."""
+    return K.nV * M.V * M.h / K.t + K.last * M.h
+
+
+def saved_activation_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
+    """Bytes one eager, non-checkpointed block saves for backward, per micro-batch, by tensor.
+
+    Korthikanti et al. 2022 (arXiv 2205.05198) §4 counts the same tensors for a GPT block; with
+    ``ArchOptions(attention="materialized", dropout=True, norm_stats=False, sp_saves_sharded=True)``, a plain
+    GeLU MLP of 4h and a = g heads of h/a, the sum is their Table 2 (see tests/test_korthikanti.py).
+    """
+    T, q, t = tokens(), seq_share(), K.t
+    gathered = q if opts.sp_saves_sharded else 1
+    terms = {
+        "norm_inputs": 2 * BF16 * T * M.h * q,               # RMSNorm inputs (attention_norm, ffn_norm)
+        "proj_inputs": 2 * BF16 * T * M.h * gathered,        # norm outputs = inputs of wq/wk/wv and w1(/w3)
+        "qkv": BF16 * T * (M.a + 2 * M.g) * M.dh / t,        # q, k (after RoPE), v saved by attention
+        "attn_out": BF16 * T * M.a * M.dh / t,               # attention output = input of wo
+        "mlp_hidden": (2 + 2 * M.gated) * BF16 * T * M.F / t,  # act input + wo2 input (+ silu out, w3 out)
+    }
+    if opts.norm_stats:
+        terms["norm_stats"] = 2 * FP32 * T * q               # per-token rstd of both norms
+    if opts.attention == "flash":
+        terms["softmax_lse"] = FP32 * T * M.a / t
+    else:
+        # softmax output (2 B), and with dropout its mask (1 B) and dropped output (2 B), per score
+        terms["softmax"] = (5 if opts.dropout else 2) * M.a * K.s * T / t
+    if opts.dropout:
+        terms["dropout_masks"] = 2 * T * M.h * q              # 1-byte masks after attention and MLP
+    return terms
+
+
+def activation_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr:
+    """Eager block, no checkpointing (Korthikanti's sbh(34 + 5as/h) when configured like the paper)."""
+    return sp.Add(*saved_activation_terms(opts).values())
+
+
+def compiled_activation_bytes_per_block() -> sp.Expr:
+    """A torch.compile'd block: the partitioner recomputes norms, RoPE and the MLP activation in backward and
+    saves their inputs instead; it cannot recompute across a collective, so the sequence-parallel all-gathers
+    stay saved."""
+    T, q, t = tokens(), seq_share(), K.t
+    return (2 * BF16 * T * M.h * q + 2 * FP32 * T * q + 2 * BF16 * T * M.h * K.sp_
+            + BF16 * T * (M.a + 2 * M.g) * M.dh / t + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t
+            + (1 + M.gated) * BF16 * T * M.F / t)
+
+
+def full_checkpoint_bytes_per_block() -> sp.Expr:
+    """Full recomputation keeps only the block input (Korthikanti's 2sbh)."""
+    return BF16 * tokens() * M.h * seq_share()
+
+
+def selective_checkpoint_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr:
+    """Selective recomputation keeps the block input and every matmul and attention output.
+
+    The row-parallel outputs (wo, w2) are saved before their reduction, so at full hidden size. Korthikanti's
+    variant keeps everything but the attention core (their sbh·34/t under sequence parallelism)."""
+    if opts.selective == "attention_core":
+        terms = saved_activation_terms(opts)
+        return sp.Add(*(v for k, v in terms.items() if k not in ("softmax", "softmax_lse")))
+    T, t = tokens(), K.t
+    return (full_checkpoint_bytes_per_block() + BF16 * T * (M.a + 2 * M.g) * M.dh / t
+            + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t + (1 + M.gated) * BF16 * T * M.F / t
+            + 2 * BF16 * T * M.h)
+
+
+def stage_activation_bytes(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
+    """Saved activations of one micro-batch on the GPU, and those held on the host, for the whole stage."""
+    plain = (1 - K.k) * activation_bytes_per_block(opts) + K.k * compiled_activation_bytes_per_block()
+    ckpt = (1 - K.sel) * full_checkpoint_bytes_per_block() + K.sel * selective_checkpoint_bytes_per_block(opts)
+    T, q = tokens(), seq_share()
+    head = K.last * (BF16 * T * M.h * q + FP32 * T * q + BF16 * T * M.h)  # final norm input/stats, its output
+    return {
+        "block_plain": plain,
+        "gpu": K.r * ckpt + (K.l - K.r - K.oa) * plain + head,
+        "host": K.oa * plain,
+    }
+
+
+def logits_bytes(phase: Literal["forward", "backward"]) -> sp.Expr:
+    """The cross-entropy's working set on the last stage: bf16 logits + fp32 copy + log-softmax output in
+    forward (10 B per logit); log-softmax output + its gradient + the input gradient in backward (12 B)."""
+    per_logit = 10 if phase == "forward" else 12
+    return K.last * per_logit * tokens() * M.V / K.t
+
+
+def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
+    """Every memory term of a stage (bytes per GPU) and the peak over the phases of a step."""
+    Pb, Pv = block_params_local(), vocab_params_local()
+    P_gpu = (K.l - K.os_) * Pb + Pv                      # parameters whose fp32 state lives on the GPU
+    P_all = K.l * Pb + Pv
+    acts = stage_activation_bytes(opts)
+    t = {
+        "master_params": FP32 * P_gpu / K.ds,
+        "optimizer_state": 2 * FP32 * P_gpu / K.ds,       # AdamW exp_avg + exp_avg_sq
+        "gradients": FP32 * P_gpu / K.ds,                 # sharded fp32 grads, end of backward to step
+        # zero 3 keeps the block being computed and the prefetched one; otherwise all blocks between forward
+        # and backward (zero 2/0) or across micro-batches (pipeline stages skip the reshard)
+        "unsharded_params": BF16 * Pb * (2 * K.z3 * (1 - K.keep) + (1 - K.z3 * (1 - K.keep)) * K.l)
+                            + BF16 * Pv,
+        "grad_accumulators": FP32 * P_all * K.nosync * K.acc,  # fp32 unsharded grads while sync is off
+        "activations": K.m * acts["gpu"],
+        "logits": smax(logits_bytes("forward"), logits_bytes("backward")),
+        # one block's param grads in bf16 + the fp32 reduce-scatter input while it is in flight
+        "grad_buffers": (BF16 + FP32) * Pb,
+        # a fully checkpointed last block is recomputed whole before its backward
+        "recompute_buffer": pos(K.r - K.l + 1) * (1 - K.sel) * acts["block_plain"],
+        # float8 casts each converted Linear's weight per use; one block's fp8 copies (1 B) live at a time
+        "fp8_weight_copies": smin(K.f, 1) * (Pb - 2 * M.h),
+        "host_state": 16 * K.os_ * Pb / K.ds,              # fp32 params, grads, AdamW state on the CPU
+        "host_activations": K.m * acts["host"],
+    }
+    static = t["master_params"] + t["optimizer_state"]
+    in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"]
+    t["peak_forward"] = static + in_step + logits_bytes("forward") + t["fp8_weight_copies"]
+    t["peak_backward"] = static + in_step + smax(logits_bytes("backward"),
+                                                  t["grad_buffers"] + t["recompute_buffer"])
+    t["peak_optimizer"] = static + t["gradients"]
+    t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
+    t["host_bytes"] = t["host_state"] + t["host_activations"]
+    return t

@@ -1,0 +1,127 @@
+"""`predict`: what one plan costs on one cluster — step time, peak memory per GPU, and why."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .flops import model_flops_per_token
+from .hardware import HardwareProfile, profile_for
+from .memory import RUNTIME, ArchOptions
+from .pipeline import bubble_time, in_flight, step_time
+from .plan import Plan, check_plan, load_plan
+from .specs import ClusterSpec, ModelSpec, load_cluster, load_model
+from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
+
+GiB = 2**30
+MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "unsharded_params", "grad_accumulators",
+                "activations", "logits", "grad_buffers", "recompute_buffer", "fp8_weight_copies")
+PHASES = ("peak_forward", "peak_backward", "peak_optimizer")
+PHASE_TERMS = {  # which terms are alive at each phase's peak (memory.memory_terms)
+    "peak_forward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators", "activations",
+                     "logits", "fp8_weight_copies"),
+    "peak_backward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators",
+                      "activations", "logits", "grad_buffers", "recompute_buffer"),
+    "peak_optimizer": ("master_params", "optimizer_state", "gradients"),
+}
+TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",
+              "offload_activations", "fsdp_step", "optimizer")
+
+
+@dataclass
+class Prediction:
+    """The cost of one plan. Times in seconds, memory in bytes per GPU (the worst rank)."""
+
+    feasible: bool
+    step_time_s: float
+    peak_memory_bytes: float
+    tokens_per_s: float
+    tokens_per_s_per_gpu: float
+    mfu: float
+    memory_capacity_bytes: float
+    memory_breakdown: dict[str, float]
+    time_breakdown: dict[str, float]
+    peak_phase: str
+    peak_rank: int
+    host_memory_bytes: float
+    reasons: list[str] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: HardwareProfile) -> dict:
+    """Numeric inputs of every pipeline stage of a plan (arrays over stages, first stage first)."""
+    L, S, pp, v = model.num_hidden_layers, plan.num_stages, plan.pp, plan.virtual_stages
+    Mb = plan.num_microbatches
+    idx = np.arange(S)
+    rank = idx % pp
+    first, last = (idx == 0).astype(float), (idx == S - 1).astype(float)
+    nV = first + last * (0.0 if (model.tie_word_embeddings and S == 1) else 1.0)
+    if S == 1:
+        nV = np.ones(1) * (1.0 if model.tie_word_embeddings else 2.0)
+    knobs = knob_inputs(
+        b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, zero=plan.zero,
+        sequence_parallel=plan.sequence_parallel, selective=float(plan.recompute == "selective"),
+        l=plan.stage_layers(L), r=plan.per_stage("recompute_layers", L),
+        oa=plan.per_stage("offload_activation_layers", L), os=plan.per_stage("offload_state_layers", L),
+        f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
+        m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV)
+    return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof),
+            **link_inputs(prof, cluster.gpus_per_node, plan.tp, plan.dp, pp), **knobs}
+
+
+def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, plan: Plan | str | Path | dict,
+            profile: HardwareProfile | None = None, opts: ArchOptions = RUNTIME) -> Prediction:
+    """Cost ``plan`` for ``model`` on ``cluster``; specs may be objects, paths or recipe names.
+
+    ``opts`` describes the runtime's implementation (loadmaster's trainer by default; Megatron-LM 2022 for
+    the published-number validations)."""
+    model, cluster, plan = load_model(model), load_cluster(cluster), load_plan(plan)
+    check_plan(plan, model, cluster)
+    prof = profile or profile_for(cluster)
+    S, pp, v = plan.num_stages, plan.pp, plan.virtual_stages
+    out = stage_model(None, opts)(**stage_inputs(model, cluster, plan, prof))
+    out = {k: np.broadcast_to(np.asarray(val, dtype=float), (S,)) for k, val in out.items()}
+    # a pipeline rank hosts stages rank, rank + pp, ... (virtual stages)
+    by_rank = lambda x: np.asarray(x).reshape(v, pp).sum(axis=0)  # noqa: E731
+    t_mb, delta, peak = by_rank(out["t_mb"]), by_rank(out["delta"]), by_rank(out["peak"])
+    Mb = plan.num_microbatches
+    step = float(step_time(t_mb, delta, Mb, v))
+    worst = int(np.argmax(peak))
+    chunks = [worst + j * pp for j in range(v)]
+    phase = max(PHASES, key=lambda ph: sum(out[ph][c] for c in chunks))
+    mem = {k: float(sum(out[k][c] for c in chunks)) for k in PHASE_TERMS[phase]}
+    capacity = prof.memory_bytes
+    need = float(peak[worst]) * (1 + prof.fragmentation) + prof.context_gib * GiB
+    host_need = float(by_rank(out["host_bytes"]).max()) * cluster.gpus_per_node
+    reasons = []
+    if need > capacity:
+        top = max(mem, key=mem.get)
+        reasons.append(
+            f"peak memory {need / GiB:.1f} GiB (allocated {peak[worst] / GiB:.1f} GiB + allocator "
+            f"{prof.fragmentation:.0%} + context {prof.context_gib:.1f} GiB) exceeds the {capacity / GiB:.1f} GiB "
+            f"of a {prof.name} on pipeline rank {worst} at its {phase.removeprefix('peak_')} peak; the largest "
+            f"term is {top} ({mem[top] / GiB:.1f} GiB)")
+    if host_need > prof.host_memory_gib * GiB * 0.9:
+        reasons.append(f"offloaded state and activations need {host_need / GiB:.0f} GiB of host memory per node, "
+                       f"over 90% of {prof.host_memory_gib:.0f} GiB")
+    tokens_s = plan.tokens_per_step / step
+    world = plan.world_size
+    b = int(np.argmax(t_mb))
+    bneck = [b + j * pp for j in range(v)]
+    times = {k: float(sum(out[k][c] for c in bneck)) * (1 if k in ("fsdp_step", "optimizer") else Mb)
+             for k in TIME_TERMS}
+    times["pipeline_bubble"] = float(bubble_time(t_mb, Mb, v))
+    stages = [{"stage": i, "layers": float(out["l"][i]) if "l" in out else None,
+               "peak_memory_bytes": float(out["peak"][i]), "t_microbatch_s": float(out["t_mb"][i]),
+               "delta_s": float(out["delta"][i])} for i in range(S)]
+    return Prediction(
+        feasible=not reasons, step_time_s=step, peak_memory_bytes=float(peak[worst]),
+        tokens_per_s=tokens_s, tokens_per_s_per_gpu=tokens_s / world,
+        mfu=model_flops_per_token(model, plan.seq_len) * tokens_s / world / (prof.bf16_tflops * 1e12),
+        memory_capacity_bytes=capacity, memory_breakdown=mem, time_breakdown=times, peak_phase=phase,
+        peak_rank=worst, host_memory_bytes=host_need, reasons=reasons, stages=stages)

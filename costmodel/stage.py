@@ -1,0 +1,136 @@
+"""Lambdified, vectorised evaluation of the stage cost expressions, and the numeric inputs they take."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import sympy as sp
+
+from .hardware import HardwareProfile
+from .memory import RUNTIME, ArchOptions, memory_terms
+from .specs import ModelSpec
+from .symbols import H, K, M
+from .timing import stage_time_terms
+
+# torchao's default float8 filters (H100 microbenchmarks), on a Linear's (K = in, N = out) features
+_FP8_SKIP = {
+    "tensorwise": lambda k, n: k <= 4096 and n <= 1024,
+    "rowwise": lambda k, n: n <= 2048 or k <= 1024 or (n <= 4096 and k <= 2048),
+}
+
+
+def fp8_eligible(model: ModelSpec, recipe: str = "tensorwise") -> dict[str, int]:
+    """Which Linears of a block torchao converts to float8 (1) or leaves in bf16 (0)."""
+    h, F, dh = model.hidden_size, model.intermediate_size, int(model.head_dim)
+    a, g = model.num_attention_heads, model.kv_heads
+    skip = _FP8_SKIP[recipe]
+    shapes = {"e_q": (h, a * dh), "e_kv": (h, g * dh), "e_o": (a * dh, h), "e_up": (h, F), "e_down": (F, h)}
+    return {k: int(not skip(*kn)) for k, kn in shapes.items()}
+
+
+def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, float]:
+    return {"h": model.hidden_size, "F": model.intermediate_size, "a": model.num_attention_heads,
+            "g": model.kv_heads, "dh": int(model.head_dim), "V": model.vocab_size,
+            "gated": int(model.gated_mlp), **fp8_eligible(model, fp8_recipe)}
+
+
+def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
+    c = p.constants
+    return {
+        "peak": p.bf16_tflops * 1e12, "peak8": p.fp8_tflops * 1e12, "hbm": p.hbm_gbps * 1e9,
+        "host": p.host_link_gbps * 1e9, "cpu_adam": p.cpu_adam_params_per_s,
+        "ge_max": p.gemm.max_eff, "ge_half": p.gemm.half_x, "ge_exp": p.gemm.exponent,
+        "f8_max": p.fp8_gemm.max_eff, "f8_half": p.fp8_gemm.half_x, "f8_exp": p.fp8_gemm.exponent,
+        "at_max": p.attention.max_eff, "at_half": p.attention.half_x, "at_exp": p.attention.exponent,
+        "slow_comm": p.overlap.comm_compute_slowdown, "comm_eff": p.overlap.comm_efficiency,
+        "slow_h2d": p.overlap.h2d_compute_slowdown, "launch": p.kernel_launch_s,
+        "hook": float(c.get("fsdp_hook_s", 60e-6)), "ew_eff": float(c.get("elementwise_efficiency", 0.8)),
+    }
+
+
+def link_inputs(p: HardwareProfile, gpus_per_node: int, t, d, pp) -> dict[str, np.ndarray]:
+    """Bandwidth (B/s) and latency of the tp, dp and pp groups for the rank layout (pp, dp, tp), tp innermost:
+    a group is intra-node while the ranks it spans fit in one node."""
+    t, d, pp = (np.asarray(x, dtype=float) for x in (t, d, pp))
+    intra_bw, inter_bw = p.intra_node.bandwidth_gbps * 1e9, p.inter_node.bandwidth_gbps * 1e9
+    intra_lat, inter_lat = p.intra_node.latency_s, p.inter_node.latency_s
+
+    def pick(span_over_node):
+        return np.where(span_over_node, inter_bw, intra_bw), np.where(span_over_node, inter_lat, intra_lat)
+    bw_tp, lat_tp = pick(t > gpus_per_node)
+    bw_dp, lat_dp = pick(t * d > gpus_per_node)
+    bw_pp, lat_pp = pick((t * d >= gpus_per_node) & (pp > 1))
+    return {"bw_tp": bw_tp, "lat_tp": lat_tp, "bw_dp": bw_dp, "lat_dp": lat_dp, "bw_pp": bw_pp, "lat_pp": lat_pp}
+
+
+def _printer_modules():
+    return [{"smax": np.maximum, "smin": np.minimum}, "numpy"]
+
+
+@dataclass
+class StageModel:
+    """The stage cost expressions (sympy) and their lambdified numpy evaluator."""
+
+    exprs: dict[str, sp.Expr]
+    args: list[sp.Symbol]
+    fn: object
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        missing = [str(a) for a in self.args if str(a) not in inputs]
+        if missing:
+            raise TypeError(f"stage model needs inputs {missing}")
+        out = self.fn(*[inputs[str(a)] for a in self.args])
+        return dict(zip(self.exprs, out))
+
+
+def _all_symbols() -> list[sp.Symbol]:
+    syms = []
+    for cls in (M, K, H):
+        for v in vars(cls).values():
+            if isinstance(v, sp.Symbol):
+                syms.append(v)
+    return syms
+
+
+@functools.lru_cache(maxsize=8)
+def stage_model(outputs: tuple[str, ...] | None = None, opts: ArchOptions = RUNTIME) -> StageModel:
+    """Build (once per output set) and lambdify the stage expressions; ``outputs`` picks a subset."""
+    exprs = {**memory_terms(opts), **stage_time_terms(opts)}
+    if outputs is not None:
+        exprs = {k: exprs[k] for k in outputs}
+    args = _all_symbols()
+    fn = sp.lambdify(args, list(exprs.values()), modules=_printer_modules(), cse=True)
+    return StageModel(exprs=exprs, args=args, fn=fn)
+
+
+def broadcast(outputs: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """Give every output the candidate dimension (constant expressions come back as scalars)."""
+    return {k: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for k, v in outputs.items()}
+
+
+def names(outputs: Iterable[str]) -> tuple[str, ...]:
+    return tuple(outputs)
+
+
+def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
+                last, nV) -> dict[str, np.ndarray]:
+    """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
+
+    zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
+    unsharded from forward to backward; 3 also reshards after forward. Pipelined stages keep the bf16 params
+    and fp32 gradient accumulators across micro-batches (torch.distributed.pipelining turns resharding and
+    gradient sync off until the last backward); so does gradient accumulation without pipelining.
+    """
+    arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
+    nosync = ((M > 1) | (pp > 1)).astype(float)
+    return {
+        "b": arr(b), "s": arr(s), "t": t, "d": d, "pp": pp,
+        "sp": ((t > 1) & arr(sequence_parallel).astype(bool)).astype(float),
+        "ds": np.where(zero >= 1, d, 1.0), "z3": (zero >= 3).astype(float), "z0": (zero == 0).astype(float),
+        "keep": (pp > 1).astype(float), "nosync": nosync, "acc": nosync * (M > m),
+        "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
+        "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
+    }

@@ -1,0 +1,66 @@
+"""The sympy symbols the cost formulas are written in: model shape, plan knobs, hardware constants.
+
+Every symbol is also an argument of the lambdified evaluator, so a caller passes numpy arrays (one entry per
+candidate) or scalars for any of them. Flags are 0/1 numbers so one expression covers every choice.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+
+def _syms(names: str, **assumptions) -> tuple[sp.Symbol, ...]:
+    return sp.symbols(names, **assumptions)
+
+
+class M:
+    """Model shape (per model, scalars)."""
+    h, F, a, g, dh, V = _syms("h F a g dh V", positive=True)
+    gated = sp.Symbol("gated", nonnegative=True)              # 1: SwiGLU (3 matrices), 0: plain GeLU MLP
+    # float8 eligibility of each Linear under torchao's size filter (1 = converted)
+    e_q, e_kv, e_o, e_up, e_down = _syms("e_q e_kv e_o e_up e_down", nonnegative=True)
+
+
+class K:
+    """Plan knobs of one pipeline stage (arrays over candidates)."""
+    b, s, t, d = _syms("b s t d", positive=True)             # micro-batch, sequence, tp, dp
+    sp_ = sp.Symbol("sp", nonnegative=True)                   # sequence parallel on (tp > 1)
+    ds = sp.Symbol("ds", positive=True)                       # divisor of fp32 states: dp if zero >= 1 else 1
+    z3 = sp.Symbol("z3", nonnegative=True)                    # reshard bf16 params after forward (zero 3)
+    z0 = sp.Symbol("z0", nonnegative=True)                    # replicated (zero 0): all-reduce, not reduce-scatter
+    keep = sp.Symbol("keep", nonnegative=True)                # params stay unsharded across micro-batches (pp > 1)
+    nosync = sp.Symbol("nosync", nonnegative=True)            # grads accumulate unsharded in fp32 (M > 1 or pp > 1)
+    acc = sp.Symbol("acc", nonnegative=True)                  # accumulators already exist at the activation peak
+    l = sp.Symbol("l", positive=True)                         # blocks in the stage
+    r = sp.Symbol("r", nonnegative=True)                      # checkpointed blocks
+    sel = sp.Symbol("sel", nonnegative=True)                  # 1: selective checkpointing, 0: full
+    oa = sp.Symbol("oa", nonnegative=True)                    # blocks with activations offloaded to CPU
+    os_ = sp.Symbol("os", nonnegative=True)                   # blocks with params/grads/optimizer on CPU
+    f = sp.Symbol("f", nonnegative=True)                      # blocks in float8
+    k = sp.Symbol("k", nonnegative=True)                      # torch.compile on
+    m = sp.Symbol("m", positive=True)                         # micro-batches in flight at the peak
+    M = sp.Symbol("M", positive=True)                         # micro-batches per step
+    first, last = _syms("first last", nonnegative=True)       # stage holds the embedding / the loss
+    nV = sp.Symbol("nV", nonnegative=True)                    # vocab x hidden matrices held (0, 1 or 2)
+    pp = sp.Symbol("pp", positive=True)                       # pipeline degree (1: no sends)
+
+
+class H:
+    """Hardware constants: rates in FLOP/s and bytes/s, times in s (arrays where links differ per candidate)."""
+    peak, peak8, hbm, host, cpu_adam = _syms("peak peak8 hbm host cpu_adam", positive=True)
+    ge_max, ge_half, ge_exp = _syms("ge_max ge_half ge_exp", positive=True)
+    f8_max, f8_half, f8_exp = _syms("f8_max f8_half f8_exp", positive=True)
+    at_max, at_half, at_exp = _syms("at_max at_half at_exp", positive=True)
+    bw_tp, lat_tp, bw_dp, lat_dp, bw_pp, lat_pp = _syms("bw_tp lat_tp bw_dp lat_dp bw_pp lat_pp", positive=True)
+    slow_comm, comm_eff, slow_h2d = _syms("slow_comm comm_eff slow_h2d", nonnegative=True)
+    launch = sp.Symbol("launch", nonnegative=True)            # host seconds per eager kernel
+    hook = sp.Symbol("hook", nonnegative=True)                # host seconds of FSDP2 hooks per block per pass
+    ew_eff = sp.Symbol("ew_eff", positive=True)               # elementwise kernels' share of copy bandwidth
+
+
+smax = sp.Function("smax")  # elementwise maximum (numpy.maximum); a Function keeps sympy from simplifying it
+smin = sp.Function("smin")
+
+
+def pos(x: sp.Expr) -> sp.Expr:
+    """max(x, 0)."""
+    return smax(x, 0)

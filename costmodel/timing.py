@@ -1,0 +1,178 @@
+"""Time of one pipeline stage per micro-batch, and its once-per-step extras, as sympy expressions (seconds).
+
+Compute is GEMM FLOPs over the profile's peak times its size-dependent efficiency, attention likewise,
+and memory-bound ops as bytes over HBM bandwidth; a block cannot run faster than the host launches its
+kernels. Communication is an alpha-beta ring model per link tier; what FSDP2 overlaps with compute is
+counted only where it is longer than that compute (exposed), with the compute slowed while it overlaps.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from .memory import BF16, FP32, RUNTIME, ArchOptions, block_params_local, seq_share, stage_activation_bytes, tokens, \
+    vocab_params_local
+from .symbols import H, K, M, pos, smax, smin
+
+
+def efficiency(x: sp.Expr, mx: sp.Symbol, half: sp.Symbol, ex: sp.Symbol) -> sp.Expr:
+    """Saturating efficiency curve of a profile (costmodel.hardware.Curve)."""
+    return mx / (1 + (half / x) ** ex)
+
+
+def gemm_s(flops: sp.Expr, fp8: sp.Expr = 0) -> sp.Expr:
+    """One GEMM: bf16 (fp8 = 0) or float8 (fp8 = 1) FLOPs over peak × efficiency at that size."""
+    bf16 = flops / (H.peak * efficiency(flops, H.ge_max, H.ge_half, H.ge_exp))
+    f8 = flops / (H.peak8 * efficiency(flops, H.f8_max, H.f8_half, H.f8_exp))
+    return (1 - fp8) * bf16 + fp8 * f8
+
+
+def block_linears() -> list[tuple[str, sp.Expr, sp.Expr, sp.Symbol]]:
+    """(name, K = input features, N = output features, float8-eligible) of each Linear, per TP rank."""
+    t = K.t
+    out = [("wq", M.h, M.a * M.dh / t, M.e_q), ("wk", M.h, M.g * M.dh / t, M.e_kv),
+           ("wv", M.h, M.g * M.dh / t, M.e_kv), ("wo", M.a * M.dh / t, M.h, M.e_o),
+           ("w1", M.h, M.F / t, M.e_up), ("w2", M.F / t, M.h, M.e_down)]
+    out.append(("w3", M.h, M.F / t, M.e_up * M.gated))
+    return out
+
+
+def block_gemm_s(fp8: sp.Expr) -> sp.Expr:
+    """Forward GEMMs of one block (backward is twice this: input and weight gradients)."""
+    T = tokens()
+    total = 0
+    for name, Kd, Nd, elig in block_linears():
+        weight = M.gated if name == "w3" else 1
+        total += weight * gemm_s(2 * T * Kd * Nd, fp8 * elig)
+    return total
+
+
+def fp8_cast_s() -> sp.Expr:
+    """Dynamic tensorwise scaling of one float8 block per micro-batch, forward + backward: an amax pass and a
+    cast pass over inputs, weights and output gradients (and transposed copies for the weight gradient);
+    ~5 B per bf16 element compiled, three times that eager (separate abs/max/scale/clamp/cast kernels)."""
+    T = tokens()
+    total = 0
+    for name, Kd, Nd, elig in block_linears():
+        weight = M.gated if name == "w3" else 1
+        total += weight * elig * (10 * T * Kd + 10 * Kd * Nd + 5 * T * Nd)
+    return (1 + 2 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
+
+
+def attention_flops_fwd() -> sp.Expr:
+    """Causal attention forward per rank: QK^T and PV, 4·b·s²·a·dh halved by the mask."""
+    return 2 * K.b * K.s ** 2 * M.a * M.dh / K.t
+
+
+def attention_s(opts: ArchOptions = RUNTIME) -> tuple[sp.Expr, sp.Expr]:
+    """(forward, backward) seconds of the attention core.
+
+    Flash: one fused kernel, backward 2.5× the forward FLOPs (it recomputes the scores). Materialized
+    (Megatron 2022): two batched GEMMs over the full s×s scores (no causal saving) each way, plus the
+    scale/mask/softmax (4 B per score) and dropout (5 B) passes over HBM; backward twice that."""
+    if opts.attention == "flash":
+        total_flops = 3.5 * attention_flops_fwd()
+        total = total_flops / (H.peak * efficiency(total_flops, H.at_max, H.at_half, H.at_exp))
+        return total / 3.5, total * 2.5 / 3.5
+    per_bmm = 2 * K.b * K.s ** 2 * M.a * M.dh / K.t
+    scores = K.b * M.a * K.s ** 2 / K.t
+    ew = (4 + 5 * int(opts.dropout)) * scores / (H.hbm * H.ew_eff)
+    fwd = 2 * gemm_s(per_bmm) + ew
+    return fwd, 2 * fwd
+
+
+def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
+    """HBM bytes of one block's memory-bound forward ops (norms, RoPE, activation, residual adds).
+
+    Eager: RMSNorm r+w 4 B/elt ×2, RoPE ~22 B/elt (mul, rotate-half, mul, add), SiLU·mul 10 B/elt (GeLU 4),
+    residual adds 6 B/elt ×2. Compiled: each group fused into one read and one write."""
+    T, q = tokens(), seq_share()
+    eager = 20 * T * M.h * q + 22 * T * (M.a + M.g) * M.dh / K.t + (4 + 6 * M.gated) * T * M.F / K.t
+    fused = 12 * T * M.h * q + 4 * T * (M.a + M.g) * M.dh / K.t + (4 + 2 * M.gated) * T * M.F / K.t
+    dropout = 2 * 5 * T * M.h * q * int(opts.dropout)   # mask + scale after attention and MLP
+    return (1 - K.k) * eager + K.k * fused + dropout
+
+
+def kernels_per_block_fwd() -> sp.Expr:
+    """Kernels one block launches in forward (eager ~30, compiled ~12, TP adds its collectives)."""
+    return (1 - K.k) * 30 + K.k * 12 + 8 * smin(K.t - 1, 1)
+
+
+def ring_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, lat: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
+    """Ring collective over n ranks: latency + factor·(n-1)/n·bytes / bus bandwidth (B/s); 0 for n = 1."""
+    return smin(n - 1, 1) * lat + factor * (n - 1) / n * nbytes / bw
+
+
+def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
+    """Seconds of a stage: steady per-micro-batch terms, once-per-step extras, and their breakdown."""
+    T, q = tokens(), seq_share()
+    Pb, Pv = block_params_local(), vocab_params_local()
+    acts = stage_activation_bytes(opts)
+    nf = K.f                                  # float8 blocks
+    nb = K.l - nf                             # bf16 blocks
+    ew = elementwise_bytes_fwd(opts) / (H.hbm * H.ew_eff)
+    att_f, att_b = attention_s(opts)
+    g_bf16, g_fp8 = block_gemm_s(0), block_gemm_s(1)
+    x = {}
+    # ---- compute of the blocks (per micro-batch) ----
+    fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew)
+    bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew)
+    selective_redo = ew if opts.selective == "matmuls" else att_f
+    recompute = K.r * ((1 - K.sel) * (g_bf16 + att_f + ew) + K.sel * selective_redo)
+    fp8_cast = nf * fp8_cast_s()
+    # host side: kernel launches and FSDP2 hooks; a block is never faster than the host feeds it
+    host_f = K.l * (kernels_per_block_fwd() * H.launch + H.hook)
+    host_b = K.l * (2 * kernels_per_block_fwd() * H.launch + H.hook) + K.r * kernels_per_block_fwd() * H.launch
+    x["compute_fwd"] = smax(fwd_gpu + fp8_cast / 3, host_f)
+    x["compute_bwd"] = smax(bwd_gpu + recompute + 2 * fp8_cast / 3, host_b)
+    # ---- embedding, output projection and loss ----
+    head_gemm = gemm_s(2 * T * M.h * M.V / K.t)
+    x["head"] = K.last * (3 * head_gemm + 42 * T * M.V / K.t / (H.hbm * H.ew_eff)
+                          + 8 * T * M.h * q / (H.hbm * H.ew_eff)) \
+        + K.first * (8 * T * M.h + 4 * M.V * M.h / K.t) / (H.hbm * H.ew_eff)
+    # ---- tensor parallel: 4 collectives of the b·s·h activation per block pass, exposed ----
+    act_bytes = BF16 * T * M.h
+    tp_pass = 2 * (1 + K.sp_) * smin(K.t - 1, 1) * H.lat_tp + 2 * 2 * (K.t - 1) / K.t * act_bytes / H.bw_tp
+    x["tp_comm"] = tp_pass * (2 * K.l + K.r * (1 - K.sel) + 0.5 * K.r * K.sel) \
+        + (K.first + K.last) * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
+    # ---- pipeline: receive the activation in forward and its gradient in backward ----
+    x["pp_comm"] = 2 * smin(K.pp - 1, 1) * (H.lat_pp + BF16 * T * M.h * q / H.bw_pp)
+    # ---- activation offload: saved tensors copied to and from pinned host memory on the compute stream ----
+    x["offload_activations"] = 2 * acts["host"] / H.host
+    # ---- FSDP2: all-gather bf16 params per block, reduce-scatter (all-reduce for zero 0) fp32 grads ----
+    h2d = FP32 * Pb / K.ds / H.host                    # an offloaded block's fp32 shard, each way
+    ag = ring_s(BF16 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp)
+    rs = ring_s(FP32 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp, factor=1 + K.z0)
+    ag_os, rs_os = ag + h2d, rs + h2d
+    blk_f = x["compute_fwd"] / K.l
+    blk_b = x["compute_bwd"] / K.l
+    nos = K.l - K.os_
+
+    def exposed(comm_plain: sp.Expr, comm_off: sp.Expr, comp: sp.Expr) -> sp.Expr:
+        """Comm hidden behind each block's compute except where longer; compute slowed while overlapped."""
+        def one(c):
+            return pos(c - comp) + H.slow_comm * smin(c, comp)
+        return nos * one(comm_plain) + K.os_ * one(comm_off)
+
+    ag_each = 1 - K.keep                                         # all-gather every micro-batch (not PP)
+    x["fsdp_fwd"] = ag_each * (exposed(ag, ag_os, blk_f) + ag)    # the first block's gather is not hidden
+    x["fsdp_bwd"] = ag_each * exposed(K.z3 * ag, K.z3 * ag_os, blk_b)
+    # once per step: the last micro-batch's reduce-scatters (after all of backward when pipelined), the
+    # pipelined stage's all-gathers of its first micro-batch, and the root's vocab params
+    rs_last = (1 - K.keep) * (exposed(K.z3 * ag + rs, K.z3 * ag_os + rs_os, blk_b)
+                              - exposed(K.z3 * ag, K.z3 * ag_os, blk_b) + rs) \
+        + K.keep * (nos * rs + K.os_ * rs_os)
+    root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
+                                                                            factor=1 + K.z0)
+    x["fsdp_step"] = rs_last + K.keep * (exposed(ag, ag_os, blk_f) + ag) + root
+    # ---- optimizer: fused AdamW + clipping, ~40 B per local fp32 parameter; offloaded blocks on the CPU ----
+    P_gpu = (K.l - K.os_) * Pb + Pv
+    gpu_opt = 40 * P_gpu / K.ds / (H.hbm * H.ew_eff) + (20 * K.l + 20) * H.launch
+    cpu_opt = K.os_ * Pb / K.ds / H.cpu_adam
+    x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.lat_dp
+    x["t_fwd"] = x["compute_fwd"] + x["fsdp_fwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
+        + x["offload_activations"] / 2 + x["head"] / 3
+    x["t_bwd"] = x["compute_bwd"] + x["fsdp_bwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
+        + x["offload_activations"] / 2 + 2 * x["head"] / 3
+    x["t_mb"] = x["t_fwd"] + x["t_bwd"]
+    x["delta"] = x["fsdp_step"] + x["optimizer"]
+    return x
