@@ -12,6 +12,6 @@ __all__ = ["SpecError", "ModelSpec", "ClusterSpec", "JobSpec", "Plan", "Hardware
 
 def __getattr__(name):  # predict pulls in sympy; keep `import costmodel` light for the trainer
     if name == "predict":
-        from .predict import predict
+        from .prediction import predict
         return predict
     raise AttributeError(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -57,9 +58,12 @@ def parse_yaml(text: str, source: str | Path) -> dict:
     return data
 
 
+_UNIONS = (Union, types.UnionType)
+
+
 def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
-    if origin is Union:
+    if origin in _UNIONS:
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + (
             " or null" if type(None) in get_args(tp) else "")
     if origin is Literal:
@@ -76,7 +80,7 @@ def _check(value: Any, tp: Any) -> tuple[bool, Any]:
     origin = get_origin(tp)
     if tp is Any:
         return True, value
-    if origin is Union:
+    if origin in _UNIONS:
         for arg in get_args(tp):
             ok, v = _check(value, arg)
             if ok:

@@ -70,6 +70,8 @@ class Plan:
     """Model recipe name or path this plan was made for (launch uses it when --model is not given)."""
     cluster: str | None = None
     """Cluster recipe name or path this plan was made for."""
+    source: str = dataclasses.field(default="<plan>", init=False, compare=False, repr=False)
+    """Where the plan was read from (error messages name it); not a plan key."""
 
     # ---- derived quantities -------------------------------------------------------------------
     @property
@@ -110,11 +112,15 @@ class Plan:
         return [min(int(v or 0), n) for n in layers]
 
     def replace(self, **changes) -> "Plan":
-        return dataclasses.replace(self, **changes)
+        new = dataclasses.replace(self, **changes)
+        object.__setattr__(new, "source", self.source)
+        return new
 
     def to_dict(self) -> dict:
         out = {}
         for f in dataclasses.fields(self):
+            if not f.init:
+                continue
             v = getattr(self, f.name)
             required = f.default is dataclasses.MISSING
             if required or v != f.default:
@@ -132,6 +138,7 @@ def _divisors(n: int) -> list[int]:
 def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
     """A Plan from a dict, with every check that needs no model or cluster."""
     plan = build_dataclass(Plan, data, source, what="plan")
+    object.__setattr__(plan, "source", str(source))
     for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "virtual_stages"):
         v = getattr(plan, key)
         require(v >= 1, source, key, f"is {v}", "it must be a positive integer")
@@ -185,14 +192,10 @@ def load_plan(ref: str | Path | Plan | dict) -> Plan:
 
 
 def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
-               source: str | Path = "<plan>") -> None:
+               source: str | Path | None = None) -> None:
     """The checks that need the model and the cluster; SpecError naming the key and the fix."""
+    source = source or plan.source
     L = model.num_hidden_layers
-    if cluster is not None:
-        require(plan.world_size == cluster.num_gpus, source, "dp",
-                f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but cluster "
-                f"{cluster.name or ''} has {cluster.num_gpus} GPUs",
-                f"make dp × tp × pp = {cluster.num_gpus}")
     for heads_key in ("num_attention_heads", "num_key_value_heads"):
         heads = getattr(model, heads_key)
         require(heads % plan.tp == 0, source, "tp",
@@ -200,6 +203,11 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
                 f"use tp in {_divisors(model.kv_heads)}")
     require(model.intermediate_size % plan.tp == 0, source, "tp",
             f"{plan.tp} does not divide intermediate_size {model.intermediate_size}", "use a divisor")
+    if cluster is not None:
+        require(plan.world_size == cluster.num_gpus, source, "dp",
+                f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but cluster "
+                f"{cluster.name or ''} has {cluster.num_gpus} GPUs",
+                f"make dp × tp × pp = {cluster.num_gpus}")
     if plan.tp > 1 and plan.sequence_parallel:
         require(plan.seq_len % plan.tp == 0, source, "seq_len",
                 f"{plan.seq_len} is not a multiple of tp {plan.tp} (sequence parallel)",

@@ -1,0 +1,87 @@
+"""The `loadmaster` command line: typer commands, rich output, one-line user errors with exit code 2.
+
+Each verb lives in its own module (`planner/cli_*.py`) exposing ``register(app)``; this file wires them and
+owns the error handling, so every verb reports a user error the same way.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+
+from costmodel.errors import SpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plan, predict and launch distributed training of large transformers.")
+console = Console()
+
+
+@app.callback()
+def _root() -> None:
+    """Plan, predict and launch distributed training of large transformers."""
+
+err_console = Console(stderr=True)
+
+USER_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """Print one line to stderr and exit with the user-error code."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(USER_ERROR)
+
+
+def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body, turning SpecError/ValueError into the one-line error and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("default")
+                warnings.formatwarning = lambda m, c, f, l, line=None: f"warning: {m}\n"
+                return fn(*args, **kwargs)
+        except SpecError as e:
+            fail(str(e))
+        except ValueError as e:  # user-facing ValueErrors name the value and the fix (TorchTitan style)
+            fail(" ".join(str(e).split()))
+        except FileNotFoundError as e:
+            fail(f"{e.filename}: no such file")
+    return wrapper
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=float) + "\n")
+
+
+_registered = False
+
+
+def _register_all() -> None:
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    import importlib
+    for name in ("cli_predict", "cli_plan", "cli_launch", "cli_profile", "cli_export", "cli_calibrate"):
+        try:
+            mod = importlib.import_module(f"planner.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"planner.{name}":  # verb not built yet
+                continue
+            raise
+        mod.register(app)
+
+
+def main() -> None:
+    _register_all()
+    app()
+
+
+if __name__ == "__main__":
+    main()
