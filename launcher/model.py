@@ -1,0 +1,209 @@
+"""A Llama-family decoder built from a ModelSpec, exactly the ops the cost model counts.
+
+Block: ``h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h))``. Attention has separate
+wq/wk/wv/wo projections without bias, real-valued rotate-half RoPE (cos/sin buffers; no complex numbers, so
+DTensor, torch.compile and float8 all see plain real tensors) and GQA through SDPA's ``enable_gqa``.
+
+The model is built on the meta device; ``init_weights`` materialises it after sharding. Initial values are a
+function of (seed, parameter FQN, global position) only, so every plan — and the unsharded single-process
+reference — starts from the same weights without any rank holding a full parameter.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from costmodel import ModelSpec
+
+# Wrappers (activation checkpointing, torch.compile) insert these into FQNs; checkpoints and init strip them.
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
+# Rows generated per random chunk are sized so a chunk holds about this many values (bounded temp memory).
+_INIT_CHUNK_NUMEL = 1 << 22
+
+
+def clean_fqn(name: str) -> str:
+    """A parameter name without the prefixes activation-checkpoint and compile wrappers add."""
+    for p in _WRAPPER_PREFIXES:
+        name = name.replace(p, "")
+    return name
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (seq_len, head_dim) for rotate-half RoPE, in fp32."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on x of shape (b, heads, s, head_dim)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        h, dh = spec.hidden_size, int(spec.head_dim)
+        self.head_dim = dh
+        self.wq = nn.Linear(h, spec.num_attention_heads * dh, bias=False)
+        self.wk = nn.Linear(h, spec.kv_heads * dh, bias=False)
+        self.wv = nn.Linear(h, spec.kv_heads * dh, bias=False)
+        self.wo = nn.Linear(spec.num_attention_heads * dh, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        # -1 heads: under tensor parallelism each rank holds heads / tp of them
+        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
+        cos, sin = cos[:s].to(q.dtype), sin[:s].to(q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.gated = spec.gated_mlp
+        self.w1 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
+        self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
+        self.w3 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False) if self.gated else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w3 is not None:
+            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(F.gelu(self.w1(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.attention = Attention(spec)
+        self.ffn_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.feed_forward = FeedForward(spec)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """The whole decoder, or one pipeline stage of it (missing parts are None; FQNs stay global)."""
+
+    def __init__(self, spec: ModelSpec, max_seq_len: int) -> None:
+        super().__init__()
+        self.spec, self.max_seq_len = spec, max_seq_len
+        self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        # keyed by global layer index so pipeline stages keep checkpoint FQNs stable
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.num_hidden_layers)})
+        self.norm: nn.RMSNorm | None = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.output: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(int(spec.head_dim), max_seq_len, spec.rope_theta)
+        # not persistent: derived from the spec, so checkpoints do not depend on seq_len
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (b, s) → logits (b, s, V); a middle pipeline stage maps hidden states to hidden states."""
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        for layer in self.layers.values():
+            h = layer(h, self.rope_cos, self.rope_sin)
+        if self.norm is not None:
+            h = self.norm(h)
+        return self.output(h) if self.output is not None else h
+
+    def init_weights(self, *, seed: int, buffer_device: torch.device | None = None) -> None:
+        """Fill every (possibly sharded) parameter in place; recompute the RoPE buffers.
+
+        Normal(0, std) with std 0.02 for input projections and tied embeddings, 0.02/sqrt(2L) for the
+        projections that write into the residual stream (wo, w2), 1.0 for an untied embedding and
+        hidden^-0.5 for the untied output (as TorchTitan); norms start at one.
+        """
+        spec = self.spec
+        depth_std = 0.02 / math.sqrt(2 * spec.num_hidden_layers)
+        for name, param in self.named_parameters():
+            fqn = clean_fqn(name)
+            leaf = fqn.rsplit(".", 2)[-2] if "." in fqn else fqn
+            if param.dim() == 1:
+                with torch.no_grad():
+                    _local(param).fill_(1.0)
+                continue
+            if fqn.startswith("tok_embeddings"):
+                std = 0.02 if spec.tie_word_embeddings else 1.0
+            elif fqn.startswith("output"):
+                std = spec.hidden_size ** -0.5
+            elif leaf in ("wo", "w2"):
+                std = depth_std
+            else:
+                std = 0.02
+            fill_normal_(param, fqn=fqn, std=std, seed=seed)
+        cos, sin = rope_tables(int(spec.head_dim), self.max_seq_len, spec.rope_theta)
+        device = buffer_device or self.rope_cos.device
+        self.rope_cos = cos.to(device)
+        self.rope_sin = sin.to(device)
+
+
+def build_model(spec: ModelSpec, seq_len: int) -> Transformer:
+    """The full model on the meta device (no memory); parallelise it, then materialise and init_weights."""
+    with torch.device("meta"):
+        return Transformer(spec, seq_len)
+
+
+def _local(param: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+    return param.to_local() if isinstance(param, DTensor) else param
+
+
+def local_box(param: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(global offset, local shape) of the part of ``param`` this rank holds."""
+    from torch.distributed.tensor import DTensor
+    if not isinstance(param, DTensor):
+        return (0,) * param.dim(), tuple(param.shape)
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return tuple(offset), tuple(shape)
+
+
+def _chunk_seed(seed: int, fqn: str, chunk: int) -> int:
+    return (seed * 1_000_003 + zlib.crc32(fqn.encode()) * 65_537 + chunk) % (1 << 62)
+
+
+@torch.no_grad()
+def fill_normal_(param: torch.Tensor, *, fqn: str, std: float, seed: int) -> None:
+    """Normal(0, std) values that depend on (seed, fqn, global index) only, written into the local shard.
+
+    The global tensor is cut into fixed row chunks (a function of its shape alone), each drawn from a
+    generator seeded by (seed, fqn, chunk); a rank draws just the chunks its rows overlap.
+    """
+    local = _local(param)
+    if local.numel() == 0:
+        return
+    offset, shape = local_box(param)
+    assert tuple(local.shape) == shape, (fqn, local.shape, shape)
+    gshape = tuple(param.shape)
+    row_numel = math.prod(gshape[1:])
+    chunk_rows = max(1, _INIT_CHUNK_NUMEL // row_numel)
+    r0, r1 = offset[0], offset[0] + shape[0]
+    gen = torch.Generator(device=local.device)
+    for k in range(r0 // chunk_rows, (r1 - 1) // chunk_rows + 1):
+        c0 = k * chunk_rows
+        n = min(chunk_rows, gshape[0] - c0)
+        gen.manual_seed(_chunk_seed(seed, fqn, k))
+        block = torch.randn((n, *gshape[1:]), generator=gen, device=local.device, dtype=torch.float32)
+        lo, hi = max(r0, c0), min(r1, c0 + n)
+        piece = block[lo - c0:hi - c0]
+        for d in range(1, len(gshape)):
+            piece = piece.narrow(d, offset[d], shape[d])
+        local[lo - r0:hi - r0].copy_(piece * std)
