@@ -1,0 +1,169 @@
+"""Per-step measurements, the run summary, and costmodel's prediction for the same plan beside them."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, model_flops_per_token
+
+
+class StepTimer:
+    """Wall time of one step; on GPU the device is synchronised at both ends so queued kernels count."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - self._t0
+
+
+def gpu_profile_name(device: torch.device) -> str | None:
+    """The profile of the GPU in use: H200 → h200, H100 → h100-sxm, A100 → a100-80g / a100-40g; None on CPU."""
+    if device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    name = props.name.upper()
+    if "H200" in name:
+        return "h200"
+    if "H100" in name:
+        return "h100-sxm"
+    if "A100" in name:
+        return "a100-80g" if props.total_memory > 50 * 2**30 else "a100-40g"
+    if "B200" in name:
+        return "b200"
+    if "L4" in name:
+        return "l4"
+    return None
+
+
+def detect_cluster(device: torch.device, cluster: str | None) -> ClusterSpec | None:
+    """``cluster`` if given, else nodes × GPUs per node from torchrun's environment and the GPU's profile."""
+    if cluster:
+        return load_cluster(cluster)
+    gpu = gpu_profile_name(device)
+    if gpu is None:
+        return None
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return ClusterSpec(nodes=max(1, world // local), gpus_per_node=local, gpu=gpu, name=f"detected-{gpu}")
+
+
+def peak_tflops(cluster: ClusterSpec | None) -> float | None:
+    """The dense bf16 peak MFU is reported against (the cluster's profile), None without a GPU profile."""
+    if cluster is None:
+        return None
+    return load_profile(cluster.gpu).bf16_tflops
+
+
+def step_record(*, step: int, time_s: float, loss: float, grad_norm: float, lr: float, model: ModelSpec,
+                plan: Plan, peak_tflops_: float | None, peak_alloc: float | None, peak_reserved: float | None,
+                fp8_window: list[int] | None) -> dict:
+    """One metrics.jsonl line; memory is already the max over ranks."""
+    world = plan.world_size
+    tps = plan.tokens_per_step / time_s / world
+    mfu = model_flops_per_token(model, plan.seq_len) * tps / (peak_tflops_ * 1e12) if peak_tflops_ else None
+    rec = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": time_s,
+           "tokens_per_s_per_gpu": tps, "mfu": mfu, "peak_memory_bytes": peak_alloc,
+           "peak_reserved_bytes": peak_reserved}
+    if fp8_window is not None:
+        rec["fp8_window"] = fp8_window
+    return rec
+
+
+def max_memory_over_ranks(device: torch.device) -> tuple[float | None, float | None]:
+    """(peak allocated, peak reserved) bytes of this step, max over ranks; (None, None) off GPU."""
+    if device.type != "cuda":
+        return None, None
+    t = torch.tensor([torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)],
+                     dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0]), float(t[1])
+
+
+def _median(records: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in records if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def predict_for(model: ModelSpec, cluster: ClusterSpec | None, plan: Plan) -> tuple[dict | None, str | None]:
+    """(prediction dict, None) or (None, why there is none). costmodel.predict is imported lazily: it may not
+    exist yet, and the trainer must not fail for want of a prediction."""
+    if cluster is None:
+        return None, "no GPU profile for this device (CPU run?); pass --cluster to predict anyway"
+    try:
+        import costmodel
+        prediction = costmodel.predict(model, cluster, plan)
+        return prediction.to_dict(), None
+    except (AttributeError, ImportError) as e:
+        return None, f"costmodel.predict unavailable: {type(e).__name__}: {e}"
+    except SpecError as e:
+        return None, f"costmodel.predict refused the plan: {e}"
+    except Exception as e:  # a bug in the cost model must not lose the measurements
+        return None, f"costmodel.predict failed: {type(e).__name__}: {e}"
+
+
+def summarize(records: list[dict], *, timing_warmup_steps: int, model: ModelSpec, plan: Plan,
+              cluster: ClusterSpec | None, extra: dict) -> dict:
+    """Medians over post-warm-up steps (all steps if there are no others), max memory, the last loss, and the
+    prediction for the same plan with the error in % (100 · (predicted - measured) / measured)."""
+    timed = records[timing_warmup_steps:] or records
+    out = {
+        "steps_measured": len(timed),
+        "step_time_s": _median(timed, "step_time_s"),
+        "tokens_per_s_per_gpu": _median(timed, "tokens_per_s_per_gpu"),
+        "mfu": _median(timed, "mfu"),
+        "peak_memory_bytes": max((r["peak_memory_bytes"] for r in records if r.get("peak_memory_bytes")),
+                                 default=None),
+        "peak_reserved_bytes": max((r["peak_reserved_bytes"] for r in records if r.get("peak_reserved_bytes")),
+                                   default=None),
+        "final_loss": records[-1]["loss"] if records else None,
+        "plan": plan.to_dict(), "model": model.name, "world_size": plan.world_size,
+        "cluster": cluster.name if cluster else None,
+    }
+    out.update(extra)
+    predicted, why = predict_for(model, cluster, plan)
+    if predicted is None:
+        out["prediction_error"] = why
+        return out
+    out["predicted"] = predicted
+    errors = {}
+    for key in ("step_time_s", "peak_memory_bytes"):
+        m, p = out.get(key), predicted.get(key)
+        if m and p is not None:
+            errors[key] = 100.0 * (p - m) / m
+    out["error_pct"] = errors
+    return out
+
+
+class MetricsWriter:
+    """Appends metrics.jsonl and writes summary.json in the run directory (rank 0 only; no-op without one)."""
+
+    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+        active = run_dir is not None and (not dist.is_initialized() or dist.get_rank() == 0)
+        self.dir = Path(run_dir) if active else None
+        if self.dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def step(self, record: dict) -> None:
+        if self.dir:
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def summary(self, summary: dict) -> None:
+        if self.dir:
+            (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
