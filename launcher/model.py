@@ -125,13 +125,15 @@ class Transformer(nn.Module):
         return self.output(h) if self.output is not None else h
 
     def init_weights(self, *, seed: int, buffer_device: torch.device | None = None) -> None:
-        """Fill every (possibly sharded) parameter in place; recompute the RoPE buffers.
+        """Fill every (possibly sharded) parameter in place, re-tie a tied output, recompute the RoPE buffers.
 
         Normal(0, std) with std 0.02 for input projections and tied embeddings, 0.02/sqrt(2L) for the
         projections that write into the residual stream (wo, w2), 1.0 for an untied embedding and
         hidden^-0.5 for the untied output (as TorchTitan); norms start at one.
         """
         spec = self.spec
+        if spec.tie_word_embeddings and self.tok_embeddings is not None and self.output is not None:
+            self.output.weight = self.tok_embeddings.weight  # to_empty made them two tensors again
         depth_std = 0.02 / math.sqrt(2 * spec.num_hidden_layers)
         for name, param in self.named_parameters():
             fqn = clean_fqn(name)

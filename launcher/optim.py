@@ -64,10 +64,11 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, *,
     for p in params:
         g = p.grad
         mesh = g.device_mesh if isinstance(g, DTensor) else None
-        groups[(id(mesh), g.device)].append(g)
+        groups[(id(mesh), g.device)].append(p)
     device = params[0].grad.device
     total_sq = torch.zeros((), dtype=torch.float32, device=device)
-    for grads in groups.values():
+    for group in groups.values():
+        grads = [p.grad for p in group]
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False, foreach=True)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
@@ -76,6 +77,6 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, *,
         dist.all_reduce(total_sq, op=dist.ReduceOp.SUM, group=pp_group)
     total = total_sq.sqrt()
     if max_norm > 0:
-        for grads in groups.values():  # foreach ops, like norms, cannot mix meshes
-            torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total, foreach=True)
+        for group in groups.values():  # foreach ops, like norms, cannot mix meshes
+            torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=True)
     return total

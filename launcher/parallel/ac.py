@@ -49,8 +49,8 @@ def apply_ac(model: Transformer, *, mode: Literal["none", "full", "selective"], 
       w1, w3, w2 projections) and of scaled-dot-product attention, and recomputes everything else in backward
       (norms, RoPE, SiLU and the gate product, residual adds, casts; with tensor parallelism also the
       all-gathers/reduce-scatters between them, which follow non-saved ops).
-    Blocks after the first ``num_blocks`` are untouched. The wrapper (``_checkpoint_wrapped_module``) is stripped
-    from FQNs by ``named_parameters`` and by DCP's state-dict helpers, so checkpoints do not see it.
+    Blocks after the first ``num_blocks`` are untouched. The wrapper's ``_checkpoint_wrapped_module`` prefix is
+    stripped from ``state_dict`` keys and by DCP's state-dict helpers, so checkpoints do not see it.
     """
     if mode == "none" or num_blocks <= 0:
         return

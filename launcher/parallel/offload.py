@@ -10,7 +10,7 @@ from launcher.model import Transformer
 class SaveOnCpuWrapper(ActivationWrapper):
     """Runs the wrapped block under ``torch.autograd.graph.save_on_cpu``: every tensor autograd saves for
     backward is copied to host memory in forward and back to the device in backward. Subclassing
-    ActivationWrapper keeps FQNs free of the wrapper (``_checkpoint_wrapped_module`` is stripped)."""
+    ActivationWrapper keeps the wrapper out of state-dict keys (``_checkpoint_wrapped_module`` is stripped)."""
 
     def __init__(self, module: torch.nn.Module, *, pin_memory: bool) -> None:
         super().__init__(module)
