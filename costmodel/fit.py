@@ -2,8 +2,9 @@
 
 Two models, both stated in costmodel.hardware:
 - an efficiency curve ``eff(x) = max_eff / (1 + (half_x / x) ** exponent)`` (GEMM, float8 GEMM, attention);
-- the alpha-beta time of a collective ``t = latency_s + algo_factor * bytes / bandwidth`` with NCCL's bus
-  bandwidth convention (algo_factor 2(n-1)/n for all-reduce, (n-1)/n for all-gather / reduce-scatter).
+- the alpha-beta time of a collective ``t = steps * latency_s + algo_factor * bytes / bandwidth`` with NCCL's
+  bus bandwidth convention (algo_factor 2(n-1)/n for all-reduce, (n-1)/n for all-gather / reduce-scatter)
+  and the cost model's latency per ring step (costmodel.timing.ring_s: n-1 steps, 2(n-1) for all-reduce).
 
 Both fits minimise *relative* error: the cost model turns an efficiency into a time, so a 5 % miss on a small
 GEMM matters as much as a 5 % miss on a large one. numpy alone is enough; scipy, when installed, polishes
@@ -144,26 +145,41 @@ def bus_factor(op: str, world_size: int) -> float:
     return factors[op]
 
 
+def ring_steps(op: str, world_size: int) -> float:
+    """Latency steps of one call (costmodel.timing.ring_s): n-1 for a ring all-gather or reduce-scatter,
+    2(n-1) for an all-reduce (both in turn), 1 for a point-to-point exchange."""
+    bus_factor(op, world_size)  # validates op and world_size
+    n = world_size
+    return {"all_reduce": 2.0 * (n - 1), "all_gather": n - 1.0, "reduce_scatter": n - 1.0, "send_recv": 1.0}[op]
+
+
+def _per_point(value: float | Sequence[float], shape: tuple[int, ...], what: str) -> np.ndarray:
+    arr = _as_positive_array(np.atleast_1d(value), what)
+    return np.broadcast_to(arr, shape) if arr.size == 1 else arr
+
+
 def fit_alpha_beta(nbytes: Sequence[float], seconds: Sequence[float],
-                   algo_factor: float | Sequence[float] = 1.0) -> tuple[float, float]:
-    """Fit ``t = latency_s + algo_factor * bytes / (bandwidth_gbps * 1e9)``; returns (latency_s, bandwidth_gbps).
+                   algo_factor: float | Sequence[float] = 1.0,
+                   latency_steps: float | Sequence[float] = 1.0) -> tuple[float, float]:
+    """Fit ``t = latency_steps * latency_s + algo_factor * bytes / (bandwidth_gbps * 1e9)``;
+    returns (latency_s, bandwidth_gbps).
 
     Weighted by 1/t (relative error), so 64 KiB messages (latency-bound) and 1 GiB messages (bandwidth-bound)
-    both shape the fit. ``algo_factor`` is one number or one per point (to fit several collectives together).
-    A negative latency is clamped to 0 and the bandwidth refit alone.
+    both shape the fit. ``algo_factor`` and ``latency_steps`` are one number or one per point (to fit several
+    collectives together). A negative latency is clamped to 0 and the bandwidth refit alone.
     """
     b = _as_positive_array(nbytes, "message size")
     t = _as_positive_array(seconds, "time")
-    f = np.broadcast_to(_as_positive_array(np.atleast_1d(algo_factor), "algo_factor"), b.shape) \
-        if np.size(algo_factor) == 1 else _as_positive_array(algo_factor, "algo_factor")
-    if not (b.shape == t.shape == f.shape):
-        raise ValueError(f"fit_alpha_beta got {b.size} sizes, {t.size} times and {f.size} factors; "
-                         "pass one time (and factor) per message size")
+    f = _per_point(algo_factor, b.shape, "algo_factor")
+    steps = _per_point(latency_steps, b.shape, "latency_steps")
+    if not (b.shape == t.shape == f.shape == steps.shape):
+        raise ValueError(f"fit_alpha_beta got {b.size} sizes, {t.size} times, {f.size} factors and {steps.size} "
+                         "latency steps; pass one time (and factor) per message size")
     if np.unique(b * f).size < 2:
         raise ValueError(f"fit_alpha_beta needs 2 or more distinct message sizes, got {b.size} point(s) at "
                          f"{np.unique(b * f).size} size(s); measure more sizes")
-    # Rows scaled by 1/t: minimise sum(((alpha + inv_bw * f b) - t) / t)^2.
-    a = np.stack([1.0 / t, f * b / t], axis=1)
+    # Rows scaled by 1/t: minimise sum(((steps alpha + inv_bw f b) - t) / t)^2.
+    a = np.stack([steps / t, f * b / t], axis=1)
     (alpha, inv_bw), *_ = np.linalg.lstsq(a, np.ones_like(t), rcond=None)
     if alpha < 0:
         alpha = 0.0
