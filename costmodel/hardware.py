@@ -38,7 +38,7 @@ class Link:
     bandwidth_gbps: float
     """Bus bandwidth per GPU at large messages, GB/s (NCCL's busbw)."""
     latency_s: float
-    """Fixed cost per collective call, seconds (alpha)."""
+    """Cost of one step of a ring collective, seconds (alpha; a ring over n ranks takes n - 1 steps)."""
 
 
 @dataclass(kw_only=True, frozen=True)

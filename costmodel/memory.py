@@ -154,11 +154,14 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         # and backward (zero 2/0) or across micro-batches (pipeline stages skip the reshard)
         "unsharded_params": BF16 * Pb * (2 * K.z3 * (1 - K.keep) + (1 - K.z3 * (1 - K.keep)) * K.l)
                             + BF16 * Pv,
-        "grad_accumulators": FP32 * P_all * K.nosync * K.acc,  # fp32 unsharded grads while sync is off
+        # grads of earlier micro-batches: unsharded fp32 while sync is off, else the sharded fp32 grads
+        "grad_accumulators": FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync)) * K.acc,
         "activations": K.m * acts["gpu"],
         "logits": smax(logits_bytes("forward"), logits_bytes("backward")),
         # one block's param grads in bf16 + the fp32 reduce-scatter input while it is in flight
         "grad_buffers": (BF16 + FP32) * Pb,
+        # the root's (embedding, output) bf16 grads: made at the start of backward, reduced at its end
+        "root_grads": BF16 * Pv,
         # a fully checkpointed last block is recomputed whole before its backward
         "recompute_buffer": pos(K.r - K.l + 1) * (1 - K.sel) * acts["block_plain"],
         # float8 casts each converted Linear's weight per use; one block's fp8 copies (1 B) live at a time
@@ -169,9 +172,13 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     static = t["master_params"] + t["optimizer_state"]
     in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"]
     t["peak_forward"] = static + in_step + logits_bytes("forward") + t["fp8_weight_copies"]
-    t["peak_backward"] = static + in_step + smax(logits_bytes("backward"),
-                                                  t["grad_buffers"] + t["recompute_buffer"])
+    t["peak_backward"] = static + in_step + t["root_grads"] + smax(logits_bytes("backward"),
+                                                                    t["grad_buffers"] + t["recompute_buffer"])
     t["peak_optimizer"] = static + t["gradients"]
     t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
+    # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
+    t["act_per_microbatch"] = acts["gpu"]
+    t["host_act_per_microbatch"] = acts["host"]
+    t["accumulator_bytes"] = FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync))
     return t

@@ -66,6 +66,10 @@ class Plan:
     """With tp > 1: shard norms and residuals along the sequence (Korthikanti's sequence parallelism)."""
     compile: bool = False
     """torch.compile each transformer block (after AC, before FSDP)."""
+    grad_reduce: Literal["last", "every"] = "last"
+    """Gradient accumulation: "last" turns FSDP2's gradient sync off until the last micro-batch (fp32
+    unsharded gradients are kept meanwhile: 4 B per parameter of the stage); "every" reduce-scatters after
+    each micro-batch (more communication, no unsharded buffer). Pipelines reduce once per step ("last")."""
     model: str | None = None
     """Model recipe name or path this plan was made for (launch uses it when --model is not given)."""
     cluster: str | None = None
@@ -156,6 +160,8 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
     else:
         require(plan.virtual_stages == 1, source, "virtual_stages",
                 f"is {plan.virtual_stages} with {plan.pp_schedule}", "use pp_schedule: Interleaved1F1B")
+    require(plan.pp == 1 or plan.grad_reduce == "last", source, "grad_reduce",
+            "torch.distributed.pipelining reduces gradients once per step", "use grad_reduce: last with pp > 1")
     if plan.pp > 1:
         require(plan.num_microbatches >= plan.pp, source, "micro_batch_size",
                 f"{plan.num_microbatches} micro-batches per step cannot fill {plan.pp} pipeline stages",
@@ -173,6 +179,9 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         if isinstance(v, list):
             require(len(v) == plan.num_stages, source, key, f"has {len(v)} entries for {plan.num_stages} stages",
                     "give one int per stage or a single int")
+    if plan.zero == 3 and plan.pp > 1:
+        warnings.warn(f"{source}: zero 3 with pp > 1 runs as zero 2: pipeline stages keep their parameters "
+                      "unsharded across micro-batches (as TorchTitan does)", stacklevel=2)
     if plan.zero == 1:
         warnings.warn(f"{source}: zero 1 runs as zero 2: FSDP2 cannot shard optimizer state alone",
                       stacklevel=2)

@@ -17,13 +17,13 @@ from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stag
 
 GiB = 2**30
 MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "unsharded_params", "grad_accumulators",
-                "activations", "logits", "grad_buffers", "recompute_buffer", "fp8_weight_copies")
+                "activations", "logits", "grad_buffers", "root_grads", "recompute_buffer", "fp8_weight_copies")
 PHASES = ("peak_forward", "peak_backward", "peak_optimizer")
 PHASE_TERMS = {  # which terms are alive at each phase's peak (memory.memory_terms)
     "peak_forward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators", "activations",
                      "logits", "fp8_weight_copies"),
     "peak_backward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators",
-                      "activations", "logits", "grad_buffers", "recompute_buffer"),
+                      "activations", "root_grads", "logits", "grad_buffers", "recompute_buffer"),
     "peak_optimizer": ("master_params", "optimizer_state", "gradients"),
 }
 TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",
@@ -69,7 +69,8 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
         l=plan.stage_layers(L), r=plan.per_stage("recompute_layers", L),
         oa=plan.per_stage("offload_activation_layers", L), os=plan.per_stage("offload_state_layers", L),
         f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
-        m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV)
+        m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV,
+        reduce_every=float(plan.grad_reduce == "every"))
     return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof),
             **link_inputs(prof, cluster.gpus_per_node, plan.tp, plan.dp, pp), **knobs}
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -51,8 +55,10 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
 
 
 def link_inputs(p: HardwareProfile, gpus_per_node: int, t, d, pp) -> dict[str, np.ndarray]:
-    """Bandwidth (B/s) and latency of the tp, dp and pp groups for the rank layout (pp, dp, tp), tp innermost:
-    a group is intra-node while the ranks it spans fit in one node."""
+    """Bus bandwidth (B/s) and per-step latency of the tp, dp and pp groups for the rank layout (pp, dp, tp),
+    tp innermost. A group inside one node uses NVLink; one that spans nodes is held to the network bandwidth
+    per GPU (the profile's inter_node, one NIC per GPU), the usual analytical assumption: NCCL can spread a
+    ring over several NICs of a node, but measured multi-node bus bandwidth stays far below that sum."""
     t, d, pp = (np.asarray(x, dtype=float) for x in (t, d, pp))
     intra_bw, inter_bw = p.intra_node.bandwidth_gbps * 1e9, p.inter_node.bandwidth_gbps * 1e9
     intra_lat, inter_lat = p.intra_node.latency_s, p.inter_node.latency_s
@@ -77,12 +83,16 @@ class StageModel:
     args: list[sp.Symbol]
     fn: object
 
+    def __post_init__(self) -> None:
+        self.arg_names = [str(a) for a in self.args]
+
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
-        missing = [str(a) for a in self.args if str(a) not in inputs]
-        if missing:
-            raise TypeError(f"stage model needs inputs {missing}")
-        out = self.fn(*[inputs[str(a)] for a in self.args])
-        return dict(zip(self.exprs, out))
+        try:
+            values = [inputs[a] for a in self.arg_names]
+        except KeyError:
+            missing = [a for a in self.arg_names if a not in inputs]
+            raise TypeError(f"stage model needs inputs {missing}") from None
+        return dict(zip(self.exprs, self.fn(*values)))
 
 
 def _all_symbols() -> list[sp.Symbol]:
@@ -94,14 +104,48 @@ def _all_symbols() -> list[sp.Symbol]:
     return syms
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LOADMASTER_CACHE", Path.home() / ".cache" / "loadmaster"))
+
+
+def _source_key(outputs, opts: ArchOptions) -> str:
+    """Hash of everything the generated code depends on: the formula sources, options and outputs."""
+    h = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in ("symbols.py", "memory.py", "timing.py", "stage.py"):
+        h.update((here / name).read_bytes())
+    h.update(repr((outputs, opts, sp.__version__, np.__version__)).encode())
+    return h.hexdigest()[:20]
+
+
 @functools.lru_cache(maxsize=8)
 def stage_model(outputs: tuple[str, ...] | None = None, opts: ArchOptions = RUNTIME) -> StageModel:
-    """Build (once per output set) and lambdify the stage expressions; ``outputs`` picks a subset."""
+    """Build and lambdify the stage expressions once; ``outputs`` picks a subset.
+
+    Lambdify with common-subexpression elimination takes ~0.5 s, so the generated numpy source is kept in
+    a cache directory keyed by a hash of the formula files; a changed formula makes a new entry."""
     exprs = {**memory_terms(opts), **stage_time_terms(opts)}
     if outputs is not None:
         exprs = {k: exprs[k] for k in outputs}
     args = _all_symbols()
-    fn = sp.lambdify(args, list(exprs.values()), modules=_printer_modules(), cse=True)
+    path = _cache_dir() / f"stage_{_source_key(outputs, opts)}.py"
+    fn = None
+    if path.is_file():
+        namespace = {"numpy": np, "smax": np.maximum, "smin": np.minimum}
+        try:
+            exec(compile(path.read_text(), str(path), "exec"), namespace)  # our own generated code
+            fn = namespace["_lambdifygenerated"]
+        except Exception:  # a torn or stale cache entry: rebuild it
+            fn = None
+    if fn is None:
+        fn = sp.lambdify(args, list(exprs.values()), modules=_printer_modules(), cse=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(inspect.getsource(fn))
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only home only costs the rebuild next time
     return StageModel(exprs=exprs, args=args, fn=fn)
 
 
@@ -115,22 +159,23 @@ def names(outputs: Iterable[str]) -> tuple[str, ...]:
 
 
 def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
-                last, nV) -> dict[str, np.ndarray]:
+                last, nV, reduce_every=0) -> dict[str, np.ndarray]:
     """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
 
     zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
     unsharded from forward to backward; 3 also reshards after forward. Pipelined stages keep the bf16 params
     and fp32 gradient accumulators across micro-batches (torch.distributed.pipelining turns resharding and
-    gradient sync off until the last backward); so does gradient accumulation without pipelining.
+    gradient sync off until the last backward); so does gradient accumulation without pipelining unless
+    ``reduce_every`` (grad_reduce: every) reduce-scatters after each micro-batch.
     """
     arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
-    nosync = ((M > 1) | (pp > 1)).astype(float)
+    nosync = (((M > 1) & ~arr(reduce_every).astype(bool)) | (pp > 1)).astype(float)
     return {
         "b": arr(b), "s": arr(s), "t": t, "d": d, "pp": pp,
         "sp": ((t > 1) & arr(sequence_parallel).astype(bool)).astype(float),
         "ds": np.where(zero >= 1, d, 1.0), "z3": (zero >= 3).astype(float), "z0": (zero == 0).astype(float),
-        "keep": (pp > 1).astype(float), "nosync": nosync, "acc": nosync * (M > m),
+        "keep": (pp > 1).astype(float), "nosync": nosync, "acc": (M > m).astype(float),
         "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
         "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
     }

@@ -28,8 +28,9 @@ class K:
     z3 = sp.Symbol("z3", nonnegative=True)                    # reshard bf16 params after forward (zero 3)
     z0 = sp.Symbol("z0", nonnegative=True)                    # replicated (zero 0): all-reduce, not reduce-scatter
     keep = sp.Symbol("keep", nonnegative=True)                # params stay unsharded across micro-batches (pp > 1)
-    nosync = sp.Symbol("nosync", nonnegative=True)            # grads accumulate unsharded in fp32 (M > 1 or pp > 1)
-    acc = sp.Symbol("acc", nonnegative=True)                  # accumulators already exist at the activation peak
+    nosync = sp.Symbol("nosync", nonnegative=True)            # grads accumulate unsharded in fp32 until the last
+                                                              # micro-batch (pp > 1, or grad_reduce: last, M > 1)
+    acc = sp.Symbol("acc", nonnegative=True)                  # earlier micro-batches' grads exist at the peak
     l = sp.Symbol("l", positive=True)                         # blocks in the stage
     r = sp.Symbol("r", nonnegative=True)                      # checkpointed blocks
     sel = sp.Symbol("sel", nonnegative=True)                  # 1: selective checkpointing, 0: full

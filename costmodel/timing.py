@@ -98,8 +98,9 @@ def kernels_per_block_fwd() -> sp.Expr:
 
 
 def ring_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, lat: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
-    """Ring collective over n ranks: latency + factor·(n-1)/n·bytes / bus bandwidth (B/s); 0 for n = 1."""
-    return smin(n - 1, 1) * lat + factor * (n - 1) / n * nbytes / bw
+    """Ring collective over n ranks: (n-1) steps of latency ``lat`` each, and factor·(n-1)/n·bytes over the
+    bus bandwidth (B/s); 0 for n = 1. All-reduce is factor 2 (reduce-scatter then all-gather)."""
+    return factor * (n - 1) * (lat + nbytes / (n * bw))
 
 
 def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -131,7 +132,7 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         + K.first * (8 * T * M.h + 4 * M.V * M.h / K.t) / (H.hbm * H.ew_eff)
     # ---- tensor parallel: 4 collectives of the b·s·h activation per block pass, exposed ----
     act_bytes = BF16 * T * M.h
-    tp_pass = 2 * (1 + K.sp_) * smin(K.t - 1, 1) * H.lat_tp + 2 * 2 * (K.t - 1) / K.t * act_bytes / H.bw_tp
+    tp_pass = 2 * 2 * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
     x["tp_comm"] = tp_pass * (2 * K.l + K.r * (1 - K.sel) + 0.5 * K.r * K.sel) \
         + (K.first + K.last) * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
     # ---- pipeline: receive the activation in forward and its gradient in backward ----
@@ -155,11 +156,13 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
 
     ag_each = 1 - K.keep                                         # all-gather every micro-batch (not PP)
     x["fsdp_fwd"] = ag_each * (exposed(ag, ag_os, blk_f) + ag)    # the first block's gather is not hidden
-    x["fsdp_bwd"] = ag_each * exposed(K.z3 * ag, K.z3 * ag_os, blk_b)
+    # gradients are reduced after every micro-batch unless sync is off (then on the last one only)
+    each = 1 - K.nosync
+    x["fsdp_bwd"] = ag_each * (exposed(K.z3 * ag + each * rs, K.z3 * ag_os + each * rs_os, blk_b) + each * rs)
     # once per step: the last micro-batch's reduce-scatters (after all of backward when pipelined), the
     # pipelined stage's all-gathers of its first micro-batch, and the root's vocab params
-    rs_last = (1 - K.keep) * (exposed(K.z3 * ag + rs, K.z3 * ag_os + rs_os, blk_b)
-                              - exposed(K.z3 * ag, K.z3 * ag_os, blk_b) + rs) \
+    rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, K.z3 * ag_os + rs_os, blk_b)
+                                         - exposed(K.z3 * ag, K.z3 * ag_os, blk_b) + rs) \
         + K.keep * (nos * rs + K.os_ * rs_os)
     root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
                                                                             factor=1 + K.z0)

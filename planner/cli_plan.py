@@ -1,0 +1,173 @@
+"""`loadmaster plan` and `loadmaster explain`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from costmodel import load_cluster, load_job, load_model, load_plan
+from costmodel.prediction import predict
+
+from .cli import console, guarded, print_json
+from .cli_predict import fmt_bytes, fmt_s, prediction_tables
+from .explain import alternatives, binding_constraint
+from .space import SearchSpace
+from .tuner import Candidate, TuneResult, tune
+
+GiB = 2**30
+
+
+def _short(v) -> str:
+    """A per-stage knob for a table cell: one number, or the stages' values joined by '/'."""
+    if isinstance(v, list):
+        return "/".join(map(str, v)) if len(set(v)) > 1 else _short(v[0])
+    return "-" if not v else str(v)
+
+
+def _knobs(c: Candidate) -> list[str]:
+    p = c.plan
+    rec = "-" if p.recompute == "none" else \
+        f"{p.recompute[:3]} {'all' if p.recompute_layers is None else _short(p.recompute_layers)}"
+    layout = f"{p.tp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}"
+    return [layout, str(p.micro_batch_size), str(p.zero), rec,
+            f"{_short(p.offload_activation_layers)}/{_short(p.offload_state_layers)}", _short(p.fp8_layers),
+            "y" if p.compile else "n", p.grad_reduce]
+
+
+def top_table(result: TuneResult) -> Table:
+    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp; offload act/state blocks)")
+    for c in ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync", "step", "tok/s/GPU", "MFU",
+              "peak", "free"):
+        table.add_column(c, justify="right", no_wrap=c not in ("ckpt",))
+    for i, c in enumerate(result.top):
+        pr = c.prediction
+        table.add_row(str(i + 1), *_knobs(c), fmt_s(pr.step_time_s), f"{pr.tokens_per_s_per_gpu:,.0f}",
+                      f"{pr.mfu:.0%}", f"{pr.peak_memory_bytes / GiB:.1f}G",
+                      f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G")
+    return table
+
+
+def _candidate_json(c: Candidate) -> dict:
+    d = c.prediction.to_dict()
+    d.pop("stages")
+    return {"plan": c.plan.to_dict(), "prediction": d, "gap": c.gap, "solver": c.status}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    @guarded
+    def plan_cmd(
+        model: str = typer.Argument(..., help="Model recipe name or path (YAML or config.json)."),
+        cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster recipe name or path."),
+        global_batch_size: int = typer.Option(None, "--global-batch-size", "-b", help="Sequences per step."),
+        seq_len: int = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
+        job: str = typer.Option(None, "--job", help="Job file with global_batch_size and seq_len."),
+        top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list."),
+        time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take."),
+        gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap of the MILP."),
+        out: Path = typer.Option(None, "--output", "-o", help="Write the chosen plan YAML here."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+        tp: int = typer.Option(None, "--tp", help="Pin the tensor-parallel degree."),
+        pp: int = typer.Option(None, "--pp", help="Pin the pipeline degree."),
+        dp: int = typer.Option(None, "--dp", help="Pin the data-parallel degree."),
+        micro_batch_size: int = typer.Option(None, "--micro-batch-size", "--mbs", help="Pin the micro-batch."),
+        zero: int = typer.Option(None, "--zero", help="Pin the ZeRO level (0, 2, 3)."),
+        recompute: str = typer.Option(None, "--recompute", help="Pin checkpointing: none, full, selective."),
+        compile_: bool = typer.Option(None, "--compile/--no-compile", help="Pin torch.compile on or off."),
+        no_offload: bool = typer.Option(False, "--no-offload", help="Never offload to the CPU."),
+        max_fp8_fraction: float = typer.Option(0.0, "--max-fp8-fraction", help="Share of blocks allowed in float8."),
+        fp8_rotation_steps: int = typer.Option(100, "--fp8-rotation-steps", help="Rotate a partial float8 set every N steps."),
+        schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
+        cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
+    ) -> None:
+        """Search the plan space for the fastest plan that fits, and explain the choice."""
+        if job:
+            j = load_job(job)
+            global_batch_size = global_batch_size or j.global_batch_size
+            seq_len = seq_len or j.seq_len
+        if global_batch_size is None or seq_len is None:
+            raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
+        space = SearchSpace(
+            tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
+            zero=(zero,) if zero is not None else SearchSpace.zero,
+            recompute=(recompute,) if recompute else SearchSpace.recompute,
+            compile=(compile_,) if compile_ is not None else SearchSpace.compile,
+            offload=not no_offload, max_fp8_fraction=max_fp8_fraction, fp8_rotation_steps=fp8_rotation_steps,
+            schedules=(schedule,) if schedule else SearchSpace.schedules, cross_node_tp=cross_node_tp)
+        load_model(model), load_cluster(cluster)  # a bad file fails here, before the search
+        if as_json:
+            result = tune(model, cluster, global_batch_size, seq_len, space, top_k=top_k,
+                          time_limit_s=time_limit, gap=gap)
+        else:
+            with Progress(TextColumn("searching"), BarColumn(), TextColumn("{task.completed}/{task.total} layouts"),
+                          TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                          transient=True) as bar:
+                task = bar.add_task("", total=None)
+                result = tune(model, cluster, global_batch_size, seq_len, space, top_k=top_k,
+                              time_limit_s=time_limit, gap=gap,
+                              progress=lambda done, total, msg: bar.update(task, completed=done + 1, total=total,
+                                                                           description=msg))
+        if out is not None and result.best is not None:
+            out.write_text(result.best.plan.to_yaml())
+        if as_json:
+            print_json({"best": _candidate_json(result.best) if result.best else None,
+                        "top": [_candidate_json(c) for c in result.top], "seconds": result.seconds,
+                        "layouts": result.groups, "layouts_searched": result.groups_searched,
+                        "diagnosis": result.diagnosis})
+        else:
+            _print_result(result, model, cluster, out)
+        if result.best is None:
+            raise typer.Exit(1)
+
+    @app.command("explain")
+    @guarded
+    def explain_cmd(
+        model: str = typer.Argument(..., help="Model recipe name or path."),
+        cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster recipe name or path."),
+        plan: str = typer.Option(..., "--plan", "-p", help="Plan YAML."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    ) -> None:
+        """Memory and time breakdown of a plan, what binds, and why the one-knob alternatives lose."""
+        m, c, p = load_model(model), load_cluster(cluster), load_plan(plan)
+        pred = predict(m, c, p)
+        alts = alternatives(m, c, p, pred)
+        if as_json:
+            d = pred.to_dict()
+            d.pop("stages")
+            print_json({"prediction": d, "binding": binding_constraint(pred),
+                        "alternatives": [{"change": a.change, "step_time_s": a.prediction.step_time_s,
+                                          "feasible": a.prediction.feasible, "reason": a.reason} for a in alts]})
+            return
+        for t in prediction_tables(pred, f"{m.name} on {c.name}"):
+            console.print(t)
+        console.print(f"[bold]binding:[/] {binding_constraint(pred)}")
+        table = Table(title="one-knob alternatives")
+        for col in ("change", "step", "peak mem", "verdict"):
+            table.add_column(col)
+        for a in alts:
+            table.add_row(a.change, fmt_s(a.prediction.step_time_s), fmt_bytes(a.prediction.peak_memory_bytes),
+                          a.reason)
+        console.print(table)
+
+
+def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None) -> None:
+    if result.best is None:
+        console.print("[bold red]no plan fits.[/]")
+        for line in result.diagnosis:
+            console.print(f"  • {line}")
+        return
+    console.print(top_table(result))
+    best = result.best
+    console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
+                  f"solver: {best.status}, gap {best.gap:.2%}")
+    console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
+    for i, c in enumerate(result.top[1:], start=2):
+        d = c.step_time_s / best.step_time_s - 1
+        console.print(f"  #{i} is {d:+.1%} slower")
+    if out is not None:
+        console.print(f"plan written to [bold]{out}[/]; run it with `loadmaster launch {out} --model {model}`")
+    else:
+        console.print("[dim]# chosen plan (write it with -o plan.yaml)[/]")
+        console.print(best.plan.to_yaml(), highlight=False)

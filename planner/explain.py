@@ -1,0 +1,95 @@
+"""Why a plan is what it is: the binding constraint, and what each one-knob change would cost."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, parse_plan
+from costmodel.hardware import HardwareProfile, profile_for
+from costmodel.prediction import Prediction, predict
+
+GiB = 2**30
+
+
+@dataclass
+class Alternative:
+    """A plan one knob away from the explained one, and what that change does."""
+
+    change: str
+    plan: Plan
+    prediction: Prediction
+    delta_s: float
+    reason: str
+
+
+def binding_constraint(pred: Prediction) -> str:
+    """One sentence: whether memory or time binds, and by which term."""
+    use = pred.peak_memory_bytes / pred.memory_capacity_bytes
+    mem_top = max(pred.memory_breakdown, key=pred.memory_breakdown.get)
+    t = {k: v for k, v in pred.time_breakdown.items() if v > 0}
+    t_top = max(t, key=t.get)
+    if not pred.feasible:
+        return pred.reasons[0]
+    if use > 0.9:
+        return (f"memory binds: the peak uses {use:.0%} of the GPU ({pred.peak_memory_bytes / GiB:.1f} GiB), "
+                f"mostly {mem_top.replace('_', ' ')} ({pred.memory_breakdown[mem_top] / GiB:.1f} GiB)")
+    return (f"time binds: {t_top.replace('_', ' ')} is {t[t_top] / pred.step_time_s:.0%} of the step; memory "
+            f"peaks at {use:.0%} of the GPU")
+
+
+def _neighbours(plan: Plan, model: ModelSpec) -> list[tuple[str, dict]]:
+    L = model.num_hidden_layers
+    out = []
+    for t in (plan.tp * 2, plan.tp // 2):
+        if t >= 1 and (plan.dp * plan.tp) % t == 0:
+            d = plan.dp * plan.tp // t
+            out.append((f"tp={t}, dp={d}", dict(tp=t, dp=d)))
+    for p in (plan.pp * 2, plan.pp // 2):
+        if p >= 1 and (plan.dp * plan.pp) % p == 0:
+            d = plan.dp * plan.pp // p
+            out.append((f"pp={p}, dp={d}", dict(pp=p, dp=d, layers_per_stage=None, pp_schedule="1F1B",
+                                                   virtual_stages=1, grad_reduce="last" if p > 1 else plan.grad_reduce)))
+    for mbs in (plan.micro_batch_size * 2, plan.micro_batch_size // 2):
+        if mbs >= 1:
+            out.append((f"micro-batch {mbs}", dict(micro_batch_size=mbs)))
+    for z in (0, 2, 3):
+        if z != plan.zero:
+            out.append((f"zero {z}", dict(zero=z)))
+    for rec in ("none", "full", "selective"):
+        if rec != plan.recompute:
+            out.append((f"recompute {rec}", dict(recompute=rec, recompute_layers=None)))
+    out.append(("compile " + ("off" if plan.compile else "on"),
+                dict(compile=not plan.compile, fp8_layers=0 if plan.compile else plan.fp8_layers)))
+    if plan.pp == 1:
+        other = "every" if plan.grad_reduce == "last" else "last"
+        out.append((f"grad_reduce {other}", dict(grad_reduce=other)))
+    if any(plan.per_stage("offload_state_layers", L)) or any(plan.per_stage("offload_activation_layers", L)):
+        out.append(("no offload", dict(offload_state_layers=0, offload_activation_layers=0)))
+    return out
+
+
+def alternatives(model: ModelSpec, cluster: ClusterSpec, plan: Plan, pred: Prediction,
+                 profile: HardwareProfile | None = None) -> list[Alternative]:
+    """Every legal one-knob change of ``plan``, costed, with the term that moved most."""
+    prof = profile or profile_for(cluster)
+    out = []
+    for label, change in _neighbours(plan, model):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                alt = parse_plan(plan.replace(**change).to_dict(), plan.source)
+                ap = predict(model, cluster, alt, profile=prof)
+        except (SpecError, ValueError):
+            continue
+        delta = ap.step_time_s - pred.step_time_s
+        if not ap.feasible:
+            grew = {k: ap.memory_breakdown.get(k, 0) - pred.memory_breakdown.get(k, 0) for k in ap.memory_breakdown}
+            k = max(grew, key=grew.get)
+            reason = f"does not fit ({k.replace('_', ' ')} {grew[k] / GiB:+.1f} GiB)"
+        else:
+            moved = {k: ap.time_breakdown.get(k, 0) - pred.time_breakdown.get(k, 0) for k in ap.time_breakdown}
+            k = max(moved, key=lambda x: abs(moved[x]))
+            reason = (f"{delta / pred.step_time_s:+.1%} step time, mostly {k.replace('_', ' ')} "
+                      f"({moved[k]:+.3f} s)")
+        out.append(Alternative(label, alt, ap, delta, reason))
+    return sorted(out, key=lambda a: (not a.prediction.feasible, a.delta_s))

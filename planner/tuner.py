@@ -1,0 +1,225 @@
+"""The tuner: enumerate layouts, bound and prune them, search each stage's knobs, solve the pipeline MILP."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from costmodel import ClusterSpec, ModelSpec, Plan, load_cluster, load_model, parse_plan
+from costmodel.hardware import HardwareProfile, profile_for
+from costmodel.prediction import Prediction, predict
+from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
+
+from .milp import Choice, solve, split_dp
+from .space import SearchSpace, layouts, micro_batches
+from .stages import MODE_CODE, OUTPUTS, Group, StageTable, evaluate_role, needed_in_flight, role_of, roles, \
+    stage_options
+
+MODE_NAME = {v: k for k, v in MODE_CODE.items()}
+
+
+@dataclass
+class Candidate:
+    """One solved case: the plan, its prediction, and how the solver got there."""
+
+    plan: Plan
+    prediction: Prediction
+    gap: float
+    status: str
+
+    @property
+    def step_time_s(self) -> float:
+        return self.prediction.step_time_s
+
+
+@dataclass
+class TuneResult:
+    """What the tuner found. ``best`` is None when nothing fits; ``diagnosis`` then says why."""
+
+    best: Candidate | None
+    top: list[Candidate]
+    seconds: float
+    groups: int
+    groups_searched: int
+    cases_solved: int
+    diagnosis: list[str] = field(default_factory=list)
+
+
+def _ideal_rate(model, cluster, prof, seq_len, groups: list[Group], space: SearchSpace, fixed) -> np.ndarray:
+    """Lower bound of each group's per-block time: the marginal cost of one more block with the fastest
+    knobs (no checkpointing or offload, compile and float8 where allowed) and memory ignored."""
+    k = int(max(space.compile))
+    f_frac = space.max_fp8_fraction if k else 0.0
+    rows = [(g, z) for g in groups for z in space.zero]
+    col = lambda fn: np.array([fn(g, z) for g, z in rows], dtype=float)  # noqa: E731
+    t, d, pp = col(lambda g, z: g.tp), col(lambda g, z: g.dp), col(lambda g, z: g.pp)
+
+    def at(l):
+        inp = knob_inputs(b=col(lambda g, z: g.mbs), s=seq_len, t=t, d=d, pp=pp, zero=col(lambda g, z: z),
+                          sequence_parallel=space.sequence_parallel, selective=0, l=l, r=0, oa=0, os=0,
+                          f=np.floor(f_frac * l), compile=k, m=1, M=col(lambda g, z: g.M), first=0, last=0, nV=0)
+        return stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, t, d, pp), **inp)["t_mb"]
+    big = float(model.num_hidden_layers)
+    rate = (np.asarray(at(big)) - np.asarray(at(big - 1.0))) if big > 1 else np.asarray(at(1.0))
+    per_group = rate.reshape(len(groups), len(space.zero)).min(axis=1)
+    return np.maximum(per_group, 0.0)
+
+
+def _case_lower_bound(options: list[StageTable], L: int, M: int) -> float:
+    pp = len(options)
+    rho = min(float(np.min(o.t_mb / o.knobs["l"])) for o in options)
+    return (M - 1 + pp) / pp * L * rho + max(0.0, float(np.min(options[0].delta)))
+
+
+def to_plan(model: ModelSpec, g: Group, options: list[StageTable], picks: list[int], *, zero: int, mode: int,
+            compile_: bool, rev: int, global_batch_size: int, seq_len: int, space: SearchSpace, model_ref: str | None,
+            cluster_ref: str | None) -> Plan:
+    """The plan a MILP choice stands for, in the one plan schema."""
+    col = lambda name: [int(o.knobs[name][j]) for o, j in zip(options, picks)]  # noqa: E731
+    l, r, oa, os_, f = col("l"), col("r"), col("oa"), col("os"), col("f")
+    one = lambda xs: xs[0] if len(set(xs)) == 1 else xs  # noqa: E731
+    even = [model.num_hidden_layers // g.pp + (1 if i < model.num_hidden_layers % g.pp else 0) for i in range(g.pp)]
+    rec = MODE_NAME[mode] if any(r) else "none"
+    partial_fp8 = any(0 < fi < li for fi, li in zip(f, l))
+    data = dict(global_batch_size=global_batch_size, micro_batch_size=g.mbs, seq_len=seq_len, dp=g.dp, tp=g.tp,
+                pp=g.pp, zero=zero, recompute=rec, recompute_layers=one(r) if rec != "none" else None,
+                offload_activation_layers=one(oa), offload_state_layers=one(os_), fp8_layers=one(f),
+                fp8_rotation_steps=space.fp8_rotation_steps if partial_fp8 else 0,
+                layers_per_stage=None if l == even else l, compile=bool(compile_),
+                grad_reduce="every" if rev else "last",
+                sequence_parallel=space.sequence_parallel)
+    if model_ref:
+        data["model"] = model_ref
+    if cluster_ref:
+        data["cluster"] = cluster_ref
+    return parse_plan(data, "<tuned plan>")
+
+
+def _interleaved_variant(plan: Plan, model: ModelSpec) -> Plan | None:
+    """The same plan on Interleaved1F1B with 2 chunks per rank, each chunk half of its rank's blocks."""
+    L = model.num_hidden_layers
+    if plan.pp < 2 or plan.num_microbatches < plan.pp:
+        return None
+    layers = plan.stage_layers(L)
+    if any(n < 2 for n in layers):
+        return None
+    half = lambda xs: [xs[i] // 2 + xs[i] % 2 for i in range(len(xs))] + [xs[i] // 2 for i in range(len(xs))]  # noqa
+    chunk_layers = half(layers)
+    knobs = {}
+    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+        vals = half(plan.per_stage(key, L))
+        vals = [min(v, n) for v, n in zip(vals, chunk_layers)]
+        knobs[key] = vals[0] if len(set(vals)) == 1 and key != "recompute_layers" else vals
+    if plan.recompute == "none":
+        knobs["recompute_layers"] = None
+    return plan.replace(pp_schedule="Interleaved1F1B", virtual_stages=2, layers_per_stage=chunk_layers, **knobs)
+
+
+def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: int, seq_len: int,
+         space: SearchSpace | None = None, *, top_k: int = 5, time_limit_s: float = 60.0, gap: float = 0.01,
+         profile: HardwareProfile | None = None, progress: Callable[[int, int, str], None] | None = None
+         ) -> TuneResult:
+    """Find the fastest plan that fits. ``progress(done, total, message)`` is called as groups finish."""
+    t_start = time.perf_counter()
+    space = space or SearchSpace()
+    model_ref = model if isinstance(model, str) else None
+    cluster_ref = cluster if isinstance(cluster, str) else None
+    model, cluster = load_model(model), load_cluster(cluster)
+    if global_batch_size < 1 or seq_len < 1:
+        raise ValueError(f"global batch {global_batch_size} and seq len {seq_len} must be positive")
+    prof = profile or profile_for(cluster)
+    L = model.num_hidden_layers
+    groups = [Group(t, p, d, mbs, M) for (t, p, d) in layouts(model, cluster, space, seq_len)
+              for (mbs, M) in micro_batches(global_batch_size, d, p, space)]
+    result = TuneResult(None, [], 0.0, len(groups), 0, 0)
+    if not groups:
+        from .diagnose import diagnose
+        result.diagnosis = diagnose(model, cluster, global_batch_size, seq_len, space, prof, no_layout=True)
+        result.seconds = time.perf_counter() - t_start
+        return result
+    fixed = {**model_inputs(model), **hardware_inputs(prof)}
+    rate = _ideal_rate(model, cluster, prof, seq_len, groups, space, fixed)
+    lb = np.array([(g.M - 1 + g.pp) / g.pp * L * r for g, r in zip(groups, rate)])
+    order = np.argsort(lb)
+    best: list[tuple[float, int, Candidate]] = []   # max-heap by objective (negated), size top_k
+    counter = 0
+
+    def kth() -> float:
+        return -best[0][0] if len(best) >= top_k else math.inf
+
+    for n_done, gi in enumerate(order):
+        g = groups[gi]
+        if progress:
+            progress(n_done, len(groups), f"tp={g.tp} pp={g.pp} dp={g.dp} mbs={g.mbs}")
+        if lb[gi] >= kth() * (1 - gap) or time.perf_counter() - t_start > time_limit_s:
+            continue
+        result.groups_searched += 1
+        tables = {role: evaluate_role(model, cluster, prof, seq_len, g, role, space, fixed) for role in roles(g.pp)}
+        m_need = needed_in_flight(g.pp, g.M)
+        zeros = sorted({2 if (z == 3 and g.pp > 1) else z for z in space.zero})  # pipelines never reshard
+        for zero in zeros:
+            for mode in sorted({MODE_CODE[m] for m in space.recompute if m != "none"} or {0}):
+                for k, rev in itertools.product(sorted({int(c) for c in space.compile}),
+                                                [0, 1] if g.pp == 1 and g.M > 1 else [0]):
+                    options = []
+                    for i in range(g.pp):
+                        tab = tables[role_of(i, g.pp)]
+                        kn = tab.knobs
+                        case = (kn["zero"] == zero) & (kn["k"] == k) & (kn["rev"] == rev) \
+                            & ((kn["mode"] == 0) | (kn["mode"] == mode))
+                        options.append(stage_options(tab.take(np.nonzero(case)[0]), m_need[i], keep=12))
+                    if any(len(o) == 0 for o in options):
+                        continue
+                    if _case_lower_bound(options, L, g.M) >= kth() * (1 - gap):
+                        continue
+                    remaining = time_limit_s - (time.perf_counter() - t_start)
+                    if g.pp == 1:
+                        choice = solve(options, L, g.M)
+                    else:
+                        warm, lower = split_dp(options, L, g.M)
+                        if warm is None or lower >= kth() * (1 - gap):
+                            continue
+                        choice = warm if warm.gap <= gap else solve(
+                            options, L, g.M, time_limit_s=min(10.0, max(0.1, remaining)), gap=gap, warm=warm)
+                    if choice is None:
+                        continue
+                    result.cases_solved += 1
+                    if choice.objective >= kth():
+                        continue
+                    plan = to_plan(model, g, options, choice.picks, zero=zero, mode=mode, compile_=bool(k), rev=rev,
+                                   global_batch_size=global_batch_size, seq_len=seq_len, space=space,
+                                   model_ref=model_ref, cluster_ref=cluster_ref)
+                    if any(c.plan == plan for _, _, c in best):
+                        continue
+                    pred = predict(model, cluster, plan, profile=prof)
+                    assert abs(pred.step_time_s - choice.objective) <= 1e-6 * choice.objective + 1e-9, \
+                        (pred.step_time_s, choice.objective)
+                    counter += 1
+                    heapq.heappush(best, (-choice.objective, counter, Candidate(plan, pred, choice.gap, choice.status)))
+                    if len(best) > top_k:
+                        heapq.heappop(best)
+    top = sorted((c for _, _, c in best), key=lambda c: c.step_time_s)
+    if "Interleaved1F1B" in space.schedules:
+        for c in list(top):
+            v2 = _interleaved_variant(c.plan, model)
+            if v2 is not None:
+                p2 = predict(model, cluster, v2, profile=prof)
+                if p2.feasible and p2.step_time_s < c.step_time_s:
+                    top.append(Candidate(v2, p2, c.gap, c.status + ", interleaved"))
+        unique = []
+        for c in sorted(top, key=lambda c: c.step_time_s):
+            if all(c.plan != u.plan for u in unique):
+                unique.append(c)
+        top = unique[:top_k]
+    result.top = [c for c in top if c.prediction.feasible]
+    result.best = result.top[0] if result.top else None
+    if result.best is None:
+        from .diagnose import diagnose
+        result.diagnosis = diagnose(model, cluster, global_batch_size, seq_len, space, prof)
+    result.seconds = time.perf_counter() - t_start
+    return result
