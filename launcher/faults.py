@@ -72,7 +72,8 @@ def inject_fault(step: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     elif kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif kind == "hang":
+    elif kind == "hang":  # unresponsive, but (like a rank stuck outside Python) ended by torchrun's SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         time.sleep(10**6)
     else:
         raise ValueError(f"LOADMASTER_FAULT kind {kind!r} is not one of sigterm, kill, hang")

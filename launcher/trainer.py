@@ -50,14 +50,36 @@ def init_distributed(timeout_s: float) -> torch.device:
     On GPU the group has both backends: NCCL for device tensors, gloo for host tensors (offloaded state's
     gradient norms, DCP's object exchange)."""
     device = local_device()
+    timeout = timedelta(seconds=timeout_s)
+    # Sub-groups (device mesh dimensions) are created later with timeout=None, which means the library default
+    # (10-30 min), not the world group's: make our timeout the default so every collective honours it.
+    import torch.distributed.distributed_c10d as c10d
+    for name in ("default_pg_timeout", "default_pg_nccl_timeout"):
+        if isinstance(getattr(c10d, name, None), timedelta):
+            setattr(c10d, name, timeout)
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-        timeout = timedelta(seconds=timeout_s)
         if "RANK" in os.environ:
-            dist.init_process_group(backend=backend, timeout=timeout)
+            dist.init_process_group(backend=backend, timeout=timeout, **_restart_safe_store(timeout))
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     return device
+
+
+def _restart_safe_store(timeout: timedelta) -> dict:
+    """Under torchrun's shared rendezvous store, a prefix per restart attempt (else env:// as usual).
+
+    torchrun (c10d rendezvous) lets workers of every restart attempt use one TCPStore without a per-attempt
+    prefix, so a restarted group can read the previous attempt's keys — gloo then dials dead ranks' addresses
+    (connection refused, or a hang). A fresh prefix per TORCHELASTIC_RESTART_COUNT isolates the attempts.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"loadmaster/attempt_{attempt}", store), "rank": rank, "world_size": world}
 
 
 def close_distributed() -> None:
