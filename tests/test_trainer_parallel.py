@@ -64,6 +64,22 @@ def test_pipeline_times_data_parallel():
     check(dict(pp=2, dp=2, micro_batch_size=1))
 
 
+def test_pipeline_times_tensor_parallel():
+    check(dict(pp=2, tp=2, micro_batch_size=1))
+
+
+def test_token_file_data_is_split_across_data_parallel_ranks(tmp_path):
+    import numpy as np
+    path = tmp_path / "tokens.bin"
+    np.random.default_rng(0).integers(0, 256, 5000).astype(np.uint16).tofile(path)
+    plan = plan_of(dp=2)
+    out = spawn(run_plan, 2, config(plan, data=str(path)))
+    losses, norms = reference(plan_of(), data=str(path))
+    assert_close(out[0]["losses"], losses, what="file data loss")
+    assert_close(out[0]["grad_norms"], norms, what="file data grad norm")
+    assert abs(out[0]["losses"][0] - ref()[0][0]) > 1e-2  # the file was read, not the synthetic stream
+
+
 def test_data_parallel_times_tensor_parallel():
     check(dict(dp=2, tp=2))
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from costmodel import ModelSpec, parse_plan
 from launcher.config import TrainConfig
-from launcher.data import SyntheticTokens
+from launcher.data import SyntheticTokens, TokenFile
 from launcher.model import Transformer
 from launcher.optim import lr_factor
 
@@ -100,8 +100,8 @@ def run_plan(rank: int, cfg: TrainConfig) -> dict:
 
 
 def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: int = 0,
-              fp8_rotation_steps: int = 0, max_grad_norm: float = CLIP, micro_batch_size: int | None = None
-              ) -> tuple[list[float], list[float]]:
+              fp8_rotation_steps: int = 0, max_grad_norm: float = CLIP, micro_batch_size: int | None = None,
+              data: str | None = None) -> tuple[list[float], list[float]]:
     """Losses and gradient norms of a plain single-process run of the same model, seed, data and LR.
 
     The global batch goes through in one forward unless ``micro_batch_size`` is given; float8 needs it,
@@ -116,7 +116,8 @@ def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: 
         groups = apply_fp8(model_, num_blocks=fp8_layers, recipe="tensorwise", emulate=True,
                            rotating=fp8_rotation_steps > 0, skip_small=False)
         rotation = Fp8Rotation(groups, num_blocks=fp8_layers, rotation_steps=fp8_rotation_steps)
-    source = SyntheticTokens(vocab_size=model.vocab_size, seq_len=plan.seq_len, seed=SEED)
+    source = SyntheticTokens(vocab_size=model.vocab_size, seq_len=plan.seq_len, seed=SEED) if data is None \
+        else TokenFile(data, dtype="uint16", vocab_size=model.vocab_size, seq_len=plan.seq_len)
     losses, norms = [], []
     for step in range(steps):
         if rotation:
