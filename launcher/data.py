@@ -17,6 +17,8 @@ from costmodel import Plan, SpecError
 _DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 # Tokens checked per read while validating a file (bounded memory, whole file scanned once).
 _SCAN_TOKENS = 1 << 26
+# Files already scanned in this process (path, size, mtime, dtype, vocab): the entry and run() both validate.
+_SCANNED: set[tuple] = set()
 
 
 class SyntheticTokens:
@@ -64,6 +66,9 @@ class TokenFile:
         if self.dtype == "uint16" and self.vocab_size > 65536:
             raise SpecError(self.path, "--data-dtype", f"uint16 cannot hold ids of a {self.vocab_size}-token "
                             "vocabulary", "use --data-dtype uint32")
+        key = (str(self.path.resolve()), size, self.path.stat().st_mtime_ns, self.dtype, self.vocab_size)
+        if key in _SCANNED:
+            return
         tokens = self._open()
         for start in range(0, n, _SCAN_TOKENS):
             chunk = np.asarray(tokens[start:start + _SCAN_TOKENS])
@@ -72,6 +77,7 @@ class TokenFile:
                 at = start + int(np.argmax(chunk >= self.vocab_size))
                 raise SpecError(self.path, "--data", f"token id {top} at position {at} is >= vocab_size "
                                 f"{self.vocab_size}", "tokenise with the model's tokenizer or check --data-dtype")
+        _SCANNED.add(key)
 
     def sample(self, sample_id: int) -> torch.Tensor:
         tokens = self._open()

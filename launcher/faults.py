@@ -77,10 +77,3 @@ def inject_fault(step: int) -> None:
         time.sleep(10**6)
     else:
         raise ValueError(f"LOADMASTER_FAULT kind {kind!r} is not one of sigterm, kill, hang")
-
-
-def any_rank_flagged(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is set on any (one tiny all-reduce)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, model_flops_per_token
+from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, mfu
 
 
 class StepTimer:
@@ -76,9 +76,8 @@ def step_record(*, step: int, time_s: float, loss: float, grad_norm: float, lr: 
     """One metrics.jsonl line; memory is already the max over ranks."""
     world = plan.world_size
     tps = plan.tokens_per_step / time_s / world
-    mfu = model_flops_per_token(model, plan.seq_len) * tps / (peak_tflops_ * 1e12) if peak_tflops_ else None
     rec = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": time_s,
-           "tokens_per_s_per_gpu": tps, "mfu": mfu, "peak_memory_bytes": peak_alloc,
+           "tokens_per_s_per_gpu": tps, "mfu": mfu(model, plan.seq_len, tps, peak_tflops_) if peak_tflops_ else None, "peak_memory_bytes": peak_alloc,
            "peak_reserved_bytes": peak_reserved}
     if fp8_window is not None:
         rec["fp8_window"] = fp8_window

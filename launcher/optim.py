@@ -47,9 +47,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, warmup_steps: int, tota
 
 
 @torch.no_grad()
-def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, *,
+def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, *, device: torch.device | None = None,
                     pp_group: dist.ProcessGroup | None = None) -> torch.Tensor:
-    """Clip gradients to a global L2 norm and return that norm (fp32 scalar on the first gradient's device).
+    """Clip gradients to a global L2 norm and return that norm (fp32 scalar on ``device``, default the first
+    gradient's). With pipelining pass the training device: every stage must all-reduce on the same backend,
+    and a stage whose first block has offloaded state would otherwise sum on the CPU (gloo) while the others
+    use the GPU (NCCL) — a hang.
 
     Gradients are grouped by (device mesh, device) because DTensor norms can only be stacked within one mesh:
     with tensor parallelism and no sequence parallelism, norms are plain FSDP DTensors on the "dp" mesh while
@@ -58,15 +61,13 @@ def clip_grad_norm_(parameters: Iterable[torch.Tensor], max_norm: float, *,
     different parameters and the squares are summed over ``pp_group``. ``max_norm`` <= 0 only measures.
     """
     params = [p for p in parameters if p.grad is not None]
-    if not params:
-        return torch.zeros(())
+    device = device or (params[0].grad.device if params else torch.device("cpu"))
+    total_sq = torch.zeros((), dtype=torch.float32, device=device)
     groups: dict[tuple, list[torch.Tensor]] = defaultdict(list)
     for p in params:
         g = p.grad
         mesh = g.device_mesh if isinstance(g, DTensor) else None
         groups[(id(mesh), g.device)].append(p)
-    device = params[0].grad.device
-    total_sq = torch.zeros((), dtype=torch.float32, device=device)
     for group in groups.values():
         grads = [p.grad for p in group]
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False, foreach=True)

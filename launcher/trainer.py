@@ -217,7 +217,7 @@ def train_step(s: Session, step: int, batch: tuple[torch.Tensor, torch.Tensor]
     tokens, labels = batch
     loss = forward_backward(s, tokens, labels)
     pp_group = s.meshes.pp_mesh.get_group() if s.meshes.pp > 1 else None
-    grad_norm = clip_grad_norm_(s.parameters(), s.cfg.max_grad_norm, pp_group=pp_group)
+    grad_norm = clip_grad_norm_(s.parameters(), s.cfg.max_grad_norm, device=s.device, pp_group=pp_group)
     for opt in s.optimizers:
         opt.step()
     for sched in s.schedulers:

@@ -69,5 +69,5 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
         apply_compile(part, backend=options.compile_backend)
     apply_fsdp(part, meshes.fsdp_mesh, zero=plan.zero, param_dtype=options.param_dtype,
                reduce_dtype=options.reduce_dtype, offload_blocks=offload_blocks,
-               pin_memory=options.pin_memory, last_stage=stage == plan.num_stages - 1)
+               pin_memory=options.pin_memory, pipelined=plan.pp > 1, last_stage=stage == plan.num_stages - 1)
     return rotation, offload_blocks

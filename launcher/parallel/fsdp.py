@@ -21,7 +21,7 @@ def reshard_after_forward_for(zero: int) -> bool:
 
 def apply_fsdp(model: Transformer, mesh: DeviceMesh, *, zero: int, param_dtype: torch.dtype,
                reduce_dtype: torch.dtype, offload_blocks: set[str] = frozenset(), pin_memory: bool = False,
-               last_stage: bool = True) -> None:
+               pipelined: bool = False, last_stage: bool = True) -> None:
     """``fully_shard`` every block of ``model.layers``, then the root (embedding, final norm, output).
 
     Zero levels (the Plan docstring): 3 → ``reshard_after_forward=True`` (parameters all-gathered again in
@@ -31,9 +31,11 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, *, zero: int, param_dtype: 
     ``param_dtype``/``reduce_dtype``: compute copies and gradient reduction (bf16/fp32 on GPU; fp32/fp32 in CPU
     tests); the sharded master parameters stay fp32. Blocks named in ``offload_blocks`` get
     ``CPUOffloadPolicy(pin_memory)``. With zero 3 the last block of the last stage is not re-sharded: backward
-    starts with it at once (TorchTitan does the same).
+    starts with it at once (TorchTitan does the same). ``pipelined`` (pp > 1): zero 3 runs as zero 2, as in
+    TorchTitan and the cost model — re-sharding would all-gather every stage's parameters again for each
+    micro-batch the schedule interleaves.
     """
-    reshard = reshard_after_forward_for(zero)
+    reshard = reshard_after_forward_for(zero) and not pipelined
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     names = list(model.layers.keys())
     for i, name in enumerate(names):
