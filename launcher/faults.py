@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 
-import torch
 import torch.distributed as dist
 
 EXIT_OK = 0

@@ -30,7 +30,7 @@ from launcher.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memo
 from launcher.model import Transformer, build_model
 from launcher.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from launcher.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
-from launcher.parallel.pipeline import build_schedule, pipeline_step, split_pipeline, stage_ids
+from launcher.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 

@@ -260,3 +260,13 @@ def test_clip_grad_norm_matches_torch_and_really_clips():
     for p, q in zip(a, b):
         torch.testing.assert_close(p.grad, q.grad)
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in a])) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_trainer_imports_nothing_gpu_nodes_may_lack():
+    import subprocess
+    import sys
+    code = ("import sys, launcher.train, launcher.bench, launcher.trainer, costmodel; costmodel.predict; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pulp', 'highspy', 'typer', 'rich', "
+            "'planner', 'torchao'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # torchao only once a plan asks for float8
