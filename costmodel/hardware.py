@@ -82,7 +82,8 @@ class HardwareProfile:
     gemm: Curve
     """bf16 GEMM efficiency (of bf16_tflops) by GEMM FLOPs (2mnk)."""
     fp8_gemm: Curve
-    """float8 GEMM efficiency (of fp8_tflops) by GEMM FLOPs, compiled torchao tensorwise."""
+    """float8 GEMM efficiency (of fp8_tflops) by GEMM FLOPs: a bare tensorwise torch._scaled_mm (the casts
+    torchao adds around it are costed separately, costmodel.timing.fp8_cast_s)."""
     attention: Curve
     """Causal SDPA forward+backward efficiency (of bf16_tflops) by FLOPs per call."""
     overlap: Overlap = field(default_factory=Overlap)

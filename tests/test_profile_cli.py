@@ -68,7 +68,9 @@ def test_torchrun_passes_every_profiler_flag_through(tmp_path):
                           as_json=True)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert "unrecognized arguments" not in res.stderr and "error: argument" not in res.stderr
-    assert res.stderr.count(NO_GPU) == 2  # both ranks parsed their flags and reached the GPU check
+    # A rank that parsed its flags reaches the GPU check; torchrun may stop the other rank as soon as the
+    # first exits, so only one line is guaranteed.
+    assert res.stderr.count(NO_GPU) >= 1
 
 
 def test_the_profiler_imports_nothing_gpu_nodes_lack():
