@@ -48,9 +48,30 @@ class Prediction:
     host_memory_bytes: float
     reasons: list[str] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)
+    ranks: list[dict] = field(default_factory=list)
+    """Per pipeline rank: ``rank``, ``peak_phase``, ``peak_memory_bytes`` and the ``memory_breakdown`` at that
+    rank's own peak (the worst rank's is ``memory_breakdown``)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _phase_memory(out: dict, chunks: list[int], phase: str) -> dict[str, float]:
+    """The terms a rank (its virtual-stage ``chunks``) holds at ``phase``'s peak, summing to that peak.
+
+    The loss's working set is not alive at the same time in both phases: forward holds the forward logits
+    (the phase total less its other terms); backward holds the larger of the logits' gradients and one block's
+    gradient buffers plus a recomputed block (memory.memory_terms), so only that one is counted."""
+    mem = {k: float(sum(out[k][c] for c in chunks)) for k in PHASE_TERMS[phase]}
+    total = float(sum(out[phase][c] for c in chunks))
+    if phase == "peak_backward":
+        if mem["logits"] >= mem["grad_buffers"] + mem["recompute_buffer"]:
+            mem["grad_buffers"] = mem["recompute_buffer"] = 0.0
+        else:
+            mem["logits"] = 0.0
+    if "logits" in mem:
+        mem["logits"] = max(0.0, total - (sum(mem.values()) - mem["logits"]))
+    return mem
 
 
 def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: HardwareProfile) -> dict:
@@ -93,9 +114,13 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     Mb = plan.num_microbatches
     step = float(step_time(t_mb, delta, Mb, v))
     worst = int(np.argmax(peak))
-    chunks = [worst + j * pp for j in range(v)]
-    phase = max(PHASES, key=lambda ph: sum(out[ph][c] for c in chunks))
-    mem = {k: float(sum(out[k][c] for c in chunks)) for k in PHASE_TERMS[phase]}
+    ranks = []
+    for r in range(pp):
+        chunks = [r + j * pp for j in range(v)]
+        ph = max(PHASES, key=lambda ph: sum(out[ph][c] for c in chunks))
+        ranks.append({"rank": r, "peak_phase": ph, "peak_memory_bytes": float(peak[r]),
+                      "memory_breakdown": _phase_memory(out, chunks, ph)})
+    phase, mem = ranks[worst]["peak_phase"], ranks[worst]["memory_breakdown"]
     capacity = prof.memory_bytes
     need = float(peak[worst]) * (1 + prof.fragmentation) + prof.context_gib * GiB
     host_need = float(by_rank(out["host_bytes"]).max()) * cluster.gpus_per_node
@@ -125,4 +150,5 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
         tokens_per_s=tokens_s, tokens_per_s_per_gpu=tokens_s / world,
         mfu=model_flops_per_token(model, plan.seq_len) * tokens_s / world / (prof.bf16_tflops * 1e12),
         memory_capacity_bytes=capacity, memory_breakdown=mem, time_breakdown=times, peak_phase=phase,
-        peak_rank=worst, host_memory_bytes=host_need, reasons=reasons, stages=stages)
+        peak_rank=worst, host_memory_bytes=host_need, reasons=reasons, stages=stages,
+        ranks=ranks)
