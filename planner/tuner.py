@@ -70,10 +70,20 @@ def _ideal_rate(model, cluster, prof, seq_len, groups: list[Group], space: Searc
     return np.maximum(per_group, 0.0)
 
 
-def _case_lower_bound(options: list[StageTable], L: int, M: int) -> float:
+def _fill(pp: int, M: int, interleaved: bool) -> float:
+    """Steady micro-batches plus the fill and drain of a pipeline with equal ranks: M - 1 + pp under 1F1B,
+    M - 1 + (pp + 1) / 2 with 2 interleaved chunks per rank (costmodel.pipeline.step_time)."""
+    return M - 1 + ((pp + 1) / 2 if interleaved else pp)
+
+
+def _can_interleave(space: SearchSpace, pp: int, M: int) -> bool:
+    return "Interleaved1F1B" in space.schedules and pp > 1 and M >= pp
+
+
+def _case_lower_bound(options: list[StageTable], L: int, M: int, interleaved: bool) -> float:
     pp = len(options)
     rho = min(float(np.min(o.t_mb / o.knobs["l"])) for o in options)
-    return (M - 1 + pp) / pp * L * rho + max(0.0, float(np.min(options[0].delta)))
+    return _fill(pp, M, interleaved) / pp * L * rho + max(0.0, float(np.min(options[0].delta)))
 
 
 def to_plan(model: ModelSpec, g: Group, options: list[StageTable], picks: list[int], *, zero: int, mode: int,
@@ -115,9 +125,47 @@ def _interleaved_variant(plan: Plan, model: ModelSpec) -> Plan | None:
         vals = half(plan.per_stage(key, L))
         vals = [min(v, n) for v, n in zip(vals, chunk_layers)]
         knobs[key] = vals[0] if len(set(vals)) == 1 and key != "recompute_layers" else vals
+    rec = knobs["recompute_layers"] if plan.recompute != "none" else [0] * len(chunk_layers)
+    oa = knobs["offload_activation_layers"]
+    oa = oa if isinstance(oa, list) else [oa] * len(chunk_layers)
+    knobs["offload_activation_layers"] = [min(o, n - r) for o, n, r in zip(oa, chunk_layers, rec)]
     if plan.recompute == "none":
         knobs["recompute_layers"] = None
     return plan.replace(pp_schedule="Interleaved1F1B", virtual_stages=2, layers_per_stage=chunk_layers, **knobs)
+
+
+def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, *,
+               mode: str | None = "full", max_tries: int = 64) -> tuple[Plan, Prediction] | None:
+    """The plan on Interleaved1F1B, checkpointing more blocks where the deeper warm-up no longer fits.
+
+    Interleaving shrinks the bubble by the number of chunks but holds up to 1.5x the 1F1B warm-up
+    activations on the first ranks; the repair checkpoints one more block of the fullest rank's
+    least-checkpointed chunk until every rank fits (or gives up); ``mode`` None forbids checkpointing."""
+    v2 = _interleaved_variant(plan, model)
+    if v2 is None:
+        return None
+    L = model.num_hidden_layers
+    if v2.recompute == "none" and mode is not None:
+        v2 = v2.replace(recompute=mode, recompute_layers=[0] * v2.num_stages)
+    capacity = prof.memory_bytes - prof.context_gib * 2**30
+    for _ in range(max_tries):
+        pred = predict(model, cluster, v2, profile=prof)
+        if pred.feasible:
+            return v2, pred
+        if v2.recompute == "none" or pred.host_memory_bytes > prof.host_memory_gib * 2**30 * 0.9:
+            return None
+        rec, layers = v2.per_stage("recompute_layers", L), v2.stage_layers(L)
+        oa = v2.per_stage("offload_activation_layers", L)
+        peak = np.array([s["peak_memory_bytes"] for s in pred.stages]).reshape(v2.virtual_stages, v2.pp).sum(0)
+        over = np.nonzero(peak * (1 + prof.fragmentation) > capacity)[0]
+        for rank in over:  # one more checkpointed block on every rank that does not fit
+            chunks = [c for c in range(int(rank), v2.num_stages, v2.pp) if rec[c] + oa[c] < layers[c]]
+            if not chunks:
+                return None
+            c = min(chunks, key=lambda c: rec[c] / layers[c])
+            rec[c] += 1
+        v2 = v2.replace(recompute_layers=rec)
+    return None
 
 
 def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: int, seq_len: int,
@@ -144,13 +192,23 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
         return result
     fixed = {**model_inputs(model), **hardware_inputs(prof)}
     rate = _ideal_rate(model, cluster, prof, seq_len, groups, space, fixed)
-    lb = np.array([(g.M - 1 + g.pp) / g.pp * L * r for g, r in zip(groups, rate)])
+    lb = np.array([_fill(g.pp, g.M, _can_interleave(space, g.pp, g.M)) / g.pp * L * r
+                   for g, r in zip(groups, rate)])
     order = np.argsort(lb)
     best: list[tuple[float, int, Candidate]] = []   # max-heap by objective (negated), size top_k
     counter = 0
 
     def kth() -> float:
         return -best[0][0] if len(best) >= top_k else math.inf
+
+    def push(c: Candidate) -> None:
+        nonlocal counter
+        if any(c.plan == b.plan for _, _, b in best):
+            return
+        counter += 1
+        heapq.heappush(best, (-c.step_time_s, counter, c))
+        if len(best) > top_k:
+            heapq.heappop(best)
 
     for n_done, gi in enumerate(order):
         g = groups[gi]
@@ -161,6 +219,9 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
         result.groups_searched += 1
         tables = {role: evaluate_role(model, cluster, prof, seq_len, g, role, space, fixed) for role in roles(g.pp)}
         m_need = needed_in_flight(g.pp, g.M)
+        inter = _can_interleave(space, g.pp, g.M)
+        # interleaving can at best shrink a 1F1B step by this factor (equal ranks, same knobs)
+        shrink = _fill(g.pp, g.M, True) / _fill(g.pp, g.M, False) if inter else 1.0
         zeros = sorted({2 if (z == 3 and g.pp > 1) else z for z in space.zero})  # pipelines never reshard
         for zero in zeros:
             for mode in sorted({MODE_CODE[m] for m in space.recompute if m != "none"} or {0}):
@@ -175,47 +236,37 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
                         options.append(stage_options(tab.take(np.nonzero(case)[0]), m_need[i], keep=12))
                     if any(len(o) == 0 for o in options):
                         continue
-                    if _case_lower_bound(options, L, g.M) >= kth() * (1 - gap):
+                    if _case_lower_bound(options, L, g.M, inter) >= kth() * (1 - gap):
                         continue
                     remaining = time_limit_s - (time.perf_counter() - t_start)
                     if g.pp == 1:
                         choice = solve(options, L, g.M)
                     else:
                         warm, lower = split_dp(options, L, g.M)
-                        if warm is None or lower >= kth() * (1 - gap):
+                        if warm is None or lower * shrink >= kth() * (1 - gap):
                             continue
-                        choice = warm if warm.gap <= gap else solve(
+                        # a case that only interleaving could bring into the top k needs no exact 1F1B optimum
+                        good_enough = warm.gap <= gap or lower >= kth() * (1 - gap)
+                        choice = warm if good_enough else solve(
                             options, L, g.M, time_limit_s=min(10.0, max(0.1, remaining)), gap=gap, warm=warm)
                     if choice is None:
                         continue
                     result.cases_solved += 1
-                    if choice.objective >= kth():
+                    if choice.objective * shrink >= kth():
                         continue
                     plan = to_plan(model, g, options, choice.picks, zero=zero, mode=mode, compile_=bool(k), rev=rev,
                                    global_batch_size=global_batch_size, seq_len=seq_len, space=space,
                                    model_ref=model_ref, cluster_ref=cluster_ref)
-                    if any(c.plan == plan for _, _, c in best):
-                        continue
                     pred = predict(model, cluster, plan, profile=prof)
                     assert abs(pred.step_time_s - choice.objective) <= 1e-6 * choice.objective + 1e-9, \
                         (pred.step_time_s, choice.objective)
-                    counter += 1
-                    heapq.heappush(best, (-choice.objective, counter, Candidate(plan, pred, choice.gap, choice.status)))
-                    if len(best) > top_k:
-                        heapq.heappop(best)
+                    if "1F1B" in space.schedules and choice.objective < kth():
+                        push(Candidate(plan, pred, choice.gap, choice.status))
+                    if inter:
+                        found = interleave(plan, model, cluster, prof, mode=MODE_NAME[mode] if mode else None)
+                        if found is not None and found[1].step_time_s < kth():
+                            push(Candidate(found[0], found[1], choice.gap, choice.status + ", interleaved"))
     top = sorted((c for _, _, c in best), key=lambda c: c.step_time_s)
-    if "Interleaved1F1B" in space.schedules:
-        for c in list(top):
-            v2 = _interleaved_variant(c.plan, model)
-            if v2 is not None:
-                p2 = predict(model, cluster, v2, profile=prof)
-                if p2.feasible and p2.step_time_s < c.step_time_s:
-                    top.append(Candidate(v2, p2, c.gap, c.status + ", interleaved"))
-        unique = []
-        for c in sorted(top, key=lambda c: c.step_time_s):
-            if all(c.plan != u.plan for u in unique):
-                unique.append(c)
-        top = unique[:top_k]
     result.top = [c for c in top if c.prediction.feasible]
     result.best = result.top[0] if result.top else None
     if result.best is None:
