@@ -2,7 +2,10 @@
 imbalance-aware step time ``(M-1)·Tmax + Σ T_i + Dmax`` with ``Dmax ≥ D_i - Σ_{j<i} T_j``."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -81,6 +84,20 @@ def split_dp(options: list[StageTable], L: int, M: int) -> tuple[Choice | None, 
     return Choice(picks, obj, max(0.0, obj / lb - 1.0), "dynamic programme", time.perf_counter() - t0), lb
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """HiGHS >= 1.16 prints its banner from C++ on the first solver it builds, whatever ``msg`` says; keep
+    it off stdout, where `plan --json` writes its one JSON object."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class _WarmHiGHS(pulp.HiGHS):
     """pulp.HiGHS that hands the variables' initial values to HiGHS as a MIP start (pulp 3.x has none)."""
 
@@ -132,7 +149,8 @@ def solve(options: list[StageTable], L: int, M: int, *, time_limit_s: float = 10
         tmax.setInitialValue(max(t_w))
         dmax.setInitialValue(max(0.0, max(options[i].delta[j] - sum(t_w[:i]) for i, j in enumerate(warm.picks))))
     solver = _WarmHiGHS(msg=False, timeLimit=max(0.05, time_limit_s), gapRel=gap, threads=1)
-    status = prob.solve(solver)
+    with _stdout_to_stderr():
+        status = prob.solve(solver)
     model = prob.solverModel
     hs = model.getModelStatus()
     import highspy

@@ -1,6 +1,8 @@
 """The tuner: optimality against brute force, solver bounds, and sanity against public practice."""
 import itertools
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -96,6 +98,16 @@ def test_milp_returns_the_incumbent_and_its_gap_on_timeout():
     assert got is not None and got.objective <= warm.objective + 1e-12
     assert got.status in ("optimal", "time limit (incumbent)")
     assert got.gap >= 0
+
+
+def test_the_solver_writes_nothing_to_stdout():
+    # `plan --json` prints one JSON object on stdout; HiGHS >= 1.16 prints a banner on its first model
+    code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_planner import random_options; "
+            "from planner.milp import solve; o = random_options(np.random.default_rng(0), 3, 9, 6); "
+            "solve(o, 9, 4, time_limit_s=5)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ""
 
 
 def test_8b_on_one_node_uses_no_pipeline():
