@@ -95,12 +95,18 @@ class Evaluation:
         return self._get("mfu")
 
     @property
+    def layout(self) -> str:
+        """The parallel layout, e.g. ``tp2·pp8·dp4`` (``pp4×2`` for two interleaved chunks per rank)."""
+        if self.plan is None:
+            return "?"
+        p = self.plan
+        chunks = f"×{p.virtual_stages}" if p.virtual_stages > 1 else ""
+        return f"tp{p.tp}·pp{p.pp}{chunks}·dp{p.dp}"
+
+    @property
     def label(self) -> str:
         """Cluster and layout, e.g. ``8x8xh100 tp2·pp8·dp4``."""
-        if self.plan is None:
-            return cluster_label(self.cluster)
-        p = self.plan
-        return f"{cluster_label(self.cluster)} tp{p.tp}·pp{p.pp}{'×2' if p.virtual_stages == 2 else ''}·dp{p.dp}"
+        return f"{cluster_label(self.cluster)} {self.layout}"
 
     def row(self) -> dict[str, Any]:
         """One flat table row: names, swept values, the main plan keys, the prediction, the reason."""
@@ -182,8 +188,15 @@ def _pandas():
     return pandas
 
 
+_INT_COLUMNS = ("gpus", "global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "zero", "rank")
+
+
 def _frame(rows: list[dict]) -> "pd.DataFrame":
-    return _pandas().DataFrame(rows)
+    df = _pandas().DataFrame(rows)
+    for col in _INT_COLUMNS:  # points without a plan leave holes: keep the rest integers, not floats
+        if col in df and df[col].isna().any():
+            df[col] = df[col].astype("Int64")
+    return df
 
 
 def _load_plan(ref: PlanRef) -> Plan:
@@ -237,16 +250,36 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, dat
     return ev
 
 
+def _fit_point(data: dict, changes: dict, model: ModelSpec, cluster: ClusterSpec, fit_dp: bool) -> list[str]:
+    """Adapt the base plan's derived keys to one point; returns notes on what was adapted."""
+    notes = []
+    if fit_dp and "dp" not in changes:
+        tp, pp = int(data["tp"]), int(data["pp"])
+        if tp >= 1 and pp >= 1 and cluster.num_gpus % (tp * pp) == 0:
+            data["dp"] = cluster.num_gpus // (tp * pp)
+    lps = data.get("layers_per_stage")
+    if lps is not None and "layers_per_stage" not in changes:
+        stages = int(data["pp"]) * int(data.get("virtual_stages", 1))
+        if len(lps) != stages or sum(lps) != model.num_hidden_layers:
+            data["layers_per_stage"] = None
+            notes.append("the base plan's layers_per_stage does not fit this point; stages split evenly")
+    return notes
+
+
 def predict(model: ModelRef, cluster: ClusterRef, plan: PlanRef, **changes: Any) -> Evaluation:
     """Cost ``plan`` (an object, dict, path or shipped plan name) for ``model`` on ``cluster``.
 
-    Keyword arguments override plan keys (``predict(m, c, p, seq_len=8192)``). A plan that cannot run on
-    the cluster raises SpecError naming the key and the fix; one that runs out of memory returns an
-    Evaluation with ``feasible`` False and the reason."""
+    Keyword arguments override plan keys (``predict(m, c, p, seq_len=8192)``); overriding tp or pp
+    without dp sets dp to GPUs / (tp × pp). A plan that cannot run on the cluster raises SpecError naming
+    the key and the fix; one that runs out of memory returns an Evaluation with ``feasible`` False and
+    the reason."""
     _check_keys(changes, PLAN_KEYS, "predict override")
     m, c = load_model(model), load_cluster(cluster)
     data = {**_load_plan(plan).to_dict(), **changes}
-    return _evaluate(m, c, profile_for(c), data, strict=True)
+    notes = _fit_point(data, changes, m, c, fit_dp="tp" in changes or "pp" in changes)
+    ev = _evaluate(m, c, profile_for(c), data, strict=True)
+    ev.notes = notes + ev.notes
+    return ev
 
 
 def _space(space: SearchSpace | None, pins: dict[str, Any]) -> SearchSpace:
@@ -293,22 +326,6 @@ def _as_list(ref: Any, load) -> list:
     if not refs:
         raise ValueError("give at least one model and one cluster")
     return [(r, load(r)) for r in refs]
-
-
-def _fit_point(data: dict, changes: dict, model: ModelSpec, cluster: ClusterSpec, fit_dp: bool) -> list[str]:
-    """Adapt the base plan's derived keys to one point; returns notes on what was adapted."""
-    notes = []
-    if fit_dp and "dp" not in changes:
-        tp, pp = int(data["tp"]), int(data["pp"])
-        if tp >= 1 and pp >= 1 and cluster.num_gpus % (tp * pp) == 0:
-            data["dp"] = cluster.num_gpus // (tp * pp)
-    lps = data.get("layers_per_stage")
-    if lps is not None and "layers_per_stage" not in changes:
-        stages = int(data["pp"]) * int(data.get("virtual_stages", 1))
-        if len(lps) != stages or sum(lps) != model.num_hidden_layers:
-            data["layers_per_stage"] = None
-            notes.append("the base plan's layers_per_stage does not fit this point; stages split evenly")
-    return notes
 
 
 def sweep(model: ModelRef | Sequence[ModelRef], cluster: ClusterRef | Sequence[ClusterRef], base_plan: PlanRef,

@@ -201,8 +201,9 @@ def pareto_front(source: Sweep | PlanResult | Iterable[Evaluation], *, title: st
     budgets = sorted({round(e.memory_budget_bytes / GiB, 1) for e in evs if math.isfinite(e.memory_budget_bytes)})
     for b in budgets:
         ax.axvline(b, color="crimson", ls="--", lw=0.8, alpha=0.6)
-        ax.annotate(f"budget {b:.0f} GiB", (b, 1.0), xycoords=("data", "axes fraction"), rotation=90,
-                    ha="right", va="top", fontsize=7, color="crimson")
+        ax.annotate(f"budget {b:.0f} GiB", (b, 0.98), xycoords=("data", "axes fraction"), rotation=90,
+                    xytext=(-3, 0), textcoords="offset points", ha="right", va="top", fontsize=8,
+                    color="crimson")
     ax.set_xlabel("peak memory per GPU (GiB)")
     ax.set_ylabel("step time (s)")
     ax.legend(fontsize=8)
