@@ -11,7 +11,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
@@ -148,7 +148,7 @@ class Sweep:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Evaluation]:
         return iter(self.rows)
 
     def feasible(self) -> list[Evaluation]:
@@ -253,14 +253,14 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, dat
 def _fit_point(data: dict, changes: dict, model: ModelSpec, cluster: ClusterSpec, fit_dp: bool) -> list[str]:
     """Adapt the base plan's derived keys to one point; returns notes on what was adapted."""
     notes = []
-    if fit_dp and "dp" not in changes:
-        tp, pp = int(data["tp"]), int(data["pp"])
-        if tp >= 1 and pp >= 1 and cluster.num_gpus % (tp * pp) == 0:
-            data["dp"] = cluster.num_gpus // (tp * pp)
+    tp, pp, v = data.get("tp"), data.get("pp"), data.get("virtual_stages", 1)
+    if not all(isinstance(x, int) and x >= 1 for x in (tp, pp, v)):
+        return notes   # a malformed value: parse_plan names it as the point's reason
+    if fit_dp and "dp" not in changes and cluster.num_gpus % (tp * pp) == 0:
+        data["dp"] = cluster.num_gpus // (tp * pp)
     lps = data.get("layers_per_stage")
-    if lps is not None and "layers_per_stage" not in changes:
-        stages = int(data["pp"]) * int(data.get("virtual_stages", 1))
-        if len(lps) != stages or sum(lps) != model.num_hidden_layers:
+    if isinstance(lps, list) and "layers_per_stage" not in changes:
+        if len(lps) != pp * v or sum(lps) != model.num_hidden_layers:
             data["layers_per_stage"] = None
             notes.append("the base plan's layers_per_stage does not fit this point; stages split evenly")
     return notes
@@ -309,14 +309,15 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
     # recipe names travel into the tuned plan's model/cluster keys, so `loadmaster launch` finds them
     m_ref = _ref_name(model) if not isinstance(model, ModelSpec) else None
     c_ref = _ref_name(cluster) if not isinstance(cluster, ClusterSpec) else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings.catch_warnings():   # the candidates' warnings; each plan's own are in its notes below
+        warnings.simplefilter("ignore")
         res = tune(m_ref or m, c_ref or c, global_batch_size, seq_len, sp, top_k=top_k,
                    time_limit_s=time_limit_s, gap=gap, profile=prof)
-    notes = list(dict.fromkeys(str(w.message) for w in caught))
-    budget = _budget(prof)
-    top = [Evaluation(m, c, cand.plan, cand.prediction, notes=notes, memory_budget_bytes=budget)
-           for cand in res.top]
+    top = []
+    for cand in res.top:
+        ev = _evaluate(m, c, prof, cand.plan.to_dict(), strict=True)
+        assert math.isclose(ev.step_time_s, cand.step_time_s, rel_tol=1e-9), (ev.step_time_s, cand.step_time_s)
+        top.append(ev)
     return PlanResult(best=top[0] if top else None, top=top, diagnosis=list(res.diagnosis), seconds=res.seconds,
                       layouts=res.groups, layouts_searched=res.groups_searched)
 

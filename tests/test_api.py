@@ -106,6 +106,12 @@ def test_sweep_keeps_infeasible_points_with_their_reasons(layouts):
     assert (df[df.feasible].reason == "").all() and df.feasible.any()
 
 
+def test_sweep_turns_malformed_values_into_reasons():
+    bad, good = planner.sweep("llama3-8b", "8xh100", "llama3-8b-fsdp", tp=["two", 2]).rows
+    assert bad.plan is None and bad.reason == "tp: is 'two' (str); it must be an integer"
+    assert good.prediction is not None and good.plan.dp == 4
+
+
 def test_sweep_is_the_product_over_models_clusters_and_keys():
     models = ["llama3.2-1b", RECIPES / "models/llama3-8b.yaml"]
     clusters = ["8xh100", ClusterSpec(name="2x4xa100", nodes=2, gpus_per_node=4, gpu="a100-80g")]
