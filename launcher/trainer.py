@@ -184,8 +184,10 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
 def forward_backward(s: Session, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
     """All micro-batches of one step on this rank; the mean loss (None on ranks without the last stage).
 
-    Without pipelining, gradients are accumulated over micro-batches with FSDP2's gradient sync off until the
-    last one (each micro-batch's loss is divided by their number, so gradients are those of the mean)."""
+    Without pipelining, gradients are accumulated over micro-batches (each micro-batch's loss is divided by their
+    number, so gradients are those of the mean). ``grad_reduce: last`` keeps FSDP2's gradient sync off until the
+    last micro-batch (unsharded fp32 gradients accumulate locally); ``every`` reduce-scatters after each one into
+    the sharded gradients (more communication, no unsharded buffer)."""
     plan = s.cfg.plan
     if s.schedule is not None:
         with s.loss_context():
@@ -195,7 +197,7 @@ def forward_backward(s: Session, tokens: torch.Tensor, labels: torch.Tensor) -> 
     model, n, mbs = s.parts[0], plan.num_microbatches, plan.micro_batch_size
     total = torch.zeros((), device=s.device)
     for m in range(n):
-        model.set_requires_gradient_sync(m == n - 1)
+        model.set_requires_gradient_sync(m == n - 1 or plan.grad_reduce == "every")
         rows = slice(m * mbs, (m + 1) * mbs)
         with s.loss_context():
             logits = model(tokens[rows])

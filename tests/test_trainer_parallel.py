@@ -35,6 +35,36 @@ def test_data_parallel_zero_levels_match_reference(zero):
     check(dict(dp=2, zero=zero))
 
 
+@pytest.mark.parametrize("zero", [3, 2])
+def test_gradients_reduced_after_every_micro_batch_match_reference(zero):
+    check(dict(dp=2, zero=zero, grad_reduce="every"))
+
+
+def _count_reduce_scatters(rank: int, cfg) -> int:
+    import torch.distributed as dist
+    calls = [0]
+
+    def counting(real):
+        def call(*args, **kwargs):
+            calls[0] += 1
+            return real(*args, **kwargs)
+        return call
+    for name in ("reduce_scatter_tensor", "reduce_scatter_single"):  # FSDP2 uses the latter from torch 2.12
+        if hasattr(dist, name):
+            setattr(dist, name, counting(getattr(dist, name)))
+    run_plan(rank, cfg)
+    return calls[0]
+
+
+def test_grad_reduce_every_reduce_scatters_once_per_micro_batch():
+    counts = {}
+    for mode in ("last", "every"):
+        plan = plan_of(dp=2, zero=2, grad_reduce=mode)
+        counts[mode] = spawn(_count_reduce_scatters, 2, config(plan, steps=1))[0]
+    assert counts["last"] > 0
+    assert counts["every"] == plan.num_microbatches * counts["last"]
+
+
 def test_tensor_parallel_with_sequence_parallel_and_loss_parallel():
     check(dict(tp=2))
 
