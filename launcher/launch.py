@@ -277,9 +277,10 @@ def launch_env(launch: Launch, *, cpu_count: int) -> dict[str, str]:
             # a failed or timed-out NCCL collective ends the rank, so torchrun restarts the group, never hangs
             "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
             # flight recorder: on a collective timeout every rank dumps its last collectives (which one hung)
-            "TORCH_NCCL_TRACE_BUFFER_SIZE": "20000",
+            # (TORCH_FR_* are the names since torch 2.11; the TORCH_NCCL_* ones warn as deprecated)
+            "TORCH_FR_BUFFER_SIZE": "20000",
             "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-            "TORCH_NCCL_DEBUG_INFO_TEMP_FILE": str(launch.run_dir.resolve() / "comm_trace" / "rank_"),
+            "TORCH_FR_DUMP_TEMP_FILE": str(launch.run_dir.resolve() / "comm_trace" / "rank_"),
             "NCCL_DEBUG": "WARN",
         })
     return env
