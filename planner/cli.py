@@ -68,7 +68,8 @@ def _register_all() -> None:
         return
     _registered = True
     import importlib
-    for name in ("cli_predict", "cli_plan", "cli_launch", "cli_profile", "cli_export", "cli_calibrate"):
+    for name in ("cli_predict", "cli_plan", "cli_launch", "cli_profile", "cli_export", "cli_calibrate",
+                 "cli_verify"):
         try:
             mod = importlib.import_module(f"planner.{name}")
         except ModuleNotFoundError as e:

@@ -81,6 +81,8 @@ def register(app: typer.Typer) -> None:
         fp8_rotation_steps: int = typer.Option(100, "--fp8-rotation-steps", help="Rotate a partial float8 set every N steps."),
         schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
         cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
+        verify: bool = typer.Option(False, "--verify", help="Re-rank the top plans by traced memory "
+                                    "(`loadmaster verify`; needs a CUDA build of torch)."),
     ) -> None:
         """Search the plan space for the fastest plan that fits, and explain the choice."""
         if job:
@@ -109,6 +111,9 @@ def register(app: typer.Typer) -> None:
                               time_limit_s=time_limit, gap=gap,
                               progress=lambda done, total, msg: bar.update(task, completed=done + 1, total=total,
                                                                            description=msg))
+        if verify:
+            from .cli_verify import rerank_verified
+            result = rerank_verified(result, model, cluster, show=not as_json)
         if out is not None and result.best is not None:
             out.write_text(result.best.plan.to_yaml())
         if as_json:
