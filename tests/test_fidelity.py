@@ -1,0 +1,73 @@
+"""The fidelity scoreboard (benchmarks/fidelity.py): the issue's targets on the committed measured runs, the
+scoring itself on runs whose errors are known, and the published-number table."""
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import fidelity  # noqa: E402
+
+from costmodel import load_cluster, parse_plan  # noqa: E402
+from costmodel.prediction import predict  # noqa: E402
+
+
+def test_committed_measured_runs_meet_the_targets():
+    files = fidelity.measured_files()
+    if not files:
+        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.bench *.jsonl from the GPU campaign)")
+    rows, s = fidelity.table(files)
+    assert s["runs"] >= 1
+    assert fidelity.misses(s) == [], fidelity.misses(s)
+
+
+def _line(name, model, cluster, plan, *, time_factor=1.0, mem_factor=1.0, oom=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = predict(model, cluster, parse_plan(plan))
+    if oom:
+        return {"name": name, "model": model, "cluster": cluster, "plan": plan, "oom": True, "error": "CUDA OOM"}
+    return {"name": name, "model": model, "cluster": cluster, "plan": plan, "oom": False,
+            "step_time_s": pred.step_time_s / time_factor, "peak_memory_bytes": pred.peak_memory_bytes / mem_factor}
+
+
+def test_scoreboard_reports_known_errors_and_out_of_memory_calls(tmp_path):
+    base = {"global_batch_size": 8, "micro_batch_size": 1, "seq_len": 2048, "dp": 1, "tp": 1, "pp": 1, "zero": 3,
+            "recompute": "none"}
+    lines = [_line("fast", "llama3.2-1b", "1xh200", base, time_factor=1.10),           # predicted 10 % slow
+             _line("light", "llama3.2-1b", "1xh200", dict(base, micro_batch_size=2), mem_factor=0.80),
+             _line("exact", "gpt3-1.3b", "2xh200", dict(base, dp=2)),
+             _line("huge", "llama3-8b", "1xh200", dict(base, micro_batch_size=8, seq_len=8192), oom=True)]
+    path = tmp_path / "bench.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rows, s = fidelity.table([path])
+    by = {r.name: r for r in rows}
+    assert by["fast"].t_err == pytest.approx(0.10) and by["fast"].m_err == pytest.approx(0.0, abs=1e-12)
+    assert by["light"].m_err == pytest.approx(-0.20)
+    assert s["runs"] == 3 and s["oom_runs"] == 1 and s["oom_called"] == 1 and s["false_oom"] == 0
+    assert s["time_median_abs_err"] == pytest.approx(0.0, abs=1e-12)
+    assert s["time_max_abs_err"] == pytest.approx(0.10)
+    assert fidelity.misses(s) == ["mem max |error| 20.0% > 15%"]
+
+
+def test_published_table_replays_the_torchtitan_rows():
+    rows = fidelity.published()
+    assert [r.name for r in rows] == ["torchtitan-llama3.1-8b-fsdp-sac", "torchtitan-llama3.1-8b-fsdp-sac-compile",
+                                      "torchtitan-llama3.1-8b-fsdp-sac-compile-fp8"]
+    assert [r.tokens_meas for r in rows] == [5762, 6667, 8532]
+    assert rows[0].mem_meas_gib == 82.4 and rows[0].mem_kind == "reserved"
+    assert all(math.isfinite(r.tokens_err) and r.tokens_pred > 0 for r in rows)
+    # compile and float8 make the prediction faster, as they made the measurement
+    assert rows[0].tokens_pred < rows[1].tokens_pred < rows[2].tokens_pred
+    assert load_cluster("8xh100").num_gpus == 8
+
+
+def test_script_prints_the_published_table(capsys):
+    assert fidelity.main(["--published", str(fidelity.PUBLISHED)]) == 0
+    out = capsys.readouterr().out
+    assert "torchtitan-llama3.1-8b-fsdp-sac-compile-fp8 | 8,532 |" in out
