@@ -1,10 +1,9 @@
 """Start a plan with torchrun on one node or many, from a run directory that alone reproduces and resumes it.
 
-A run directory holds plan.yaml, model.yaml (the resolved ModelSpec), cluster.yaml (when known), launch.json
-(settings, torchrun command, environment), prediction.json, logs/ (per-rank stdout/stderr in torchrun's
-layout, ``logs/node<R>/<run>/attempt_<k>/<local rank>/``), and the trainer's metrics.jsonl, summary.json and
-checkpoints/. ``launch RUN_DIR`` rebuilds the command from launch.json; the trainer resumes from the newest
-complete checkpoint.
+The request (flags) is checked against the plan, the model and the cluster; launcher/commands.py builds the
+torchrun command and environment, launcher/rundir.py the run directory, launcher/slurm.py the sbatch script.
+``launch RUN_DIR`` rebuilds the command from the directory's launch.json, and the trainer resumes from its
+newest complete checkpoint. This process runs torchrun's agent itself (its API), to read each rank's exit code.
 
 Entry without typer or pulp (GPU nodes): ``python -m launcher.launch PLAN_OR_RUN_DIR [flags] [-- trainer flags]``.
 Exit codes are the trainer's (launcher/faults.py): 0 done, 2 user error, 3 collective or rendezvous timeout,
@@ -25,20 +24,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, load_plan
-from costmodel.specs import as_dict, resolve
+from costmodel.specs import resolve
+from launcher.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
 from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
+from launcher.rundir import preempted_since, read_run_dir, summary_lines, write_atomic, write_run_dir
 
-# Dry runs list every node up to this many, else the first and the last (the others differ only in rank).
-SHOW_ALL_NODES = 4
-DEFAULT_PORT = 29500
 # launcher.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
 _OWNED_FLAGS = ("--plan", "--model", "--out", "--steps", "--data", "--checkpoint-every", "--cluster")
-# Seconds torchrun waits, after forwarding SIGTERM to the ranks, before SIGKILL: the preemption checkpoint
-# of a large model takes longer than torchrun's default 30 s.
-SHUTDOWN_TIMEOUT_S = 300
 
 
 @dataclass(kw_only=True)
@@ -151,13 +144,7 @@ def _from_run_dir(req: LaunchRequest, run_dir: Path) -> tuple[Plan, ModelSpec, C
         if value is not None:
             raise SpecError(run_dir, flag, "is fixed by the run directory",
                             f"drop {flag}, or launch the plan YAML into a new --out")
-    meta = run_dir / "launch.json"
-    if not meta.is_file():
-        raise SpecError(run_dir, "launch.json", "no such file: not a run directory",
-                        "launch a plan YAML (with --out DIR) to create one")
-    saved = json.loads(meta.read_text())["settings"]
-    cluster = load_cluster(run_dir / "cluster.yaml") if (run_dir / "cluster.yaml").is_file() else None
-    return load_plan(run_dir / "plan.yaml"), load_model(run_dir / "model.yaml"), cluster, saved
+    return read_run_dir(run_dir)
 
 
 def _layout(req: LaunchRequest, plan: Plan, cluster: ClusterSpec | None, saved: dict, cuda_devices: int
@@ -201,7 +188,8 @@ def resolve_launch(req: LaunchRequest, *, cuda_devices: int | None = None, dry_r
         cluster_ref = req.cluster or plan.cluster
         cluster = load_cluster(cluster_ref) if cluster_ref else None
         saved = {}
-        run_dir = Path(req.out) if req.out else Path("runs", f"{Path(plan.source).stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(req.out) if req.out else Path("runs", f"{Path(plan.source).stem}-{stamp}")
     check_plan(plan, model, cluster)
     nnodes, nproc = _layout(req, plan, cluster, saved, cuda_devices)
     if req.node_rank >= nnodes:
@@ -218,72 +206,17 @@ def resolve_launch(req: LaunchRequest, *, cuda_devices: int | None = None, dry_r
     if cuda_devices and not dry_run and cuda_devices < nproc:
         raise SpecError("<flags>", "--nproc-per-node", f"{nproc} processes but this node has {cuda_devices} GPUs",
                         "run on a node with enough GPUs or use a plan for fewer")
-    data = str(Path(req.data).resolve()) if req.data else saved.get("data")
+    def pick(value, key: str, default=None):  # a flag wins over the run directory's setting
+        return value if value is not None else saved.get(key, default)
+    default_id = re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.resolve().name)
     return Launch(run_dir=run_dir, plan=plan, model=model, cluster=cluster, nnodes=nnodes, nproc_per_node=nproc,
-                  node_rank=req.node_rank, rdzv_endpoint=endpoint,
-                  rdzv_id=req.rdzv_id or saved.get("rdzv_id") or re.sub(r"[^A-Za-z0-9_.-]", "_", run_dir.resolve().name),
-                  join_timeout_s=req.join_timeout_s or saved.get("join_timeout_s"),
-                  max_restarts=req.max_restarts if req.max_restarts is not None else saved.get("max_restarts", 0),
-                  steps=req.steps or saved.get("steps", 10), data=data,
-                  checkpoint_every=req.checkpoint_every if req.checkpoint_every is not None
-                  else saved.get("checkpoint_every", 0),
+                  node_rank=req.node_rank, rdzv_endpoint=endpoint, rdzv_id=pick(req.rdzv_id, "rdzv_id", default_id),
+                  join_timeout_s=pick(req.join_timeout_s, "join_timeout_s"),
+                  max_restarts=pick(req.max_restarts, "max_restarts", 0), steps=pick(req.steps, "steps", 10),
+                  data=pick(str(Path(req.data).resolve()) if req.data else None, "data"),
+                  checkpoint_every=pick(req.checkpoint_every, "checkpoint_every", 0),
                   train_args=[*saved.get("train_args", []), *req.train_args],
                   gpu=bool(cuda_devices) or cluster is not None, from_run_dir=target.is_dir())
-
-
-def train_flags(launch: Launch) -> list[str]:
-    """launcher.train's flags: everything from the run directory, then the user's extra trainer flags."""
-    rd = launch.run_dir.resolve()
-    flags = ["--plan", str(rd / "plan.yaml"), "--model", str(rd / "model.yaml"), "--out", str(rd),
-             "--steps", str(launch.steps)]
-    if launch.data:
-        flags += ["--data", launch.data]
-    if launch.checkpoint_every:
-        flags += ["--checkpoint-every", str(launch.checkpoint_every)]
-    if launch.cluster is not None:
-        flags += ["--cluster", str(rd / "cluster.yaml")]
-    return flags + launch.train_args
-
-
-def torchrun_argv(launch: Launch, *, node_rank: int | str, rdzv_endpoint: str | None = None,
-                  rdzv_id: str | None = None) -> list[str]:
-    """The torchrun command of one node (node_rank/endpoint/id may be shell variables, as in the sbatch script)."""
-    endpoint = rdzv_endpoint or launch.rdzv_endpoint
-    if endpoint is None:
-        endpoint = "localhost:0" if launch.nnodes == 1 else f"HEAD_NODE:{DEFAULT_PORT}"
-    argv = ["torchrun", "--nnodes", str(launch.nnodes), "--nproc-per-node", str(launch.nproc_per_node)]
-    if launch.nnodes > 1:  # informational under c10d (it assigns ranks), but names the node in logs
-        argv += ["--node-rank", str(node_rank)]
-    argv += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", rdzv_id or launch.rdzv_id]
-    if launch.join_timeout_s:
-        argv += ["--rdzv-conf", f"join_timeout={launch.join_timeout_s}"]
-    argv += ["--max-restarts", str(launch.max_restarts),
-             "--log-dir", f"{launch.run_dir.resolve() / 'logs'}/node{node_rank}", "--tee", "3",
-             "-m", "launcher.train", *train_flags(launch)]
-    return argv
-
-
-def launch_env(launch: Launch, *, cpu_count: int) -> dict[str, str]:
-    """The variables a good launch sets for every rank (on top of the inherited environment)."""
-    env = {
-        # torchrun would set 1 (and warn); share the node's cores between its ranks instead
-        "OMP_NUM_THREADS": str(max(1, cpu_count // launch.nproc_per_node)),
-        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT_S),
-        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": "[rank${rank}]:",  # global rank on every teed line
-    }
-    if launch.gpu:
-        env.update({
-            "PYTORCH_ALLOC_CONF": "expandable_segments:True",  # segments grow in place: less fragmentation OOM
-            # a failed or timed-out NCCL collective ends the rank, so torchrun restarts the group, never hangs
-            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
-            # flight recorder: on a collective timeout every rank dumps its last collectives (which one hung)
-            # (TORCH_FR_* are the names since torch 2.11; the TORCH_NCCL_* ones warn as deprecated)
-            "TORCH_FR_BUFFER_SIZE": "20000",
-            "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-            "TORCH_FR_DUMP_TEMP_FILE": str(launch.run_dir.resolve() / "comm_trace" / "rank_"),
-            "NCCL_DEBUG": "WARN",
-        })
-    return env
 
 
 def predict_launch(launch: Launch, *, ignore: bool = False):
@@ -309,40 +242,6 @@ def detect_cluster(launch: Launch) -> ClusterSpec | None:
                        name=f"{launch.nnodes}x{launch.nproc_per_node}x{gpu}")
 
 
-def _write(path: Path, text: str) -> None:
-    """Atomic write: other nodes sharing the run directory never read half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_run_dir(launch: Launch, *, command: list[str], env: dict[str, str], prediction) -> None:
-    """Create or continue the run directory; refuse one that holds a different plan, model or cluster."""
-    rd = launch.run_dir
-    (rd / "logs").mkdir(parents=True, exist_ok=True)
-    if launch.gpu:
-        (rd / "comm_trace").mkdir(exist_ok=True)
-    specs = {"plan.yaml": launch.plan.to_yaml(),
-             "model.yaml": yaml.safe_dump(as_dict(launch.model), sort_keys=False)}
-    if launch.cluster is not None:
-        specs["cluster.yaml"] = yaml.safe_dump(as_dict(launch.cluster), sort_keys=False)
-    for name, text in specs.items():
-        path = rd / name
-        if path.is_file() and yaml.safe_load(path.read_text()) != yaml.safe_load(text):
-            raise SpecError(path, "<file>", "the run directory holds another run",
-                            f"resume it with `loadmaster launch {rd}` or launch into a new --out")
-        if not path.is_file() or not launch.from_run_dir:
-            _write(path, text)
-    if launch.node_rank == 0:
-        meta = {"settings": launch.settings(), "command": command, "env": env,
-                "launched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write(rd / "launch.json", json.dumps(meta, indent=2) + "\n")
-        if prediction is not None:
-            pred = prediction.to_dict()
-            pred.pop("stages", None)
-            _write(rd / "prediction.json", json.dumps(pred, indent=2, default=float) + "\n")
-
-
 def job_exit_code(exitcodes: list[int]) -> int:
     """One exit code for the job from its failed ranks': user error, then timeout, then preemption, then the
     first other (a signal -N as the shell's 128 + N)."""
@@ -351,11 +250,6 @@ def job_exit_code(exitcodes: list[int]) -> int:
             return code
     first = exitcodes[0] if exitcodes else 1
     return 128 - first if first < 0 else (first or 1)
-
-
-def _preempted_since(run_dir: Path, t0: float) -> bool:
-    marker = run_dir / "preempted"
-    return marker.is_file() and marker.stat().st_mtime >= t0 - 1
 
 
 def execute(launch: Launch, argv: list[str], env: dict[str, str]) -> int:
@@ -379,72 +273,8 @@ def execute(launch: Launch, argv: list[str], env: dict[str, str]) -> int:
               "--rdzv-endpoint and --rdzv-id", file=sys.stderr, flush=True)
         return EXIT_COLLECTIVE_TIMEOUT
     except SignalException as e:  # this agent was signalled; it forwarded the signal and the ranks saved
-        return EXIT_PREEMPTED if _preempted_since(launch.run_dir, t0) else 128 + int(e.sigval)
-    return EXIT_PREEMPTED if _preempted_since(launch.run_dir, t0) else 0
-
-
-def shown_nodes(nnodes: int) -> list[int]:
-    return list(range(nnodes)) if nnodes <= SHOW_ALL_NODES else [0, nnodes - 1]
-
-
-def describe(launch: Launch, env: dict[str, str], prediction) -> dict:
-    """What a dry run prints (and --json emits): checks, environment, the torchrun line of each shown node."""
-    p = launch.plan
-    where = f"{launch.nnodes} node(s) × {launch.nproc_per_node} {'GPUs' if launch.gpu else 'CPU processes'}"
-    checks = [f"world size: dp × tp × pp = {p.dp} × {p.tp} × {p.pp} = {p.world_size} = {where}"]
-    if prediction is None:
-        checks.append("memory: not predicted (no cluster: pass --cluster)")
-    else:
-        checks.append(f"memory: predicted peak {prediction.peak_memory_bytes / 2**30:.1f} GiB of "
-                      f"{prediction.memory_capacity_bytes / 2**30:.1f} GiB per GPU "
-                      f"({'fits' if prediction.feasible else 'DOES NOT FIT'}); predicted step "
-                      f"{prediction.step_time_s:.3f} s, MFU {prediction.mfu:.1%}")
-    commands = [{"node_rank": r, "argv": torchrun_argv(launch, node_rank=r)} for r in shown_nodes(launch.nnodes)]
-    for c in commands:
-        c["line"] = shlex.join(c["argv"])
-    return {"run_dir": str(launch.run_dir), "resume": launch.from_run_dir, "model": launch.model.name,
-            "cluster": launch.cluster.name if launch.cluster else None, "plan": p.to_dict(),
-            "world_size": p.world_size, "nnodes": launch.nnodes, "nproc_per_node": launch.nproc_per_node,
-            "checks": checks, "env": env, "commands": commands,
-            "nodes_omitted": launch.nnodes - len(commands), "settings": launch.settings()}
-
-
-def format_description(d: dict) -> str:
-    lines = [f"run directory: {d['run_dir']}{' (resume)' if d['resume'] else ''}",
-             f"model {d['model']}, cluster {d['cluster'] or '-'}"]
-    lines += [f"check: {c}" for c in d["checks"]]
-    lines.append("environment (every node):")
-    lines += [f"  export {k}={shlex.quote(v)}" for k, v in d["env"].items()]
-    more = f" ({d['nodes_omitted']} more differ only in --node-rank and --log-dir)" if d["nodes_omitted"] else ""
-    lines.append(f"commands, {d['nnodes']} node(s){more}:")
-    for c in d["commands"]:
-        lines += [f"  # node {c['node_rank']}", f"  {c['line']}"]
-    return "\n".join(lines)
-
-
-def summary_lines(run_dir: Path) -> list[str]:
-    """Measured vs predicted step time, memory, throughput and MFU from the run directory's summary.json."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
-        return [f"{run_dir}: no summary.json yet"]
-    s = json.loads(path.read_text())
-    pred, err = s.get("predicted") or {}, s.get("error_pct") or {}
-    lines = [f"{run_dir}: steps {s.get('start_step', 0)} → {s['steps_done']}, final loss {s['final_loss']:.4f}"
-             f"{', preempted' if s.get('preempted') else ''}",
-             f"{'':14}{'measured':>14}{'predicted':>14}{'error':>9}"]
-    fmts = {"step_time_s": lambda v: f"{v:.4f} s", "peak_memory_bytes": lambda v: f"{v / 2**30:.2f} GiB",
-            "tokens_per_s_per_gpu": lambda v: f"{v:,.0f}", "mfu": lambda v: f"{v:.1%}"}
-    for key, label in (("step_time_s", "step time"), ("peak_memory_bytes", "peak memory"),
-                       ("tokens_per_s_per_gpu", "tokens/s/GPU"), ("mfu", "MFU")):
-        m, p = s.get(key), pred.get(key)
-        if m is None and p is None:
-            continue
-        e = f"{err[key]:+.1f} %" if key in err else ""
-        lines.append(f"{label:14}{fmts[key](m) if m is not None else '-':>14}"
-                     f"{fmts[key](p) if p is not None else '-':>14}{e:>9}")
-    if s.get("prediction_error"):
-        lines.append(f"no prediction: {s['prediction_error']}")
-    return lines
+        return EXIT_PREEMPTED if preempted_since(launch.run_dir, t0) else 128 + int(e.sigval)
+    return EXIT_PREEMPTED if preempted_since(launch.run_dir, t0) else 0
 
 
 def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None = None, as_json: bool = False
@@ -463,7 +293,7 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
         from launcher.slurm import sbatch_script
         script = sbatch_script(launch, env)
         write_run_dir(launch, command=["sbatch", str(slurm)], env=env, prediction=prediction)
-        _write(Path(slurm), script)
+        write_atomic(Path(slurm), script)
         print(json.dumps({"sbatch": str(slurm), "run_dir": str(launch.run_dir)}) if as_json else
               f"wrote {slurm} (run directory {launch.run_dir}); submit it with: sbatch {slurm}", flush=True)
         return 0

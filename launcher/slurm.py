@@ -12,7 +12,8 @@ import shlex
 from pathlib import Path
 
 from launcher.faults import EXIT_PREEMPTED
-from launcher.launch import DEFAULT_PORT, Launch, torchrun_argv
+from launcher.commands import DEFAULT_PORT, torchrun_argv
+from launcher.launch import Launch
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Seconds before the time limit at which SLURM sends SIGTERM, leaving time for the preemption checkpoint.

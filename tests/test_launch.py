@@ -12,9 +12,10 @@ import torch.distributed.run as torchrun
 import yaml
 from trainer_harness import BASE_PLAN, TINY
 
-from costmodel import SpecError, load_cluster, load_model, load_plan
-from launcher.launch import (LaunchRequest, job_exit_code, launch_env, resolve_launch, torchrun_argv,
-                             write_run_dir)
+from costmodel import SpecError, load_model, load_plan
+from launcher.commands import launch_env, torchrun_argv
+from launcher.launch import LaunchRequest, job_exit_code, resolve_launch
+from launcher.rundir import write_run_dir
 
 # llama3-70b on 64 nodes × 8 H100: tp 8 inside a node, FSDP over the 64 nodes (predicted to fit)
 PLAN_512 = dict(global_batch_size=128, micro_batch_size=1, seq_len=4096, dp=64, tp=8, pp=1, zero=3,
