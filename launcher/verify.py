@@ -36,6 +36,10 @@ NEEDS_CUDA = ("verify needs a CUDA build of torch (this is torch {version}, a CP
               "CUDA build is installed (a GPU node; it uses no GPU memory and runs no kernels)")
 
 
+# Traces run at once (each a forked process holding a fake model; on a GPU node each also opens a CUDA context).
+_MAX_CHILDREN = 4
+
+
 class VerifyUnavailable(ValueError):
     """This torch build cannot give faithful numbers (a user-facing, one-line error)."""
 
@@ -142,26 +146,32 @@ def _isolated_traces(spec: ModelSpec, plan: Plan, ranks: list[int], device: torc
     _preload()  # imported once here, not again in every child
     ctx = mp.get_context("fork")
     results: list = [None] * len(ranks)
-    width = max(1, min(len(ranks), os.cpu_count() or 1))
+    width = max(1, min(len(ranks), os.cpu_count() or 1, _MAX_CHILDREN))
     for start in range(0, len(ranks), width):
         batch = []
-        for i in range(start, min(start + width, len(ranks))):
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_trace_child, args=(send, spec, plan, ranks[i], device), daemon=True)
-            proc.start()
-            send.close()
-            batch.append((i, proc, recv))
-        for i, proc, recv in batch:
-            try:
-                status, payload = recv.recv()
-            except EOFError:
-                status, payload = "error", ("RuntimeError", "the trace process died without a result")
-            proc.join()
-            if status == "error":
-                kind, message = payload
-                raise (ValueError if kind in ("ValueError", "SpecError") else RuntimeError)(
-                    f"verify: tracing rank {ranks[i]} failed: {kind}: {message}")
-            results[i] = payload
+        try:
+            for i in range(start, min(start + width, len(ranks))):
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_trace_child, args=(send, spec, plan, ranks[i], device), daemon=True)
+                proc.start()
+                send.close()
+                batch.append((i, proc, recv))
+            for i, proc, recv in batch:
+                try:
+                    status, payload = recv.recv()
+                except EOFError:
+                    status, payload = "error", ("RuntimeError", "the trace process died without a result "
+                                                                "(out of host memory?)")
+                if status == "error":
+                    kind, message = payload
+                    raise (ValueError if kind in ("ValueError", "SpecError") else RuntimeError)(
+                        f"verify: tracing rank {ranks[i]} failed: {kind}: {message}")
+                results[i] = payload
+        finally:
+            for _, proc, _ in batch:  # after a failure the others are not waited for
+                if proc.is_alive():
+                    proc.terminate()
+                proc.join()
     return results
 
 

@@ -53,8 +53,8 @@ def rerank_verified(result, model: str, cluster: str, *, show: bool = True):
     for cand in result.top:
         try:
             res = verify(m, c, cand.plan)
-        except ValueError as e:
-            checked.append((False, cand, str(e)))
+        except (ValueError, RuntimeError) as e:  # a plan it cannot trace keeps its predicted verdict
+            checked.append((False, cand, " ".join(str(e).split())[:200]))
             continue
         need = res.peak_bytes * (1 + prof.fragmentation) + prof.context_gib * GiB
         checked.append((need > prof.memory_bytes, cand, res))
