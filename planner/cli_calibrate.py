@@ -1,6 +1,7 @@
 """`loadmaster calibrate`: refit a profile's efficiency and overlap constants to measured runs."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import typer
@@ -89,6 +90,9 @@ def register(app: typer.Typer) -> None:
             raise ValueError(f"no measured run in {', '.join(runs)} ({len(skipped)} recorded errors only)")
         gpu = measured[0].cluster.gpu
         base = load_profile(profile or resolve_measured(gpu) or gpu)  # without any cluster's link overrides
+        if profile and not base.name.startswith(Path(gpu).stem):
+            warnings.warn(f"the runs ran on {gpu} GPUs but --profile {profile} is named {base.name}; the refit "
+                          "constants describe the runs' GPU")
         knobs = [k.strip() for k in params.split(",") if k.strip()]
         cal = calibrate(measured, base, knobs=knobs, name=name or (output.stem if output else None),
                         sources=[str(r) for r in runs])
