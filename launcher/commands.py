@@ -31,8 +31,11 @@ def train_flags(launch: Launch) -> list[str]:
 
 
 def torchrun_argv(launch: Launch, *, node_rank: int | str, rdzv_endpoint: str | None = None,
-                  rdzv_id: str | None = None) -> list[str]:
-    """The torchrun command of one node (node_rank/endpoint/id may be shell variables, as in the sbatch script)."""
+                  rdzv_id: str | None = None, console: bool = True) -> list[str]:
+    """The torchrun command of one node (node_rank/endpoint/id may be shell variables, as in the sbatch script).
+
+    Every rank's stdout and stderr go to the run directory's logs, and also to the console unless ``console``
+    is off (``--json`` keeps stdout for its one object)."""
     endpoint = rdzv_endpoint or launch.rdzv_endpoint
     if endpoint is None:
         endpoint = "localhost:0" if launch.nnodes == 1 else f"HEAD_NODE:{DEFAULT_PORT}"
@@ -43,8 +46,8 @@ def torchrun_argv(launch: Launch, *, node_rank: int | str, rdzv_endpoint: str | 
     if launch.join_timeout_s:
         argv += ["--rdzv-conf", f"join_timeout={launch.join_timeout_s}"]
     argv += ["--max-restarts", str(launch.max_restarts),
-             "--log-dir", f"{launch.run_dir.resolve() / 'logs'}/node{node_rank}", "--tee", "3",
-             "-m", "launcher.train", *train_flags(launch)]
+             "--log-dir", f"{launch.run_dir.resolve() / 'logs'}/node{node_rank}",
+             "--tee" if console else "--redirects", "3", "-m", "launcher.train", *train_flags(launch)]
     return argv
 
 

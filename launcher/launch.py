@@ -28,7 +28,8 @@ from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_
 from costmodel.specs import resolve
 from launcher.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
 from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
-from launcher.rundir import preempted_since, read_run_dir, summary_lines, write_atomic, write_run_dir
+from launcher.rundir import (preempted_since, read_run_dir, steps_done, summary_lines, write_atomic,
+                             write_run_dir)
 
 # launcher.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
 _OWNED_FLAGS = ("--plan", "--model", "--out", "--steps", "--data", "--checkpoint-every", "--cluster")
@@ -118,6 +119,8 @@ def _check_flag_values(req: LaunchRequest) -> None:
                              ("checkpoint_every", req.checkpoint_every, 0)):
         if value is not None and value < low:
             raise SpecError("<flags>", f"--{name.replace('_', '-')}", f"is {value}", f"use {low} or more")
+    if req.data is not None and not Path(req.data).is_file():
+        raise SpecError(req.data, "--data", "no such file", "give the path of a flat binary token file")
     if req.rdzv_endpoint is not None:
         host, _, port = req.rdzv_endpoint.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
@@ -297,7 +300,12 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
         print(json.dumps({"sbatch": str(slurm), "run_dir": str(launch.run_dir)}) if as_json else
               f"wrote {slurm} (run directory {launch.run_dir}); submit it with: sbatch {slurm}", flush=True)
         return 0
-    argv = torchrun_argv(launch, node_rank=launch.node_rank)
+    done = steps_done(launch.run_dir)
+    if done >= launch.steps:
+        print(f"{launch.run_dir}: {done} of {launch.steps} steps already trained; pass --steps N to train further",
+              file=sys.stderr, flush=True)
+        return 0
+    argv = torchrun_argv(launch, node_rank=launch.node_rank, console=not as_json)
     write_run_dir(launch, command=argv, env=env, prediction=prediction)
     if launch.max_restarts and not launch.checkpoint_every:
         print("warning: --max-restarts without --checkpoint-every: a restart begins again at step 0 (or the "
@@ -310,6 +318,9 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
                           "summary": json.loads(summary.read_text()) if summary.is_file() else None}), flush=True)
     elif code in (0, EXIT_PREEMPTED):
         print("\n".join(summary_lines(launch.run_dir)), flush=True)
+    if code == EXIT_PREEMPTED:
+        print(f"preempted: a checkpoint was saved; resume with `loadmaster launch {launch.run_dir}` (or "
+              f"`python -m launcher.launch {launch.run_dir}`)", file=sys.stderr, flush=True)
     return code
 
 

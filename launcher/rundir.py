@@ -67,6 +67,17 @@ def write_run_dir(launch: Launch, *, command: list[str], env: dict[str, str], pr
             write_atomic(rd / "prediction.json", json.dumps(pred, indent=2, default=float) + "\n")
 
 
+def steps_done(run_dir: Path) -> int:
+    """Optimizer steps in the newest complete checkpoint (0 without one); torn ones are passed over quietly
+    here (the trainer warns about them when it resumes)."""
+    from launcher.checkpoint import MARKER, is_complete
+    ckpts = run_dir / "checkpoints"
+    for path in sorted(ckpts.glob("step-*"), reverse=True) if ckpts.is_dir() else []:
+        if path.is_dir() and is_complete(path)[0]:
+            return int(json.loads((path / MARKER).read_text())["step"])
+    return 0
+
+
 def preempted_since(run_dir: Path, t0: float) -> bool:
     marker = run_dir / "preempted"
     return marker.is_file() and marker.stat().st_mtime >= t0 - 1
@@ -79,7 +90,8 @@ def summary_lines(run_dir: Path) -> list[str]:
         return [f"{run_dir}: no summary.json yet"]
     s = json.loads(path.read_text())
     pred, err = s.get("predicted") or {}, s.get("error_pct") or {}
-    lines = [f"{run_dir}: steps {s.get('start_step', 0)} → {s['steps_done']}, final loss {s['final_loss']:.4f}"
+    loss = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"
+    lines = [f"{run_dir}: steps {s.get('start_step', 0)} → {s['steps_done']}, final loss {loss}"
              f"{', preempted' if s.get('preempted') else ''}",
              f"{'':14}{'measured':>14}{'predicted':>14}{'error':>9}"]
     fmts = {"step_time_s": lambda v: f"{v:.4f} s", "peak_memory_bytes": lambda v: f"{v / 2**30:.2f} GiB",

@@ -218,6 +218,7 @@ def test_missing_run_directory(run_cli, tmp_path):
     (["--rdzv-endpoint", "nohost"], ["'nohost' is not HOST:PORT"]),
     (["--max-restarts", "-1"], ["--max-restarts", "is -1"]),
     (["--nproc-per-node", "3"], ["1 node(s) × 3 processes = 3"]),
+    (["--data", "nope.bin"], ["nope.bin", "no such file"]),
     (["--bogus"], ["No such option: --bogus"]),
     (["--steps", "many"], ["'--steps'"]),
     (["--", "--steps", "3"], ["--steps", "pass it to launch itself"]),

@@ -56,11 +56,11 @@ def uninterrupted():
 def test_two_nodes_train_like_one_node_of_four_ranks(tmp_path):
     args = inputs(tmp_path, dp=2, tp=2)
     port, run = free_port(), tmp_path / "run"
-    node = lambda r: subprocess.Popen(  # noqa: E731
+    node = lambda r, *flags: subprocess.Popen(  # noqa: E731
         cli(*args, "--out", run, "--steps", 3, "--nnodes", 2, "--node-rank", r, "--rdzv-endpoint",
-            f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", "--join-timeout-s", 30, *TRAIN),
+            f"127.0.0.1:{port}", "--rdzv-id", "two-nodes", "--join-timeout-s", 30, *flags, *TRAIN),
         cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env())
-    nodes = [node(0), node(1)]
+    nodes = [node(0), node(1, "--json")]
     try:
         outs = [p.communicate(timeout=TIMEOUT_S) for p in nodes]
     finally:
@@ -74,6 +74,8 @@ def test_two_nodes_train_like_one_node_of_four_ranks(tmp_path):
     assert_close(got["losses"], one_node["losses"], rtol=1e-6, what="two nodes vs one")
     for n in (0, 1):  # each node teed its two local ranks' output into the run directory
         assert len(list(run.glob(f"logs/node{n}/*/attempt_0/[01]/stderr.log"))) == 2
+    as_json = json.loads(outs[1][0])  # --json: stdout is one object (the ranks' output only in the logs)
+    assert as_json["exit_code"] == 0 and as_json["summary"]["losses"] == got["losses"]
 
 
 def test_killed_rank_restarts_and_resumes_without_losing_a_step(tmp_path, uninterrupted):
@@ -139,7 +141,7 @@ def test_sigterm_to_the_launcher_saves_a_checkpoint_and_exits_75(preempted):
 
 
 def test_the_run_directory_alone_resumes_past_a_torn_checkpoint_to_the_uninterrupted_result(
-        preempted, uninterrupted, tmp_path):
+        preempted, uninterrupted, tmp_path, run_cli):
     root, saved, _, _ = preempted
     run = tmp_path / "moved-run"
     shutil.copytree(saved, run)
@@ -159,3 +161,5 @@ def test_the_run_directory_alone_resumes_past_a_torn_checkpoint_to_the_uninterru
         (done, STEPS, uninterrupted["data_position"])
     assert_close(got["losses"], uninterrupted["losses"][done:], rtol=1e-6, what="resumed")
     assert not (run / "preempted").exists()
+    code, _, err = run_cli("launch", run)  # finished: nothing to start
+    assert code == 0 and f"{STEPS} of {STEPS} steps already trained" in err
