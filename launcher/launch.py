@@ -284,6 +284,7 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
                ) -> int:
     """``loadmaster launch`` (and ``python -m launcher.launch``): dry run, sbatch script, or run this node."""
     launch = resolve_launch(req, dry_run=dry_run or slurm is not None)
+    launch.gpu = launch.gpu or slurm is not None  # an sbatch script asks for GPUs (--gpus-per-node)
     if launch.gpu and launch.cluster is None:
         launch.cluster = detect_cluster(launch)
     prediction = predict_launch(launch, ignore=req.ignore_prediction)
