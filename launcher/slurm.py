@@ -42,7 +42,7 @@ def sbatch_script(launch: Launch, env: dict[str, str], *, port: int = DEFAULT_PO
         "#!/bin/bash",
         f"# loadmaster launch of {launch.plan.source} ({launch.model.name}) on {launch.nnodes} nodes x {gpus} "
         f"GPUs; run directory {rd}",
-        f"# Submit it with sbatch; submit it again to resume after preemption or the time limit (exit {EXIT_PREEMPTED}).",
+        f"# Submit it with sbatch; submit it again to resume after preemption or time-out (exit {EXIT_PREEMPTED}).",
         f"#SBATCH --job-name=loadmaster-{name}",
         f"#SBATCH --nodes={launch.nnodes}",
         "#SBATCH --ntasks-per-node=1",
