@@ -329,7 +329,9 @@ def parse_args(argv: list[str]) -> tuple[LaunchRequest, argparse.Namespace]:
     """Flags before ``--`` are launch's; after it, launcher.train's."""
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="launcher.launch", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="launcher.launch", description=__doc__.splitlines()[0], allow_abbrev=False,
+                                epilog="The flags mean what they mean for `loadmaster launch` (see its --help; "
+                                "LaunchRequest documents each). Trainer flags follow `--`.")
     p.add_argument("target", metavar="PLAN_OR_RUN_DIR")
     for name in ("model", "cluster", "data", "out", "rdzv-endpoint", "rdzv-id", "slurm"):
         p.add_argument(f"--{name}")
