@@ -31,3 +31,14 @@ def run_cli():
         res = runner.invoke(app, [str(a) for a in args])
         return res.exit_code, res.stdout, res.stderr
     return run
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the fuzz suite's generated-case count and outcome (tests/test_fuzz.py fills FUZZ_SUMMARY)."""
+    fuzz = next((m for name, m in sys.modules.items() if name.endswith("test_fuzz")), None)
+    counts = getattr(fuzz, "FUZZ_SUMMARY", None)
+    if counts:
+        failed = len(terminalreporter.stats.get("failed", []))
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "cases")
+        terminalreporter.write_line(f"fuzz: {counts['cases']} generated cases ({parts}); "
+                                    f"{'no traceback, no hang' if not failed else f'{failed} failing tests'}")
