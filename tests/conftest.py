@@ -38,7 +38,7 @@ def pytest_terminal_summary(terminalreporter):
     fuzz = next((m for name, m in sys.modules.items() if name.endswith("test_fuzz")), None)
     counts = getattr(fuzz, "FUZZ_SUMMARY", None)
     if counts:
-        failed = len(terminalreporter.stats.get("failed", []))
+        failed = sum("test_fuzz" in r.nodeid for r in terminalreporter.stats.get("failed", []))
         parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()) if k != "cases")
         terminalreporter.write_line(f"fuzz: {counts['cases']} generated cases ({parts}); "
-                                    f"{'no traceback, no hang' if not failed else f'{failed} failing tests'}")
+                                    f"{'no traceback, no hang' if not failed else f'{failed} failing fuzz tests'}")
