@@ -25,6 +25,7 @@ from costmodel import SpecError, load_model, parse_plan
 from costmodel.errors import read_yaml
 from launcher.config import TrainConfig
 from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_USER_ERROR, is_timeout, timeout_message
+from launcher.metrics import detect_cluster
 from launcher.trainer import close_distributed, init_distributed, release_memory, run
 
 _KEEP = ("step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_bytes", "peak_reserved_bytes", "final_loss",
@@ -68,7 +69,11 @@ def measure(entry: dict, *, steps: int, warmup: int, cluster: str | None, timeou
     except (SpecError, ValueError) as e:
         line["error"] = " ".join(str(e).split())
     except torch.OutOfMemoryError as e:
-        line.update(oom=True, error=str(e).splitlines()[0][:300])
+        # the plan and the GPU it ran on, so the fidelity scoreboard can check the OOM was predicted
+        line.update(oom=True, error=str(e).splitlines()[0][:300], plan=plan.to_dict())
+        spec = detect_cluster(torch.device("cuda"), cluster) if torch.cuda.is_available() else None
+        if spec is not None:
+            line["cluster"] = spec.name
     line["wall_s"] = time.perf_counter() - t0
     if torch.cuda.is_available():
         line["device"] = torch.cuda.get_device_name()
