@@ -6,13 +6,14 @@
 The token file is a Zipf-bigram stream: token ids follow a Zipf law (exponent 1.1) over the 128k vocabulary,
 and each token is, with probability 1/2, a fixed random function of the previous base token — structure a
 model can learn beyond the unigram entropy, so the curves keep falling for 300 steps. It is generated here
-(deterministic, seed 0; one epoch of 300 × 8 × 2048 ≈ 4.9 M tokens, 20 MB, uint32) and read with
+(deterministic, seed 0; one epoch of 300 × 4 × 2048 ≈ 2.5 M tokens, 10 MB, uint32) and read with
 ``launcher.train``'s ``--data`` reader (launcher.data.TokenFile).
-Both arms run the plans recipes/plans/llama3.2-1b-loss-{bf16,fp8rot}.yaml (8 × 2048 tokens a step,
+Both arms run the plans recipes/plans/llama3.2-1b-loss-{bf16,fp8rot}.yaml (4 × 2048 tokens a step,
 compiled; float8 on 8 of 16 blocks, the window moving every 25 steps) through launcher.trainer.run in this
 process, without the end-of-run checkpoint ``launcher.train`` always writes (20 GB of DCP for a 1B model with
-AdamW state). Budget: predicted 0.26 s/step, so ~80-100 s of steps plus ~60 s of compile and start per arm;
-run_campaign.sh runs the two arms on two GPUs at once, or one after the other (< 6 min) on one.
+AdamW state). Budget: predicted 0.13 s/step, so ~40-60 s of steps plus ~60-90 s of start, compile and
+recompiles (the float8 window flips) per arm, ~2.5 min; run_campaign.sh runs the two arms on two GPUs at
+once, or one after the other (~5 min, well inside the 9-minute limit) on one.
 Writes DIR/<variant>/metrics.jsonl and summary.json. ``--smoke`` runs a tiny model for a few steps on CPU.
 """
 from __future__ import annotations

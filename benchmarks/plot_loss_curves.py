@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", default="benchmarks/loss_curves.png")
     ap.add_argument("--csv", help="CSV path (default: next to the PNG)")
     ap.add_argument("--tail", type=int, default=20, help="steps averaged at the end")
-    ap.add_argument("--title", default="llama3.2-1b on one H200, Zipf-bigram token stream, 8 x 2048 tokens/step")
+    ap.add_argument("--title", default="llama3.2-1b on one H200, Zipf-bigram token stream, 4 x 2048 tokens/step")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     missing = [v for v in VARIANTS if not (run_dir / v / "metrics.jsonl").is_file()]

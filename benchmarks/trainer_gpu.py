@@ -91,6 +91,14 @@ def read(paths: list[Path]) -> dict[str, dict]:
     return out
 
 
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _gib(x: float | None) -> float | None:
+    return None if x is None else x / GiB
+
+
 def _tps(d: dict | None) -> float | None:
     return None if d is None or d.get("oom") or d.get("error") else d.get("tokens_per_s_per_gpu")
 
@@ -111,8 +119,10 @@ def measured_table(runs: dict[str, dict]) -> list[str]:
         covered |= knobs_of(d["plan"])
         err = d.get("error_pct") or {}
         rows.append(f"| {name} | {what} | {d.get('world_size')} | {d['step_time_s']:.3f} | "
-                    f"{d['tokens_per_s_per_gpu']:,.0f} | {d['mfu']:.1%} | {d['peak_memory_bytes'] / GiB:.1f} | "
-                    f"{err.get('step_time_s', float('nan')):+.1f}% | {err.get('peak_memory_bytes', float('nan')):+.1f}% |")
+                    f"{d['tokens_per_s_per_gpu']:,.0f} | {_fmt(d.get('mfu'), '.1%')} | "
+                    f"{_fmt(_gib(d.get('peak_memory_bytes')), '.1f')} | "
+                    f"{err.get('step_time_s', float('nan')):+.1f}% | "
+                    f"{err.get('peak_memory_bytes', float('nan')):+.1f}% |")
     missing = [k for k in KNOBS if k not in covered]
     rows.append(f"\nknobs covered by measured plans: {len(KNOBS) - len(missing)}/{len(KNOBS)}"
                 + (f"; not covered: {', '.join(missing)}" if missing else ""))

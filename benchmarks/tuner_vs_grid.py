@@ -20,6 +20,10 @@ GiB = 2**30
 TOLERANCE = 0.03
 
 
+def _gib(x: float | None) -> str:
+    return "-" if x is None else f"{x / GiB:.1f}"
+
+
 def is_tuner(d: dict) -> bool:
     return bool(d.get("tuner")) or d["name"].endswith("-tuner")
 
@@ -36,7 +40,7 @@ def case_report(case: str, runs: list[dict]) -> tuple[list[str], bool | None]:
     for i, d in enumerate(ok, 1):
         pred = (d.get("predicted") or {}).get("tokens_per_s_per_gpu")
         rows.append(f"| {i} | {d['name']} | {'yes' if is_tuner(d) else ''} | {d['tokens_per_s_per_gpu']:,.0f} | "
-                    f"{d['step_time_s']:.3f} | {d['peak_memory_bytes'] / GiB:.1f} | "
+                    f"{d['step_time_s']:.3f} | {_gib(d.get('peak_memory_bytes'))} | "
                     f"{f'{pred:,.0f}' if pred else '-'} | {d['tokens_per_s_per_gpu'] / best - 1:+.1%} |")
     for d in runs:
         if d not in ok:

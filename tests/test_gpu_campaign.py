@@ -119,7 +119,8 @@ def test_scheduler_runs_one_gpu_jobs_side_by_side_and_two_gpu_jobs_alone(tmp_pat
     assert c0 >= max(a1, b1)
     for n in "abc":
         assert json.loads((tmp_path / "work" / n / "status.json").read_text())["state"] == "done"
-    assert (tmp_path / "out" / "results.tgz").is_file() and "| c | done |" in (tmp_path / "out" / "summary.md").read_text()
+    assert (tmp_path / "out" / "results.tgz").is_file()
+    assert "| c | done |" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_exclusive_job_has_only_light_jobs_beside_it(tmp_path):
@@ -254,7 +255,8 @@ def test_plain_fsdp2_trains_a_tiny_tied_model_on_cpu(tmp_path):
         "recompute": "full"}}]))
     out = tmp_path / "plain.jsonl"
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/plain_fsdp2.py"), "--plans", str(plans), "--name", "x",
-                        "--steps", "3", "--warmup", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+                        "--steps", "3", "--warmup", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     line = json.loads(out.read_text())
     assert line["steps_measured"] == 2 and line["step_time_s"] > 0

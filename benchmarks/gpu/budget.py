@@ -2,6 +2,7 @@
 
     python benchmarks/gpu/budget.py benchmarks/gpu/plans_1gpu.yaml benchmarks/gpu/plans_2gpu.yaml [--steps 6] [--check]
     python benchmarks/gpu/budget.py --select a benchmarks/gpu/plans_1gpu.yaml -o /tmp/plans_1gpu_a.yaml
+    python benchmarks/gpu/budget.py --measured .campaign/results    # measured overheads, to recalibrate
 
 A plan file is launcher.bench's input: a YAML list of {name, model, plan} entries, here with an optional
 ``group`` (run_campaign.sh runs one group per launcher.bench process). The cluster is taken from the file name
@@ -23,8 +24,9 @@ import yaml
 PROCESS_START_S = 25.0
 # Per plan: meta model, sharding, weight init and optimizer, plus this many seconds per billion parameters.
 PLAN_SETUP_S, SETUP_PER_BPARAM_S = 5.0, 1.5
-# torch.compile of one block's forward and backward graph (cold inductor cache); float8 graphs take longer.
-COMPILE_S, FP8_COMPILE_EXTRA_S = 30.0, 15.0
+# torch.compile of one block's forward and backward graph (cold inductor cache; DESIGN.md saw 2-9 s per
+# module on H200); float8 graphs take longer.
+COMPILE_S, FP8_COMPILE_EXTRA_S = 20.0, 10.0
 # An out-of-memory plan fails within its first step.
 OOM_S = 15.0
 # Measured step time over predicted: the datasheet profile may be optimistic.
@@ -87,19 +89,33 @@ def knobs(plan: dict) -> str:
     return " ".join(parts)
 
 
-def budget(paths: list[str], steps: int) -> tuple[list[dict], list[str]]:
-    """(one row per entry, problems found)."""
+def entry_estimate(entry: dict, cluster: str, steps: int, source: str = "<plans>") -> tuple[object, str, float]:
+    """(prediction, model name, estimated device wall seconds) of one entry; SpecError/ValueError if it does
+    not load."""
     from costmodel import load_model, parse_plan
     from costmodel.prediction import predict
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(entry["model"])
+        pred = predict(model, cluster, parse_plan(entry["plan"], f"{source}:{entry.get('name', '?')}"))
+    return pred, model.name or str(entry["model"]), estimate_wall_s(entry, pred, model.num_params(), steps)
+
+
+def group_estimate_s(entries: list[dict], cluster: str, steps: int) -> float:
+    """Device wall seconds of one launcher.bench process over ``entries`` (0 when there are none)."""
+    if not entries:
+        return 0.0
+    return PROCESS_START_S + sum(entry_estimate(e, cluster, steps)[2] for e in entries)
+
+
+def budget(paths: list[str], steps: int) -> tuple[list[dict], list[str]]:
+    """(one row per entry, problems found)."""
     rows, problems = [], []
     for path in paths:
         for entry in read_entries(path):
             name, cluster = entry.get("name", "?"), cluster_for(path, entry)
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    model = load_model(entry["model"])
-                    pred = predict(model, cluster, parse_plan(entry["plan"], f"{path}:{name}"))
+                pred, model_name, wall_s = entry_estimate(entry, cluster, steps, str(path))
             except (ValueError, KeyError) as e:
                 problems.append(f"{path}: {name}: {' '.join(str(e).split())}")
                 continue
@@ -109,11 +125,26 @@ def budget(paths: list[str], steps: int) -> tuple[list[dict], list[str]]:
                                 f"({pred.peak_memory_bytes / GiB:.1f} GiB) but named as "
                                 f"{'an OOM' if expect_oom else 'a fitting'} plan")
             rows.append({"file": Path(path).name, "group": str(entry.get("group", "-")), "name": name,
-                         "model": model.name or str(entry["model"]), "cluster": cluster,
-                         "knobs": knobs(entry["plan"]), "feasible": pred.feasible, "step_s": pred.step_time_s,
-                         "peak_gib": pred.peak_memory_bytes / GiB, "mfu": pred.mfu,
-                         "wall_s": estimate_wall_s(entry, pred, model.num_params(), steps)})
+                         "model": model_name, "cluster": cluster, "knobs": knobs(entry["plan"]),
+                         "feasible": pred.feasible, "step_s": pred.step_time_s,
+                         "peak_gib": pred.peak_memory_bytes / GiB, "mfu": pred.mfu, "wall_s": wall_s})
     return rows, problems
+
+
+def measured_overheads(results: Path) -> list[str]:
+    """Per measured plan: wall seconds, the steps' share and the rest (setup + compile), to recalibrate the
+    constants above from a campaign's results (.campaign/results)."""
+    import json
+    rows = ["| job | plan | compile | wall s | steps s | overhead s |", "|---|---|:-:|---:|---:|---:|"]
+    for f in sorted(results.glob("*/bench.jsonl")):
+        for line in f.read_text().splitlines():
+            d = json.loads(line)
+            if d.get("wall_s") is None or not d.get("step_time_s"):
+                continue
+            steps_s = len(d.get("losses") or []) * d["step_time_s"]
+            rows.append(f"| {f.parent.name} | {d['name']} | {'y' if (d.get('plan') or {}).get('compile') else ''} | "
+                        f"{d['wall_s']:.0f} | {steps_s:.0f} | {d['wall_s'] - steps_s:.0f} |")
+    return rows
 
 
 def print_table(rows: list[dict], limit_s: float) -> list[str]:
@@ -150,12 +181,18 @@ def select(path: str, group: str, out: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="+", help="campaign plan files")
+    ap.add_argument("files", nargs="*", help="campaign plan files")
+    ap.add_argument("--measured", metavar="RESULTS", help="print measured per-plan overheads of collected results")
     ap.add_argument("--steps", type=int, default=6, help="steps per plan (launcher.bench --steps)")
     ap.add_argument("--check", action="store_true", help="exit 1 on any problem")
     ap.add_argument("--select", metavar="GROUP", help="write the entries of GROUP of the one file to -o")
     ap.add_argument("-o", "--output", help="output file of --select")
     args = ap.parse_args(argv)
+    if args.measured:
+        print("\n".join(measured_overheads(Path(args.measured))))
+        return 0
+    if not args.files:
+        ap.error("give plan files")
     if args.select is not None:
         if len(args.files) != 1 or not args.output:
             ap.error("--select takes one plan file and -o OUT")

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+import budget  # noqa: E402  (benchmarks/gpu/budget.py)
 import campaign_report as report  # noqa: E402  (benchmarks/gpu/campaign_report.py)
 from campaign_smoke import smoke_entries  # noqa: E402
 
@@ -72,23 +74,25 @@ class Job:
 P1, P2 = "benchmarks/gpu/plans_1gpu.yaml", "benchmarks/gpu/plans_2gpu.yaml"
 G1, G2 = "benchmarks/gpu/tuner_vs_grid_1gpu.yaml", "benchmarks/gpu/tuner_vs_grid_2gpu.yaml"
 PLAIN_1GPU = [(P1, "g1-l8b8l-bf16-eager"), (P1, "g1-l8b8l-bf16-cmp"), (P1, "g1-g13-s4k-full")]
-PLAIN_2GPU = [(P2, "g2-l8b-dp2-full"), (P2, "g2-g13-dp2-z2")]
+PLAIN_2GPU = [(P2, "g2-g13-dp2-z2"), (P2, "g2-g13-dp2-z3-full-s8k")]
+# Queue order = priority: what the issues need most comes first, so a short campaign loses the least
+# (the last two are optional extras). Bench jobs' estimates are computed from the cost model (budget.py).
 JOBS = [
     Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.profile", "--quick", "-o", "{dir}/h200-measured.yaml"],
         exclusive=True),
+    Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"], light=True),
+    Job("loss-bf16", 1, 150, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "bf16", "--out", "{dir}"]),
+    Job("loss-fp8", 1, 170, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "fp8", "--out", "{dir}"]),
+    Job("sweep1-a", 1, 0, plans=P1, group="a"),
+    Job("sweep1-b", 1, 0, plans=P1, group="b"),
+    Job("sweep2-a", 2, 0, plans=P2, group="a"),
+    Job("grid-1gpu", 1, 0, plans=G1, group="a", steps=7, warmup=3),
+    Job("plain-1gpu", 1, 140, plain=PLAIN_1GPU),
+    Job("grid-2gpu", 2, 0, plans=G2, group="a", steps=7, warmup=3),
+    Job("plain-2gpu", 2, 90, plain=PLAIN_2GPU),
+    Job("sweep2-b", 2, 0, plans=P2, group="b"),
     Job("profile-1gpu", 1, 120, [PY, "-m", "launcher.profile", "--quick", "-o", "{dir}/h200-measured-1gpu.yaml"],
         exclusive=True),
-    Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"], light=True),
-    Job("loss-bf16", 1, 200, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "bf16", "--out", "{dir}"]),
-    Job("loss-fp8", 1, 220, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "fp8", "--out", "{dir}"]),
-    Job("sweep1-a", 1, 340, plans=P1, group="a"),
-    Job("sweep1-b", 1, 360, plans=P1, group="b"),
-    Job("sweep2-a", 2, 180, plans=P2, group="a"),
-    Job("sweep2-b", 2, 290, plans=P2, group="b"),
-    Job("grid-1gpu", 1, 430, plans=G1, group="a", steps=7, warmup=3),
-    Job("plain-1gpu", 1, 140, plain=PLAIN_1GPU),
-    Job("grid-2gpu", 2, 400, plans=G2, group="a", steps=7, warmup=3),
-    Job("plain-2gpu", 2, 100, plain=PLAIN_2GPU),
 ]
 PARTS = {"check": ["sdpa-gqa"], "profile": ["profile-2gpu", "profile-1gpu"], "sweep1": ["sweep1-a", "sweep1-b"],
          "sweep2": ["sweep2-a", "sweep2-b"], "grid": ["grid-1gpu", "grid-2gpu"], "loss": ["loss-bf16", "loss-fp8"],
@@ -155,20 +159,32 @@ class Campaign:
         (self.jdir(job) / "status.json").write_text(json.dumps(st, indent=1) + "\n")
 
     # ---- commands ---------------------------------------------------------------------------------
+    def entries(self, job: Job) -> list[dict]:
+        """The plan entries a bench or plain job runs (the bench group, or the named plain entries)."""
+        files = {job.plans} if job.bench else {f for f, _ in job.plain}
+        out = []
+        for f in sorted(files):
+            names = {n for ff, n in job.plain if ff == f}
+            out += [e for e in yaml.safe_load((ROOT / f).read_text())
+                    if (job.bench and str(e.get("group", "-")) == job.group) or e["name"] in names]
+        return out
+
+    def refresh_estimate(self, job: Job) -> None:
+        """A bench job's estimate: the cost model's for the plans it still has to run (budget.py)."""
+        if job.bench and not self.smoke:
+            done = {ln["name"] for ln in report.read_jsonl(self.jdir(job) / "bench.jsonl")}
+            job.est_s = budget.group_estimate_s([e for e in self.entries(job) if e["name"] not in done],
+                                                job.cluster, job.steps)
+
     def prepare(self, job: Job) -> None:
         d = self.jdir(job)
         d.mkdir(parents=True, exist_ok=True)
         if job.bench or job.plain:
-            files = {job.plans} if job.bench else {f for f, _ in job.plain}
-            entries = []
-            for f in sorted(files):
-                data = yaml.safe_load((ROOT / f).read_text())
-                names = {n for ff, n in job.plain if ff == f}
-                entries += [e for e in data if (job.bench and str(e.get("group", "-")) == job.group)
-                            or e["name"] in names]
+            entries = self.entries(job)
             if self.smoke:
                 entries = smoke_entries(entries)
             (d / "plans.yaml").write_text(yaml.safe_dump(entries, sort_keys=False, width=200))
+        self.refresh_estimate(job)
 
     def command(self, job: Job) -> list[str]:
         d = self.jdir(job)
@@ -269,11 +285,13 @@ class Campaign:
         for j in self.jobs:
             if j not in self.pending:
                 print(f"{j.name}: already {self.status(j)['state']} (from --resume-from)")
+        for j in self.pending:
+            self.refresh_estimate(j)
         signal.signal(signal.SIGTERM, _terminate)
         try:
             self.loop()
-        except Terminated:
-            print(f"[{self.elapsed():6.0f}s] SIGTERM: killing the running jobs", flush=True)
+        except BaseException as e:  # SIGTERM from the outer timeout, or a bug here: leave no job running
+            print(f"[{self.elapsed():6.0f}s] {type(e).__name__}: killing the running jobs", flush=True)
             for name, (job, proc, *_rest) in list(self.running.items()):
                 kill_tree(proc)
                 self.finish(name, killed=True)
@@ -351,19 +369,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="+")
     ap.add_argument("--budget-s", type=float, default=560.0, help="wall seconds for the whole call")
-    ap.add_argument("--work", help="work directory (default /tmp/lmc, /tmp/lmc-smoke with --cpu-smoke)")
-    ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / ".out" / "campaign"))
+    ap.add_argument("--work", help="work directory, emptied first (default /tmp/lmc; a new temporary one with "
+                    "--cpu-smoke)")
+    ap.add_argument("--out", help="where results.tgz and summary.md go (default $OUT, else .out/campaign; with "
+                    "--cpu-smoke beside the work directory)")
     ap.add_argument("--resume-from", help="collected results of earlier calls (default .campaign/results)")
     ap.add_argument("--skip", default="", help="comma-separated job names to leave out")
     ap.add_argument("--lanes", type=int, help="GPUs to use (default: all visible, at most 2; 4 on an x4 machine)")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model, CPU/gloo, 2 steps: catches typos")
     args = ap.parse_args(argv)
     jobs = select(args.parts, [s for s in args.skip.split(",") if s])
-    work = Path(args.work or ("/tmp/lmc-smoke" if args.cpu_smoke else "/tmp/lmc"))
+    if args.work:
+        work = Path(args.work)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="lmc-smoke-")) if args.cpu_smoke else Path("/tmp/lmc")
+    default_out = Path(str(work) + "-out") if args.cpu_smoke else ROOT / ".out" / "campaign"
+    out = Path(args.out or os.environ.get("OUT") or default_out)
     if work.exists():
         shutil.rmtree(work)
-    resume = Path(args.resume_from) if args.resume_from else ROOT / ".campaign" / "results"
-    if resume.is_dir():
+    resume = Path(args.resume_from) if args.resume_from else None if args.cpu_smoke else ROOT / ".campaign" / "results"
+    if resume is not None and resume.is_dir():
         shutil.copytree(resume, work)
         for st in work.glob("*/status.json"):  # a job cut or running last time is pending now
             d = json.loads(st.read_text())
@@ -382,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no GPU visible; use --cpu-smoke on a machine without one", file=sys.stderr)
         return 2
     print(f"campaign: {', '.join(j.name for j in jobs)} on {lanes} lane(s), budget {args.budget_s:.0f} s, "
-          f"work {work}, out {args.out}", flush=True)
-    c = Campaign(jobs, work=work, out=Path(args.out), budget_s=args.budget_s, lanes=lanes, smoke=args.cpu_smoke)
+          f"work {work}, out {out}", flush=True)
+    c = Campaign(jobs, work=work, out=out, budget_s=args.budget_s, lanes=lanes, smoke=args.cpu_smoke)
     try:
         c.run()
     except Terminated:

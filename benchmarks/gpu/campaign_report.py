@@ -33,8 +33,9 @@ def bench_table(lines: list[dict]) -> list[str]:
         if ln.get("error") and not ln.get("oom"):
             note = f"{note} {ln['error'][:70]}".strip()
         peak = ln.get("peak_memory_bytes")
-        rows.append(f"| {ln['name']} | {_f(ln.get('step_time_s'), '.3f')} | {_f(ln.get('tokens_per_s_per_gpu'), ',.0f')} "
-                    f"| {_f(ln.get('mfu'), '.1%')} | {_f(peak / GiB if peak else None, '.1f')} "
+        rows.append(f"| {ln['name']} | {_f(ln.get('step_time_s'), '.3f')} "
+                    f"| {_f(ln.get('tokens_per_s_per_gpu'), ',.0f')} | {_f(ln.get('mfu'), '.1%')} "
+                    f"| {_f(peak / GiB if peak else None, '.1f')} "
                     f"| {_f(pred.get('step_time_s'), '.3f')} "
                     f"| {_f(pred['peak_memory_bytes'] / GiB if pred.get('peak_memory_bytes') else None, '.1f')} "
                     f"| {_f(err.get('step_time_s'), '+.1f')} | {_f(err.get('peak_memory_bytes'), '+.1f')} | {note} |")
@@ -45,8 +46,8 @@ def plain_table(lines: list[dict]) -> list[str]:
     rows = ["| plan (plain FSDP2) | step s | tok/s/GPU | peak GiB |", "|---|---:|---:|---:|"]
     for ln in lines:
         peak = ln.get("peak_memory_bytes")
-        rows.append(f"| {ln['name']} | {_f(ln.get('step_time_s'), '.3f')} | {_f(ln.get('tokens_per_s_per_gpu'), ',.0f')} "
-                    f"| {_f(peak / GiB if peak else None, '.1f')} |")
+        rows.append(f"| {ln['name']} | {_f(ln.get('step_time_s'), '.3f')} "
+                    f"| {_f(ln.get('tokens_per_s_per_gpu'), ',.0f')} | {_f(peak / GiB if peak else None, '.1f')} |")
     return rows
 
 
@@ -56,7 +57,8 @@ def loss_table(d: Path) -> list[str]:
         x = json.loads(s.read_text())
         losses = x.get("losses") or []
         tail = losses[-20:]
-        rows.append(f"{s.parent.name}: {x.get('steps_done')} steps, loss {losses[0] if losses else float('nan'):.3f} -> "
+        first = losses[0] if losses else float("nan")
+        rows.append(f"{s.parent.name}: {x.get('steps_done')} steps, loss {first:.3f} -> "
                     f"last-20 mean {sum(tail) / max(1, len(tail)):.4f}, step {_f(x.get('step_time_s'), '.3f')} s, "
                     f"peak {_f((x.get('peak_memory_bytes') or 0) / GiB, '.1f')} GiB")
     return rows

@@ -43,7 +43,7 @@ GRID_2GPU = [
     ("tp2-sel-mb4-cmp", dict(micro_batch_size=4, dp=1, tp=2, zero=3, recompute="selective", compile=True)),
 ]
 CASES = [
-    dict(tag="t1", gpus=1, model="llama3.2-1b", cluster="1xh200", global_batch_size=32, seq_len=4096, grid=GRID_1GPU),
+    dict(tag="t1", gpus=1, model="llama3.2-1b", cluster="1xh200", global_batch_size=16, seq_len=4096, grid=GRID_1GPU),
     dict(tag="t2", gpus=2, model="llama3.2-3b", cluster="2xh200", global_batch_size=16, seq_len=4096, grid=GRID_2GPU),
 ]
 
