@@ -11,11 +11,39 @@ import warnings
 from typing import Any, Callable
 
 import typer
+import typer.core
 from rich.console import Console
 
 from costmodel.errors import SpecError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+_click = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # typer >= 0.20 vendors click
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (unknown verb or flag, a value of the wrong type) are user errors like any other: one line
+    on stderr and exit code 2, not click's usage panel."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _click.exceptions.NoArgsIsHelpError as e:
+            err_console.print(e.ctx.get_help() if e.ctx else "", highlight=False)
+            code = USER_ERROR
+        except _click.exceptions.UsageError as e:
+            where = e.ctx.command_path if e.ctx else "loadmaster"
+            err_console.print(f"[bold red]error:[/] {where}: {' '.join(e.format_message().split())} "
+                              f"(see {where} --help)", highlight=False, soft_wrap=True)
+            code = USER_ERROR
+        except KeyboardInterrupt:
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
                   help="Plan, predict and launch distributed training of large transformers.")
 console = Console()
 
@@ -75,14 +103,27 @@ def _register_all() -> None:
         except ModuleNotFoundError as e:
             if e.name == f"planner.{name}":  # verb not built yet
                 continue
+            if e.name in OPTIONAL:  # a GPU node without the solver still predicts, launches and profiles
+                _missing_dependency(name.removeprefix("cli_"), e.name)
+                continue
             raise
         mod.register(app)
+
+
+OPTIONAL = {"pulp": "pulp highspy", "highspy": "pulp highspy", "scipy": "scipy", "pandas": "pandas"}
+
+
+def _missing_dependency(verb: str, module: str) -> None:
+    @app.command(verb, context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+                 add_help_option=False)
+    def unavailable() -> None:
+        fail(f"{verb} needs the Python package {module}, which is not installed here; "
+             f"pip install {OPTIONAL[module]}")
 
 
 def main() -> None:
     _register_all()
     app()
-
 
 if __name__ == "__main__":
     main()
