@@ -3,7 +3,7 @@
     python benchmarks/trainer_gpu.py [--data benchmarks/data]
 
 Reads the committed campaign results (benchmarks/gpu/README.md): launcher.bench lines in
-``h200_sweep_*.jsonl`` / ``h200_grid_*.jsonl`` and the plain FSDP2 runs in ``plain/h200_plain_fsdp2.jsonl``
+``h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl`` and the plain FSDP2 runs in ``plain/*.jsonl``
 (benchmarks/plain_fsdp2.py on the same plan entries). Prints
 1. TABLE: step time, tokens/s/GPU, MFU, peak memory and prediction error of plans on 1 and 2 GPUs that
    between them turn every knob (the knob column says which), with the knobs no measured plan covers;
@@ -147,14 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(DATA))
     args = ap.parse_args(argv)
     data = Path(args.data)
-    bench = sorted(data.glob("h200_sweep_*.jsonl")) + sorted(data.glob("h200_grid_*.jsonl"))
+    bench = sorted(data.glob("h200-*gpu-*.jsonl"))
     if not bench:
-        print(f"no measured runs under {data} (h200_sweep_*.jsonl); run the GPU campaign first "
+        print(f"no measured runs under {data} (h200-*gpu-*.jsonl); run the GPU campaign first "
               "(benchmarks/gpu/README.md)", file=sys.stderr)
         return 1
     runs = read(bench)
-    plain_path = data / "plain" / "h200_plain_fsdp2.jsonl"
-    plain = read([plain_path]) if plain_path.is_file() else {}
+    plain = read(sorted((data / "plain").glob("*.jsonl")))
     print("## trainer on H200: measured\n")
     print("\n".join(measured_table(runs)))
     print("\n## ours vs plain FSDP2 (same plan entry; ≥ 1.00x expected, within "
@@ -168,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         r = ours / p["tokens_per_s_per_gpu"]
         rows.append(f"| {name} | {p['tokens_per_s_per_gpu']:,.0f} | {ours:,.0f} | {r:.3f}x | "
                     f"{'ok' if r >= 1 - NOISE else 'SLOWER'} |")
-    print("\n".join(rows if plain else ["no plain FSDP2 runs (plain/h200_plain_fsdp2.jsonl)"]))
+    print("\n".join(rows if plain else ["no plain FSDP2 runs (plain/*.jsonl)"]))
     print("\n## compiled vs eager (same plan otherwise)\n")
     print("\n".join(pair_table(runs, COMPILE_PAIRS, "eager → compiled")))
     print("\n## float8 vs bf16, both compiled, Llama-3-8B widths\n")

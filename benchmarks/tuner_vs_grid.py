@@ -1,6 +1,6 @@
 """Tuner vs hand grid on H200 (issue 3): is the tuner's plan the measured best, or within 3 % of it?
 
-    python benchmarks/tuner_vs_grid.py [benchmarks/data/h200_grid_1gpu.jsonl benchmarks/data/h200_grid_2gpu.jsonl]
+    python benchmarks/tuner_vs_grid.py [benchmarks/data/h200-1gpu-grid.jsonl benchmarks/data/h200-2gpu-grid.jsonl]
 
 The cases and the tuner's plans are made by benchmarks/gpu/make_grid.py (tuner_vs_grid_*gpu.yaml); the runs by
 the GPU campaign (benchmarks/gpu/README.md). Cases are told apart by the name prefix (t1-, t2-, ...); the
@@ -61,7 +61,7 @@ def case_report(case: str, runs: list[dict]) -> tuple[list[str], bool | None]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("files", nargs="*", default=sorted(glob.glob(str(DATA / "h200_grid_*.jsonl"))))
+    ap.add_argument("files", nargs="*", default=sorted(glob.glob(str(DATA / "h200-*gpu-grid.jsonl"))))
     args = ap.parse_args(argv)
     if not args.files:
         print(f"no grid runs under {DATA}; run the GPU campaign first (benchmarks/gpu/README.md)", file=sys.stderr)

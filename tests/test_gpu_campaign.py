@@ -190,7 +190,7 @@ def test_collect_keeps_measurements_over_crashes_and_completes_oom_lines(tmp_pat
         (d / "bench.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
         collect.merge([str(tmp_path / f"call{call}")], tmp_path / "merged")
     collect.commit(tmp_path / "merged", tmp_path / "dest", allow_smoke=False)
-    out = [json.loads(x) for x in (tmp_path / "dest/benchmarks/data/h200_sweep_1gpu.jsonl").read_text().splitlines()]
+    out = [json.loads(x) for x in (tmp_path / "dest/benchmarks/data/h200-1gpu-sweep-a.jsonl").read_text().splitlines()]
     assert [x["name"] for x in out] == [ok["name"], oom["name"]]
     assert out[0]["step_time_s"] == 1.0 and not out[0].get("crash")
     for line in out:  # what a replay of the measured runs needs
@@ -261,3 +261,35 @@ def test_plain_fsdp2_trains_a_tiny_tied_model_on_cpu(tmp_path):
     line = json.loads(out.read_text())
     assert line["steps_measured"] == 2 and line["step_time_s"] > 0
     assert abs(line["losses"][0] - np.log(128)) < 0.3  # starts near uniform over the vocabulary
+
+
+def test_committed_results_count_as_measured(tmp_path, monkeypatch):
+    plans = tmp_path / "plans.yaml"
+    base = {"global_batch_size": 2, "micro_batch_size": 1, "seq_len": 64, "dp": 1, "tp": 1, "pp": 1, "zero": 3,
+            "recompute": "none"}
+    plans.write_text(yaml.safe_dump([{"name": f"p{i}", "group": "a", "model": "llama3.2-1b", "plan": base}
+                                     for i in (1, 2)]))
+    (tmp_path / "done.jsonl").write_text(json.dumps({"name": "p1", "step_time_s": 1.0}) + "\n"
+                                         + json.dumps({"name": "other", "step_time_s": 1.0}) + "\n")
+    (tmp_path / "sdpa.json").write_text("{}")
+    sweep = campaign.Job("sweep", 1, 10.0, plans=str(plans), group="a", committed=str(tmp_path / "done.jsonl"))
+    check = campaign.Job("check", 1, 10.0, ["true"], committed=str(tmp_path / "sdpa.json"))
+    fresh = campaign.Job("fresh", 1, 10.0, ["true"], committed=str(tmp_path / "missing.json"))
+    c = _campaign(tmp_path, [sweep, check, fresh])
+    c.seed_committed()
+    assert [json.loads(x)["name"] for x in (c.jdir(sweep) / "bench.jsonl").read_text().splitlines()] == ["p1"]
+    assert c.status(sweep)["state"] == "pending" and c.status(check)["state"] == "done"
+    assert c.status(fresh)["state"] == "pending"
+
+
+def test_two_gpu_profile_fields_merge_into_the_full_profile():
+    from costmodel.hardware import parse_profile
+    full = yaml.safe_load((ROOT / "profiles" / "h200.yaml").read_text())
+    two = yaml.safe_load((ROOT / "profiles" / "h200.yaml").read_text())
+    two.update(intra_node={"bandwidth_gbps": 321.0, "latency_s": 2e-5}, source="measured on 2 GPU(s)",
+               overlap={**two.get("overlap", {}), "comm_compute_slowdown": 0.31, "h2d_compute_slowdown": 0.99})
+    merged = collect.merge_two_gpu_fields(full, two)
+    prof = parse_profile(merged, "merged")
+    assert prof.intra_node.bandwidth_gbps == 321.0 and prof.overlap.comm_compute_slowdown == 0.31
+    assert prof.overlap.h2d_compute_slowdown == parse_profile(full, "full").overlap.h2d_compute_slowdown
+    assert collect.merge_two_gpu_fields(merged, two)["source"] == merged["source"]  # merging twice: same source

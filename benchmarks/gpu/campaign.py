@@ -57,6 +57,9 @@ class Job:
     warmup: int = 2
     plain: list[tuple[str, str]] = field(default_factory=list)
     """(plan file, entry name) pairs run by benchmarks/plain_fsdp2.py, one process each."""
+    committed: str | None = None
+    """Where collect.py --commit puts this job's result (repository-relative). When it exists, the job counts as
+    done (a bench job: the plans in it count as measured) unless --remeasure."""
     exclusive: bool = False
     """Runs with nothing but light jobs beside it (the profiles measure host copies and CPU AdamW)."""
     light: bool = False
@@ -75,28 +78,35 @@ P1, P2 = "benchmarks/gpu/plans_1gpu.yaml", "benchmarks/gpu/plans_2gpu.yaml"
 G1, G2 = "benchmarks/gpu/tuner_vs_grid_1gpu.yaml", "benchmarks/gpu/tuner_vs_grid_2gpu.yaml"
 PLAIN_1GPU = [(P1, "g1-l8b8l-bf16-eager"), (P1, "g1-l8b8l-bf16-cmp"), (P1, "g1-g13-s4k-full")]
 PLAIN_2GPU = [(P2, "g2-g13-dp2-z2"), (P2, "g2-g13-dp2-z3-full-s8k")]
-# Queue order = priority: what the issues need most comes first, so a short campaign loses the least
-# (the last two are optional extras). Bench jobs' estimates are computed from the cost model (budget.py).
+DATA = "benchmarks/data"
+# Queue order = priority: what the issues need most comes first, so a short campaign loses the least.
+# Bench jobs' estimates are computed from the cost model (budget.py).
 JOBS = [
-    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.profile", "--quick", "-o", "{dir}/h200-measured.yaml"],
-        exclusive=True),
-    Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"], light=True),
-    Job("loss-bf16", 1, 150, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "bf16", "--out", "{dir}"]),
-    Job("loss-fp8", 1, 170, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "fp8", "--out", "{dir}"]),
-    Job("sweep1-a", 1, 0, plans=P1, group="a"),
-    Job("sweep1-b", 1, 0, plans=P1, group="b"),
-    Job("sweep2-a", 2, 0, plans=P2, group="a"),
-    Job("grid-1gpu", 1, 0, plans=G1, group="a", steps=7, warmup=3),
-    Job("plain-1gpu", 1, 140, plain=PLAIN_1GPU),
-    Job("grid-2gpu", 2, 0, plans=G2, group="a", steps=7, warmup=3),
-    Job("plain-2gpu", 2, 90, plain=PLAIN_2GPU),
-    Job("sweep2-b", 2, 0, plans=P2, group="b"),
-    Job("profile-1gpu", 1, 120, [PY, "-m", "launcher.profile", "--quick", "-o", "{dir}/h200-measured-1gpu.yaml"],
-        exclusive=True),
+    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.profile", "--quick", "--name", "h200-measured-2gpu", "-o",
+                                            "{dir}/h200-measured-2gpu.yaml"],
+        committed=f"{DATA}/profiles/h200-measured-2gpu.yaml", exclusive=True),
+    Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"],
+        committed=f"{DATA}/h200-sdpa-gqa.json", light=True),
+    Job("loss-bf16", 1, 110, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "bf16", "--out", "{dir}"],
+        committed=f"{DATA}/loss/bf16_metrics.jsonl"),
+    Job("loss-fp8", 1, 130, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "fp8", "--out", "{dir}"],
+        committed=f"{DATA}/loss/fp8_metrics.jsonl"),
+    Job("sweep1-a", 1, 0, plans=P1, group="a", committed=f"{DATA}/h200-1gpu-sweep-a.jsonl"),
+    Job("sweep1-b", 1, 0, plans=P1, group="b", committed=f"{DATA}/h200-1gpu-sweep-b.jsonl"),
+    Job("sweep2-a", 2, 0, plans=P2, group="a", committed=f"{DATA}/h200-2gpu-sweep-a.jsonl"),
+    Job("grid-1gpu", 1, 0, plans=G1, group="a", steps=7, warmup=3, committed=f"{DATA}/h200-1gpu-grid.jsonl"),
+    Job("plain-1gpu", 1, 105, plain=PLAIN_1GPU, committed=f"{DATA}/plain/h200-1gpu-plain.jsonl"),
+    Job("grid-2gpu", 2, 0, plans=G2, group="a", steps=7, warmup=3, committed=f"{DATA}/h200-2gpu-grid.jsonl"),
+    Job("plain-2gpu", 2, 70, plain=PLAIN_2GPU, committed=f"{DATA}/plain/h200-2gpu-plain.jsonl"),
+    Job("sweep2-b", 2, 0, plans=P2, group="b", committed=f"{DATA}/h200-2gpu-sweep-b.jsonl"),
+    # the full one-GPU profile is profiles/h200-measured.yaml; this quick one runs only when asked for by name
+    Job("profile-1gpu", 1, 120, [PY, "-m", "launcher.profile", "--quick", "--name", "h200-measured-1gpu-quick", "-o",
+                                 "{dir}/h200-measured-1gpu-quick.yaml"],
+        committed=f"{DATA}/profiles/h200-measured-1gpu-quick.yaml", exclusive=True),
 ]
 PARTS = {"check": ["sdpa-gqa"], "profile": ["profile-2gpu", "profile-1gpu"], "sweep1": ["sweep1-a", "sweep1-b"],
          "sweep2": ["sweep2-a", "sweep2-b"], "grid": ["grid-1gpu", "grid-2gpu"], "loss": ["loss-bf16", "loss-fp8"],
-         "plain": ["plain-1gpu", "plain-2gpu"], "all": [j.name for j in JOBS]}
+         "plain": ["plain-1gpu", "plain-2gpu"], "all": [j.name for j in JOBS if j.name != "profile-1gpu"]}
 MIN_START_S = 45.0  # do not start a job with less time than this left
 MAX_CRASHES = 3
 
@@ -175,6 +185,27 @@ class Campaign:
             done = {ln["name"] for ln in report.read_jsonl(self.jdir(job) / "bench.jsonl")}
             job.est_s = budget.group_estimate_s([e for e in self.entries(job) if e["name"] not in done],
                                                 job.cluster, job.steps)
+
+    def seed_committed(self) -> None:
+        """Count committed results (``Job.committed``) as measured: a bench job's committed plans are not run
+        again, other jobs with a committed result are done."""
+        for job in self.jobs:
+            path = ROOT / job.committed if job.committed else None
+            if path is None or not path.is_file() or self.status(job).get("state") in ("done", "failed"):
+                continue
+            d = self.jdir(job)
+            d.mkdir(parents=True, exist_ok=True)
+            if not job.bench:
+                self.set_status(job, state="done", note=f"committed: {job.committed}")
+                continue
+            names = {e["name"] for e in self.entries(job)}
+            have = {ln["name"] for ln in report.read_jsonl(d / "bench.jsonl")}
+            new = [ln for ln in report.read_jsonl(path) if ln["name"] in names - have]
+            with open(d / "bench.jsonl", "a") as f:
+                f.writelines(json.dumps(ln) + "\n" for ln in new)
+            missing = names - have - {ln["name"] for ln in new}
+            self.set_status(job, state="pending" if missing else "done",
+                            note=f"{len(names) - len(missing)} of {len(names)} plans committed in {job.committed}")
 
     def prepare(self, job: Job) -> None:
         d = self.jdir(job)
@@ -376,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume-from", help="collected results of earlier calls (default .campaign/results)")
     ap.add_argument("--skip", default="", help="comma-separated job names to leave out")
     ap.add_argument("--lanes", type=int, help="GPUs to use (default: all visible, at most 2; 4 on an x4 machine)")
+    ap.add_argument("--remeasure", action="store_true", help="run jobs whose results are committed, too")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model, CPU/gloo, 2 steps: catches typos")
     args = ap.parse_args(argv)
     jobs = select(args.parts, [s for s in args.skip.split(",") if s])
@@ -409,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"campaign: {', '.join(j.name for j in jobs)} on {lanes} lane(s), budget {args.budget_s:.0f} s, "
           f"work {work}, out {out}", flush=True)
     c = Campaign(jobs, work=work, out=out, budget_s=args.budget_s, lanes=lanes, smoke=args.cpu_smoke)
+    if not (args.cpu_smoke or args.remeasure):
+        c.seed_committed()
     try:
         c.run()
     except Terminated:

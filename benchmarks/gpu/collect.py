@@ -7,21 +7,23 @@ Each call's results.tgz holds WORK/<job>/ (campaign.py). Merging keeps, per benc
 over a crash record, and the newest otherwise, so ``--into`` always holds everything measured so far; carry
 that folder to the next call (run_campaign.sh resumes from .campaign/results).
 
-``--commit`` writes, under ``--dest`` (the repository root by default):
-  benchmarks/data/h200_{sweep,grid}_{1,2}gpu.jsonl   launcher.bench lines (what benchmarks/fidelity.py replays),
-                                                     out-of-memory and crash lines completed with the plan,
-                                                     model and cluster launcher.bench leaves out of them
-  benchmarks/data/plain/h200_plain_fsdp2.jsonl        plain FSDP2 reference runs (benchmarks/trainer_gpu.py)
-  benchmarks/data/loss/{bf16,fp8}_metrics.jsonl       the 300-step loss curves, and
-  benchmarks/loss_curves_fp8_vs_bf16.{png,csv}        their plot (benchmarks/plot_loss_curves.py)
-  benchmarks/data/sdpa_gqa_h200.json                  the SDPA/GQA backend check
-  profiles/h200-measured.yaml                         the 2-GPU quick profile (picked up for every H200 cluster)
-  benchmarks/data/profiles/h200-measured-1gpu.yaml    the 1-GPU quick profile
+``--commit`` writes each job's result to its ``Job.committed`` path (campaign.py; the campaign then counts it
+as measured), under ``--dest`` (the repository root by default):
+  benchmarks/data/h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl   launcher.bench lines (what fidelity.py replays),
+                                        crash lines completed with model, plan and cluster from the job's plans
+  benchmarks/data/plain/h200-{1,2}gpu-plain.jsonl              plain FSDP2 runs (benchmarks/trainer_gpu.py)
+  benchmarks/data/loss/{bf16,fp8}_{metrics.jsonl,summary.json}, the two loss runs, and their plot
+      benchmarks/loss_curves_fp8_vs_bf16.{png,csv}             (benchmarks/plot_loss_curves.py)
+  benchmarks/data/h200-sdpa-gqa.json                           the SDPA/GQA backend check
+  benchmarks/data/profiles/h200-measured-2gpu.yaml             the 2-GPU quick profile, whose measured link,
+      collective fits and communication overlap also go into profiles/h200-measured.yaml (the full 1-GPU
+      profile; its source line says so)
 Smoke results (plans with ``smoke_of``) are refused unless --allow-smoke.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import sys
@@ -38,10 +40,7 @@ from campaign_report import read_jsonl  # noqa: E402
 
 MERGED = {"bench.jsonl", "plain.jsonl", "status.json"}
 STATE_RANK = {"done": 3, "failed": 2, "partial": 1, "cut": 1, "running": 0, "pending": 0}
-JOB_CLUSTER = {"sweep1-a": "1xh200", "sweep1-b": "1xh200", "grid-1gpu": "1xh200",
-               "sweep2-a": "2xh200", "sweep2-b": "2xh200", "grid-2gpu": "2xh200"}
-BENCH_FILES = {"h200_sweep_1gpu.jsonl": ["sweep1-a", "sweep1-b"], "h200_sweep_2gpu.jsonl": ["sweep2-a", "sweep2-b"],
-               "h200_grid_1gpu.jsonl": ["grid-1gpu"], "h200_grid_2gpu.jsonl": ["grid-2gpu"]}
+TWO_GPU_MARK = " | 2-GPU fields (intra_node, overlap.comm_*, constants.collectives) from: "
 
 
 def _better(old: dict | None, new: dict) -> dict:
@@ -93,20 +92,20 @@ def merge(inputs: list[str], into: Path) -> list[str]:
     return jobs
 
 
-def completed_lines(job_dir: Path, job: str) -> list[dict]:
-    """bench.jsonl lines of one job, each with model, plan, cluster and world_size (from the job's plans.yaml
-    where launcher.bench left them out: out-of-memory and crash lines), in plan-file order."""
-    entries = {e["name"]: e for e in yaml.safe_load((job_dir / "plans.yaml").read_text())}
-    cluster = JOB_CLUSTER[job]
+def completed_lines(job_dir: Path, job) -> list[dict]:
+    """bench.jsonl lines of one job, each with model, plan, cluster and world_size (from the job's plans.yaml where
+    launcher.bench or a crash record left them out), in plan-file order."""
+    entries = {e["name"]: e for e in yaml.safe_load((job_dir / "plans.yaml").read_text())} \
+        if (job_dir / "plans.yaml").is_file() else {}
     out = []
     for line in read_jsonl(job_dir / "bench.jsonl"):
         e = entries.get(line["name"], {})
         line.setdefault("model", str(e.get("model")))
         line.setdefault("plan", e.get("plan"))
-        line.setdefault("cluster", cluster)
+        line.setdefault("cluster", job.cluster)
         plan = line["plan"] or {}
         line.setdefault("world_size", plan.get("dp", 1) * plan.get("tp", 1) * plan.get("pp", 1))
-        line["campaign_job"] = job
+        line.setdefault("campaign_job", job.name)
         if e.get("tuner"):
             line["tuner"] = True
         out.append(line)
@@ -119,47 +118,79 @@ def write_jsonl(path: Path, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
+def merge_two_gpu_fields(full: dict, two: dict) -> dict:
+    """The full (1-GPU) profile with the fields only a multi-GPU run measures taken from ``two``."""
+    from costmodel.hardware import parse_profile
+    out = copy.deepcopy(full)
+    out["intra_node"] = two["intra_node"]
+    out["overlap"] = {**full.get("overlap", {}), **{k: v for k, v in two.get("overlap", {}).items()
+                                                    if k.startswith("comm_")}}
+    if "collectives" in two.get("constants", {}):
+        out.setdefault("constants", {})["collectives"] = two["constants"]["collectives"]
+    out["source"] = " ".join(str(full["source"]).split(TWO_GPU_MARK)[0].split()) + TWO_GPU_MARK + \
+        " ".join(str(two["source"]).split())
+    parse_profile(out, "<merged profile>")  # the result must load
+    return out
+
+
 def commit(into: Path, dest: Path, allow_smoke: bool) -> list[str]:
+    """Write every job's result found in ``into`` to its committed path under ``dest``; returns what was written."""
+    from campaign import JOBS
     written = []
-    data = dest / "benchmarks" / "data"
-    for fname, jobs in BENCH_FILES.items():
-        lines = [ln for j in jobs if (into / j / "bench.jsonl").is_file() for ln in completed_lines(into / j, j)]
-        if any("smoke_of" in ln for ln in lines) and not allow_smoke:
-            raise SystemExit(f"error: {fname}: smoke results; refusing to commit them (--allow-smoke for tests)")
-        if lines:
-            write_jsonl(data / fname, lines)
-            written.append(f"{data / fname} ({len(lines)} runs)")
-    plain = [ln for j in ("plain-1gpu", "plain-2gpu") for ln in read_jsonl(into / j / "plain.jsonl")]
-    if plain:
-        write_jsonl(data / "plain" / "h200_plain_fsdp2.jsonl", plain)
-        written.append(f"{data / 'plain' / 'h200_plain_fsdp2.jsonl'} ({len(plain)} runs)")
-    loss_dir = None
-    for v in ("bf16", "fp8"):
-        m = into / f"loss-{v}" / v / "metrics.jsonl"
-        if m.is_file():
-            (data / "loss").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(m, data / "loss" / f"{v}_metrics.jsonl")
-            shutil.copy2(m.with_name("summary.json"), data / "loss" / f"{v}_summary.json")
-            written.append(str(data / "loss" / f"{v}_metrics.jsonl"))
-            loss_dir = data / "loss"
-    if loss_dir and all((loss_dir / f"{v}_metrics.jsonl").is_file() for v in ("bf16", "fp8")):
+    for job in JOBS:
+        src, dst = into / job.name, dest / job.committed
+        if job.bench and (src / "bench.jsonl").is_file():
+            lines = completed_lines(src, job)
+            if any("smoke_of" in ln for ln in lines) and not allow_smoke:
+                raise SystemExit(f"error: {job.name}: smoke results; refusing to commit them (--allow-smoke for tests)")
+            write_jsonl(dst, lines)
+            written.append(f"{dst} ({len(lines)} runs)")
+        elif job.plain and (src / "plain.jsonl").is_file():
+            lines = read_jsonl(src / "plain.jsonl")
+            write_jsonl(dst, lines)
+            written.append(f"{dst} ({len(lines)} runs)")
+        elif job.name.startswith("loss-"):
+            v = job.name.removeprefix("loss-")
+            if (src / v / "metrics.jsonl").is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / v / "metrics.jsonl", dst)
+                shutil.copy2(src / v / "summary.json", dst.with_name(f"{v}_summary.json"))
+                written.append(str(dst))
+        else:
+            outputs = [p for p in src.glob("*") if p.suffix in (".json", ".yaml") and p.name != "status.json"] \
+                if src.is_dir() else []
+            if outputs:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(outputs[0], dst)
+                written.append(str(dst))
+                if job.name == "profile-2gpu":
+                    written.append(merge_profile(dst, dest))
+    loss = dest / "benchmarks" / "data" / "loss"
+    if all((loss / f"{v}_metrics.jsonl").is_file() for v in ("bf16", "fp8")):
         with tempfile.TemporaryDirectory() as tmp:
             for v in ("bf16", "fp8"):
                 (Path(tmp) / v).mkdir()
-                shutil.copy2(loss_dir / f"{v}_metrics.jsonl", Path(tmp) / v / "metrics.jsonl")
+                shutil.copy2(loss / f"{v}_metrics.jsonl", Path(tmp) / v / "metrics.jsonl")
             import plot_loss_curves
             png = dest / "benchmarks" / "loss_curves_fp8_vs_bf16.png"
             plot_loss_curves.main([tmp, "-o", str(png)])
             written.append(f"{png} (+ .csv)")
-    for src, dst in ((into / "sdpa-gqa" / "sdpa_gqa.json", data / "sdpa_gqa_h200.json"),
-                     (into / "profile-2gpu" / "h200-measured.yaml", dest / "profiles" / "h200-measured.yaml"),
-                     (into / "profile-1gpu" / "h200-measured-1gpu.yaml",
-                      data / "profiles" / "h200-measured-1gpu.yaml")):
-        if src.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            written.append(str(dst))
     return written
+
+
+def merge_profile(two_gpu: Path, dest: Path) -> str:
+    """Put the 2-GPU profile's link and communication fields into profiles/h200-measured.yaml (under ``dest``,
+    else the repository's)."""
+    target = dest / "profiles" / "h200-measured.yaml"
+    base = target if target.is_file() else ROOT / "profiles" / "h200-measured.yaml"
+    if not base.is_file():
+        return f"no profiles/h200-measured.yaml to merge {two_gpu.name} into"
+    from costmodel.hardware import parse_profile
+    merged = merge_two_gpu_fields(yaml.safe_load(base.read_text()), yaml.safe_load(two_gpu.read_text()))
+    prof = parse_profile(merged, "<merged profile>")
+    target.parent.mkdir(parents=True, exist_ok=True)  # the profiler's own layout (launcher.profile_assemble)
+    target.write_text(yaml.safe_dump(prof.to_dict(), sort_keys=False, width=120, default_flow_style=None))
+    return f"{target} (2-GPU link, collective and overlap fields merged in)"
 
 
 def main(argv: list[str] | None = None) -> int:
