@@ -399,7 +399,8 @@ def select(parts: list[str], skip: list[str]) -> list[Job]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", nargs="+")
-    ap.add_argument("--budget-s", type=float, default=560.0, help="wall seconds for the whole call")
+    ap.add_argument("--budget-s", type=float, default=560.0,
+                    help="wall seconds for the whole call (from $CAMPAIGN_START_EPOCH when run_campaign.sh set it)")
     ap.add_argument("--work", help="work directory, emptied first (default /tmp/lmc; a new temporary one with "
                     "--cpu-smoke)")
     ap.add_argument("--out", help="where results.tgz and summary.md go (default $OUT, else .out/campaign; with "
@@ -438,9 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     if lanes == 0:
         print("error: no GPU visible; use --cpu-smoke on a machine without one", file=sys.stderr)
         return 2
-    print(f"campaign: {', '.join(j.name for j in jobs)} on {lanes} lane(s), budget {args.budget_s:.0f} s, "
+    spent_s = time.time() - float(os.environ.get("CAMPAIGN_START_EPOCH", time.time()))  # run_campaign.sh's set-up
+    print(f"campaign: {', '.join(j.name for j in jobs)} on {lanes} lane(s), {args.budget_s - spent_s:.0f} s left, "
           f"work {work}, out {out}", flush=True)
-    c = Campaign(jobs, work=work, out=out, budget_s=args.budget_s, lanes=lanes, smoke=args.cpu_smoke)
+    c = Campaign(jobs, work=work, out=out, budget_s=args.budget_s - spent_s, lanes=lanes, smoke=args.cpu_smoke)
     if not (args.cpu_smoke or args.remeasure):
         c.seed_committed()
     try:

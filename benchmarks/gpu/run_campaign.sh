@@ -8,6 +8,8 @@
 # runs the jobs with a deadline; results go to $OUT/results.tgz and $OUT/summary.md (.out/campaign without $OUT).
 # --cpu-smoke: tiny model, CPU and gloo, 2 steps, no wheel install — catches typos and import errors anywhere.
 set -u -o pipefail
+# the budget counts from here: the wheel install and the environment check come out of it
+export CAMPAIGN_START_EPOCH=${CAMPAIGN_START_EPOCH:-$(date +%s.%N)}
 cd "$(dirname "$0")/../.."
 SMOKE=0
 for a in "$@"; do [[ "$a" == "--cpu-smoke" ]] && SMOKE=1; done
