@@ -144,30 +144,31 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     h2d = FP32 * Pb / K.ds / H.host                    # an offloaded block's fp32 shard, each way
     ag = ring_s(BF16 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp)
     rs = ring_s(FP32 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp, factor=1 + K.z0)
-    ag_os, rs_os = ag + h2d, rs + h2d
     blk_f = x["compute_fwd"] / K.l
     blk_b = x["compute_bwd"] / K.l
     nos = K.l - K.os_
 
-    def exposed(comm_plain: sp.Expr, comm_off: sp.Expr, comp: sp.Expr) -> sp.Expr:
-        """Comm hidden behind each block's compute except where longer; compute slowed while overlapped."""
-        def one(c):
-            return pos(c - comp) + H.slow_comm * smin(c, comp)
-        return nos * one(comm_plain) + K.os_ * one(comm_off)
+    def exposed(comm: sp.Expr, h2d_off: sp.Expr, comp: sp.Expr) -> sp.Expr:
+        """Comm (plus, for blocks with offloaded state, their host copies ``h2d_off``) hidden behind each block's
+        compute except where longer; compute slowed while a collective or a host copy runs beside it (the
+        profile's two overlap factors)."""
+        def one(c, h):
+            return pos(c + h - comp) + H.slow_comm * smin(c, comp) + H.slow_h2d * smin(h, comp)
+        return nos * one(comm, 0) + K.os_ * one(comm, h2d_off)
 
     ag_each = 1 - K.keep                                         # all-gather every micro-batch (not PP)
-    x["fsdp_fwd"] = ag_each * (exposed(ag, ag_os, blk_f) + ag)    # the first block's gather is not hidden
+    x["fsdp_fwd"] = ag_each * (exposed(ag, h2d, blk_f) + ag)    # the first block's gather is not hidden
     # gradients are reduced after every micro-batch unless sync is off (then on the last one only)
     each = 1 - K.nosync
-    x["fsdp_bwd"] = ag_each * (exposed(K.z3 * ag + each * rs, K.z3 * ag_os + each * rs_os, blk_b) + each * rs)
+    x["fsdp_bwd"] = ag_each * (exposed(K.z3 * ag + each * rs, (K.z3 + each) * h2d, blk_b) + each * rs)
     # once per step: the last micro-batch's reduce-scatters (after all of backward when pipelined), the
     # pipelined stage's all-gathers of its first micro-batch, and the root's vocab params
-    rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, K.z3 * ag_os + rs_os, blk_b)
-                                         - exposed(K.z3 * ag, K.z3 * ag_os, blk_b) + rs) \
-        + K.keep * (nos * rs + K.os_ * rs_os)
+    rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, (K.z3 + 1) * h2d, blk_b)
+                                         - exposed(K.z3 * ag, K.z3 * h2d, blk_b) + rs) \
+        + K.keep * (nos * rs + K.os_ * (rs + h2d))
     root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
                                                                             factor=1 + K.z0)
-    x["fsdp_step"] = rs_last + K.keep * (exposed(ag, ag_os, blk_f) + ag) + root
+    x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag) + root
     # ---- optimizer: fused AdamW + clipping, ~40 B per local fp32 parameter; offloaded blocks on the CPU ----
     P_gpu = (K.l - K.os_) * Pb + Pv
     gpu_opt = 40 * P_gpu / K.ds / (H.hbm * H.ew_eff) + (20 * K.l + 20) * H.launch
