@@ -32,6 +32,9 @@ class ArchOptions:
     selective: Literal["matmuls", "attention_core"] = "matmuls"
     """What selective checkpointing keeps: every matmul and attention output, recomputing elementwise ops
     (the trainer); or everything but the attention core, which is recomputed (Korthikanti's selective)."""
+    pipeline_recv_buffers: bool = True
+    """Pipeline stages keep one input and one gradient receive buffer per micro-batch across steps
+    (torch.distributed.pipelining); Megatron-LM allocates them per transfer (False)."""
 
 
 RUNTIME = ArchOptions()
@@ -166,10 +169,14 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "recompute_buffer": pos(K.r - K.l + 1) * (1 - K.sel) * acts["block_plain"],
         # float8 casts each converted Linear's weight per use; one block's fp8 copies (1 B) live at a time
         "fp8_weight_copies": smin(K.f, 1) * (Pb - 2 * M.h),
+        # torch.distributed.pipelining keeps a receive buffer per micro-batch for the stage input (all but the
+        # first stage) and for the output gradient (all but the last), allocated once and kept across steps
+        "pipeline_buffers": int(opts.pipeline_recv_buffers) * (2 - K.first - K.last) * K.M * BF16 * tokens()
+                            * M.h * seq_share(),
         "host_state": 16 * K.os_ * Pb / K.ds,              # fp32 params, grads, AdamW state on the CPU
         "host_activations": K.m * acts["host"],
     }
-    static = t["master_params"] + t["optimizer_state"]
+    static = t["master_params"] + t["optimizer_state"] + t["pipeline_buffers"]
     in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"]
     t["peak_forward"] = static + in_step + logits_bytes("forward") + t["fp8_weight_copies"]
     t["peak_backward"] = static + in_step + t["root_grads"] + smax(logits_bytes("backward"),

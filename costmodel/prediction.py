@@ -16,15 +16,17 @@ from .specs import ClusterSpec, ModelSpec, load_cluster, load_model
 from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
 
 GiB = 2**30
-MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "unsharded_params", "grad_accumulators",
-                "activations", "logits", "grad_buffers", "root_grads", "recompute_buffer", "fp8_weight_copies")
+MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "pipeline_buffers", "unsharded_params",
+                "grad_accumulators", "activations", "logits", "grad_buffers", "root_grads", "recompute_buffer",
+                "fp8_weight_copies")
 PHASES = ("peak_forward", "peak_backward", "peak_optimizer")
 PHASE_TERMS = {  # which terms are alive at each phase's peak (memory.memory_terms)
-    "peak_forward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators", "activations",
-                     "logits", "fp8_weight_copies"),
-    "peak_backward": ("master_params", "optimizer_state", "unsharded_params", "grad_accumulators",
-                      "activations", "root_grads", "logits", "grad_buffers", "recompute_buffer"),
-    "peak_optimizer": ("master_params", "optimizer_state", "gradients"),
+    "peak_forward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
+                     "grad_accumulators", "activations", "logits", "fp8_weight_copies"),
+    "peak_backward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
+                      "grad_accumulators", "activations", "root_grads", "logits", "grad_buffers",
+                      "recompute_buffer"),
+    "peak_optimizer": ("master_params", "optimizer_state", "pipeline_buffers", "gradients"),
 }
 TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",
               "offload_activations", "fsdp_step", "optimizer")
