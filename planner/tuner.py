@@ -21,6 +21,9 @@ from .stages import MODE_CODE, OUTPUTS, Group, StageTable, evaluate_role, needed
     stage_options
 
 MODE_NAME = {v: k for k, v in MODE_CODE.items()}
+MILP_LIMIT_S = 2.5
+"""Time limit of one case's MILP; one that runs out returns its incumbent (never worse than the DP warm start)
+and its gap, which the result reports."""
 
 
 @dataclass
@@ -248,7 +251,7 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
                         # a case that only interleaving could bring into the top k needs no exact 1F1B optimum
                         good_enough = warm.gap <= gap or lower >= kth() * (1 - gap)
                         choice = warm if good_enough else solve(
-                            options, L, g.M, time_limit_s=min(10.0, max(0.1, remaining)), gap=gap, warm=warm)
+                            options, L, g.M, time_limit_s=min(MILP_LIMIT_S, max(0.1, remaining)), gap=gap, warm=warm)
                     if choice is None:
                         continue
                     result.cases_solved += 1
