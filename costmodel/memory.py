@@ -161,6 +161,9 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "grad_accumulators": FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync)) * K.acc,
         "activations": K.m * acts["gpu"],
         "logits": smax(logits_bytes("forward"), logits_bytes("backward")),
+        # the fp32 log-softmax output (4 B per logit) each other micro-batch in flight on the last stage keeps
+        # until its backward: all of them under GPipe, none under 1F1B or without a pipeline (m = 1)
+        "retained_logits": K.last * 4 * (K.m - 1) * tokens() * M.V / K.t,
         # one block's param grads in bf16 + the fp32 reduce-scatter input while it is in flight
         "grad_buffers": (BF16 + FP32) * Pb,
         # the root's (embedding, output) bf16 grads: made at the start of backward, reduced at its end
@@ -177,7 +180,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "host_activations": K.m * acts["host"],
     }
     static = t["master_params"] + t["optimizer_state"] + t["pipeline_buffers"]
-    in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"]
+    in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"] + t["retained_logits"]
     t["peak_forward"] = static + in_step + logits_bytes("forward") + t["fp8_weight_copies"]
     t["peak_backward"] = static + in_step + t["root_grads"] + smax(logits_bytes("backward"),
                                                                     t["grad_buffers"] + t["recompute_buffer"])
@@ -185,7 +188,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
-    t["act_per_microbatch"] = acts["gpu"]
+    t["act_per_microbatch"] = acts["gpu"] + K.last * 4 * tokens() * M.V / K.t
     t["host_act_per_microbatch"] = acts["host"]
     t["accumulator_bytes"] = FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync))
     return t

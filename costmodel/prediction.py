@@ -17,15 +17,15 @@ from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stag
 
 GiB = 2**30
 MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "pipeline_buffers", "unsharded_params",
-                "grad_accumulators", "activations", "logits", "grad_buffers", "root_grads", "recompute_buffer",
-                "fp8_weight_copies")
+                "grad_accumulators", "activations", "retained_logits", "logits", "grad_buffers", "root_grads",
+                "recompute_buffer", "fp8_weight_copies")
 PHASES = ("peak_forward", "peak_backward", "peak_optimizer")
 PHASE_TERMS = {  # which terms are alive at each phase's peak (memory.memory_terms)
     "peak_forward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
-                     "grad_accumulators", "activations", "logits", "fp8_weight_copies"),
+                     "grad_accumulators", "activations", "retained_logits", "logits", "fp8_weight_copies"),
     "peak_backward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
-                      "grad_accumulators", "activations", "root_grads", "logits", "grad_buffers",
-                      "recompute_buffer"),
+                      "grad_accumulators", "activations", "retained_logits", "root_grads", "logits",
+                      "grad_buffers", "recompute_buffer"),
     "peak_optimizer": ("master_params", "optimizer_state", "pipeline_buffers", "gradients"),
 }
 TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",

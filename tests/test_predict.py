@@ -93,3 +93,27 @@ def test_tokens_and_mfu_follow_the_flops_convention():
     assert p.tokens_per_s == pytest.approx(plan.tokens_per_step / p.step_time_s)
     assert p.mfu == pytest.approx(model_flops_per_token(m, 2048) * p.tokens_per_s_per_gpu / 989e12)
     assert np.isclose(p.tokens_per_s_per_gpu * 8, p.tokens_per_s)
+
+
+def _pp2(**over):
+    d = dict(global_batch_size=16, micro_batch_size=1, seq_len=4096, dp=1, tp=1, pp=2, zero=2, recompute="full")
+    return parse_plan({**d, **over})
+
+
+def test_gpipe_last_stage_keeps_every_micro_batchs_log_softmax():
+    m = load_model("llama3.2-1b")
+    gpipe, f1b = (predict(m, "2xh200", _pp2(pp_schedule=s)).ranks[1] for s in ("GPipe", "1F1B"))
+    per_mb = 4 * 4096 * m.vocab_size                     # fp32 log-softmax output of one micro-batch
+    assert f1b["memory_breakdown"]["retained_logits"] == 0
+    assert gpipe["memory_breakdown"]["retained_logits"] == pytest.approx(15 * per_mb)
+
+
+def test_pipeline_receive_buffers_grow_with_the_micro_batch_count():
+    m = load_model("llama3.2-1b")
+    buf = lambda gbs: predict(m, "2xh200", _pp2(global_batch_size=gbs)).ranks[0]["memory_breakdown"][  # noqa
+        "pipeline_buffers"]
+    assert buf(16) == pytest.approx(16 * 2 * 4096 * m.hidden_size)   # first stage: gradient buffers only
+    assert buf(32) == pytest.approx(2 * buf(16))
+    one_stage = predict(m, "1xh200", parse_plan(dict(global_batch_size=16, micro_batch_size=1, seq_len=4096,
+                                                          dp=1, tp=1, pp=1, zero=2, recompute="full")))
+    assert one_stage.memory_breakdown.get("pipeline_buffers", 0.0) == 0.0
