@@ -270,3 +270,19 @@ def test_trainer_imports_nothing_gpu_nodes_may_lack():
             "'planner', 'torchao'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"  # torchao only once a plan asks for float8
+
+
+def test_activation_offload_copies_activations_not_the_blocks_weights():
+    from launcher.parallel.offload import SaveOnCpuWrapper
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
+    x = torch.randn(4, 256, requires_grad=True)
+    wrapped = SaveOnCpuWrapper(block, pin_memory=False)
+    wrapped(x).sum().backward()
+    grads = [p.grad.clone() for p in block.parameters()] + [x.grad.clone()]
+    # saved for backward: the input, the first Linear's output (GELU's input) and GELU's output, fp32 each
+    assert wrapped.offloaded_bytes == 3 * 4 * 256 * 4
+    for t in [*block.parameters(), x]:
+        t.grad = None
+    block(x).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(grads, [p.grad for p in block.parameters()] + [x.grad]))

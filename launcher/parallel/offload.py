@@ -7,17 +7,41 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Activati
 from launcher.model import Transformer
 
 
+def _storage_key(t: torch.Tensor) -> int:
+    local = getattr(t, "_local_tensor", t)  # a DTensor's shard
+    return local.untyped_storage().data_ptr()
+
+
 class SaveOnCpuWrapper(ActivationWrapper):
-    """Runs the wrapped block under ``torch.autograd.graph.save_on_cpu``: every tensor autograd saves for
-    backward is copied to host memory in forward and back to the device in backward. Subclassing
-    ActivationWrapper keeps the wrapper out of state-dict keys (``_checkpoint_wrapped_module`` is stripped)."""
+    """Runs the wrapped block with ``torch.autograd.graph.save_on_cpu``'s hooks: every activation autograd
+    saves for backward is copied to host memory in forward and back to the device in backward. The block's
+    own parameters (and views of them, such as a Linear's transposed weight) are left where they are: FSDP2
+    holds them for backward anyway, and copying each weight to the host and back per micro-batch would move
+    more bytes than the activations of a small micro-batch. ``offloaded_bytes`` counts what was copied.
+    Subclassing ActivationWrapper keeps the wrapper out of state-dict keys (``_checkpoint_wrapped_module`` is
+    stripped)."""
 
     def __init__(self, module: torch.nn.Module, *, pin_memory: bool) -> None:
         super().__init__(module)
         self.pin_memory = pin_memory
+        self.offloaded_bytes = 0
 
     def forward(self, *args, **kwargs):
-        with torch.autograd.graph.save_on_cpu(pin_memory=self.pin_memory):
+        # FSDP2 swaps unsharded parameters in before this forward runs, so the keys are taken per call
+        params = {_storage_key(p) for p in self._checkpoint_wrapped_module.parameters()}
+        to_cpu = torch.autograd.graph.save_on_cpu(pin_memory=self.pin_memory)
+
+        def pack(t: torch.Tensor):
+            if _storage_key(t) in params:
+                return None, t
+            self.offloaded_bytes += t.numel() * t.element_size()
+            return to_cpu.pack_hook(t), None
+
+        def unpack(packed):
+            on_cpu, kept = packed
+            return kept if on_cpu is None else to_cpu.unpack_hook(on_cpu)
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return self._checkpoint_wrapped_module(*args, **kwargs)
 
 
