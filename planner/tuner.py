@@ -141,9 +141,10 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
                mode: str | None = "full", max_tries: int = 64) -> tuple[Plan, Prediction] | None:
     """The plan on Interleaved1F1B, checkpointing more blocks where the deeper warm-up no longer fits.
 
-    Interleaving shrinks the bubble by the number of chunks but holds up to 1.5x the 1F1B warm-up
-    activations on the first ranks; the repair checkpoints one more block of the fullest rank's
-    least-checkpointed chunk until every rank fits (or gives up); ``mode`` None forbids checkpointing."""
+    Interleaving shrinks the bubble by the number of chunks but deepens the warm-up: every rank holds at least
+    (v - 1)·pp chunk-forwards (costmodel.pipeline.in_flight), the last ranks many more than under 1F1B. The
+    repair checkpoints one more block of each over-full rank's least-checkpointed chunk until every rank fits
+    (or gives up); ``mode`` None forbids checkpointing."""
     v2 = _interleaved_variant(plan, model)
     if v2 is None:
         return None

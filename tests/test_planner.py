@@ -189,3 +189,15 @@ def test_plan_cli_writes_a_plan_that_predict_accepts(tmp_path, run_cli):
 def test_plan_cli_nothing_fits_exit_1_without_traceback(run_cli):
     code, stdout, err = run_cli("plan", "llama3-405b", "--cluster", "1xl4", "-b", "8", "-s", "4096")
     assert code == 1 and "no plan fits" in stdout and "Traceback" not in stdout + err
+
+
+def test_interleaving_a_pipeline_checkpoints_what_no_longer_fits_and_shrinks_the_bubble():
+    from costmodel import load_cluster, load_model, profile_for
+    from planner.tuner import interleave
+    model, cluster = load_model("llama3-70b"), load_cluster("8x8xh100")
+    base = tune(model, cluster, 256, 4096, SearchSpace(tp=8, pp=8, schedules=("1F1B",))).best
+    assert base is not None and base.plan.pp_schedule == "1F1B"
+    plan, pred = interleave(base.plan, model, cluster, profile_for(cluster))
+    assert plan.pp_schedule == "Interleaved1F1B" and plan.virtual_stages == 2 and pred.feasible
+    assert pred.time_breakdown["pipeline_bubble"] < base.prediction.time_breakdown["pipeline_bubble"]
+    assert sum(plan.per_stage("recompute_layers", 80)) >= sum(base.plan.per_stage("recompute_layers", 80))
