@@ -35,6 +35,10 @@ class ArchOptions:
     pipeline_recv_buffers: bool = True
     """Pipeline stages keep one input and one gradient receive buffer per micro-batch across steps
     (torch.distributed.pipelining); Megatron-LM allocates them per transfer (False)."""
+    fsdp2_copies: bool = True
+    """FSDP2 copies each gathered block out of the all-gather buffer and adds every micro-batch's gradients
+    into fp32 accumulators on the compute stream; Megatron-LM's contiguous buffers and fused gradient
+    accumulation do neither (False)."""
 
 
 RUNTIME = ArchOptions()

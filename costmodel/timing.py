@@ -157,10 +157,16 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         return nos * one(comm, 0) + K.os_ * one(comm, h2d_off)
 
     ag_each = 1 - K.keep                                         # all-gather every micro-batch (not PP)
-    x["fsdp_fwd"] = ag_each * (exposed(ag, h2d, blk_f) + ag)    # the first block's gather is not hidden
+    # on the compute stream: FSDP2 copies each gathered block out of the all-gather buffer into its parameters
+    # (bf16 read + write) and, while gradient sync is off, adds each micro-batch's bf16 gradients into the
+    # unsharded fp32 accumulators (read 2 + 4, write 4 bytes per parameter)
+    copy_out = int(opts.fsdp2_copies) * 2 * BF16 * Pb / (H.hbm * H.ew_eff)
+    accumulate = int(opts.fsdp2_copies) * (BF16 + 2 * FP32) * Pb / (H.hbm * H.ew_eff)
+    x["fsdp_fwd"] = ag_each * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out)  # first gather not hidden
     # gradients are reduced after every micro-batch unless sync is off (then on the last one only)
     each = 1 - K.nosync
-    x["fsdp_bwd"] = ag_each * (exposed(K.z3 * ag + each * rs, (K.z3 + each) * h2d, blk_b) + each * rs)
+    x["fsdp_bwd"] = ag_each * (exposed(K.z3 * ag + each * rs, (K.z3 + each) * h2d, blk_b) + each * rs
+                               + K.l * K.z3 * copy_out) + K.nosync * K.l * accumulate
     # once per step: the last micro-batch's reduce-scatters (after all of backward when pipelined), the
     # pipelined stage's all-gathers of its first micro-batch, and the root's vocab params
     rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, (K.z3 + 1) * h2d, blk_b)
@@ -168,7 +174,7 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         + K.keep * (nos * rs + K.os_ * (rs + h2d))
     root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
                                                                             factor=1 + K.z0)
-    x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag) + root
+    x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out) + root
     # ---- optimizer: fused AdamW + clipping, ~40 B per local fp32 parameter; offloaded blocks on the CPU ----
     P_gpu = (K.l - K.os_) * Pb + Pv
     gpu_opt = 40 * P_gpu / K.ds / (H.hbm * H.ew_eff) + (20 * K.l + 20) * H.launch
