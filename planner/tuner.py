@@ -62,13 +62,18 @@ def _ideal_rate(model, cluster, prof, seq_len, groups: list[Group], space: Searc
     col = lambda fn: np.array([fn(g, z) for g, z in rows], dtype=float)  # noqa: E731
     t, d, pp = col(lambda g, z: g.tp), col(lambda g, z: g.dp), col(lambda g, z: g.pp)
 
-    def at(l):
+    def at(l, every):
         inp = knob_inputs(b=col(lambda g, z: g.mbs), s=seq_len, t=t, d=d, pp=pp, zero=col(lambda g, z: z),
                           sequence_parallel=space.sequence_parallel, selective=0, l=l, r=0, oa=0, os=0,
-                          f=np.floor(f_frac * l), compile=k, m=1, M=col(lambda g, z: g.M), first=0, last=0, nV=0)
-        return stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, t, d, pp), **inp)["t_mb"]
+                          f=np.floor(f_frac * l), compile=k, m=1, M=col(lambda g, z: g.M), first=0, last=0, nV=0,
+                          reduce_every=every)
+        return np.asarray(stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, t, d, pp),
+                                               **inp)["t_mb"])
     big = float(model.num_hidden_layers)
-    rate = (np.asarray(at(big)) - np.asarray(at(big - 1.0))) if big > 1 else np.asarray(at(1.0))
+
+    def marginal(every):  # either way of reducing gradients may be the cheaper one
+        return at(big, every) - at(big - 1.0, every) if big > 1 else at(1.0, every)
+    rate = np.minimum(marginal(0), marginal(1))
     per_group = rate.reshape(len(groups), len(space.zero)).min(axis=1)
     return np.maximum(per_group, 0.0)
 
