@@ -153,6 +153,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     P_gpu = (K.l - K.os_) * Pb + Pv                      # parameters whose fp32 state lives on the GPU
     P_all = K.l * Pb + Pv
     acts = stage_activation_bytes(opts)
+    log_softmax = K.last * FP32 * tokens() * M.V / K.t    # one micro-batch's fp32 log-softmax output
     t = {
         "master_params": FP32 * P_gpu / K.ds,
         "optimizer_state": 2 * FP32 * P_gpu / K.ds,       # AdamW exp_avg + exp_avg_sq
@@ -165,9 +166,9 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "grad_accumulators": FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync)) * K.acc,
         "activations": K.m * acts["gpu"],
         "logits": smax(logits_bytes("forward"), logits_bytes("backward")),
-        # the fp32 log-softmax output (4 B per logit) each other micro-batch in flight on the last stage keeps
-        # until its backward: all of them under GPipe, none under 1F1B or without a pipeline (m = 1)
-        "retained_logits": K.last * 4 * (K.m - 1) * tokens() * M.V / K.t,
+        # the fp32 log-softmax output each other micro-batch in flight on the last stage keeps until its
+        # backward: all of them under GPipe, none under 1F1B or without a pipeline (m = 1)
+        "retained_logits": (K.m - 1) * log_softmax,
         # one block's param grads in bf16 + the fp32 reduce-scatter input while it is in flight
         "grad_buffers": (BF16 + FP32) * Pb,
         # the root's (embedding, output) bf16 grads: made at the start of backward, reduced at its end
@@ -192,7 +193,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
-    t["act_per_microbatch"] = acts["gpu"] + K.last * 4 * tokens() * M.V / K.t
+    t["act_per_microbatch"] = acts["gpu"] + log_softmax
     t["host_act_per_microbatch"] = acts["host"]
     t["accumulator_bytes"] = FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync))
     return t

@@ -16,8 +16,9 @@ def build_optimizer(module: nn.Module, *, kind: str, lr: float, weight_decay: fl
 
     Fused AdamW is one kernel per device and dtype group per step; it also runs the update of parameters whose
     state is offloaded to the CPU, vectorised (the H200 state-offload runs in benchmarks/data, made with the
-    foreach path, imply ~4e8 parameters/s against 3.5e9 measured for fused by `loadmaster profile`). SGD has no momentum: its update is linear in the gradient, which makes
-    distributed-vs-reference checks sensitive to any gradient-scale error.
+    foreach path, imply ~4e8 parameters/s against 3.5e9 measured for fused by `loadmaster profile`). SGD has
+    no momentum: its update is linear in the gradient, which makes distributed-vs-reference checks sensitive
+    to any gradient-scale error.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if kind == "sgd":

@@ -88,6 +88,8 @@ def print_json(obj: Any) -> None:
 
 
 _registered = False
+# packages a verb may import that a GPU node lacks, and what to install for them
+OPTIONAL = {"pulp": "pulp highspy", "highspy": "pulp highspy", "scipy": "scipy", "pandas": "pandas"}
 
 
 def _register_all() -> None:
@@ -109,8 +111,6 @@ def _register_all() -> None:
             raise
         mod.register(app)
 
-
-OPTIONAL = {"pulp": "pulp highspy", "highspy": "pulp highspy", "scipy": "scipy", "pandas": "pandas"}
 
 
 def _missing_dependency(verb: str, module: str) -> None:

@@ -156,7 +156,6 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
     L = model.num_hidden_layers
     if v2.recompute == "none" and mode is not None:
         v2 = v2.replace(recompute=mode, recompute_layers=[0] * v2.num_stages)
-    capacity = prof.memory_bytes - prof.context_gib * 2**30
     for _ in range(max_tries):
         pred = predict(model, cluster, v2, profile=prof)
         if pred.feasible:
@@ -165,10 +164,10 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
             return None
         rec, layers = v2.per_stage("recompute_layers", L), v2.stage_layers(L)
         oa = v2.per_stage("offload_activation_layers", L)
-        peak = np.array([s["peak_memory_bytes"] for s in pred.stages]).reshape(v2.virtual_stages, v2.pp).sum(0)
-        over = np.nonzero(peak * (1 + prof.fragmentation) > capacity)[0]
+        need = lambda r: r["peak_memory_bytes"] * (1 + prof.fragmentation) + prof.context_gib * 2**30  # noqa
+        over = [r["rank"] for r in pred.ranks if need(r) > prof.memory_bytes]  # as predict judges a rank
         for rank in over:  # one more checkpointed block on every rank that does not fit
-            chunks = [c for c in range(int(rank), v2.num_stages, v2.pp) if rec[c] + oa[c] < layers[c]]
+            chunks = [c for c in range(rank, v2.num_stages, v2.pp) if rec[c] + oa[c] < layers[c]]
             if not chunks:
                 return None
             c = min(chunks, key=lambda c: rec[c] / layers[c])
@@ -269,7 +268,7 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
                     pred = predict(model, cluster, plan, profile=prof)
                     assert abs(pred.step_time_s - choice.objective) <= 1e-6 * choice.objective + 1e-9, \
                         (pred.step_time_s, choice.objective)
-                    if "1F1B" in space.schedules and choice.objective < kth():
+                    if (g.pp == 1 or "1F1B" in space.schedules) and choice.objective < kth():
                         push(Candidate(plan, pred, choice.gap, choice.status))
                     if inter:
                         found = interleave(plan, model, cluster, prof, mode=MODE_NAME[mode] if mode else None)

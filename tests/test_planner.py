@@ -203,3 +203,8 @@ def test_interleaving_a_pipeline_checkpoints_what_no_longer_fits_and_shrinks_the
     assert plan.pp_schedule == "Interleaved1F1B" and plan.virtual_stages == 2 and pred.feasible
     assert pred.time_breakdown["pipeline_bubble"] < base.prediction.time_breakdown["pipeline_bubble"]
     assert sum(plan.per_stage("recompute_layers", 80)) >= sum(base.plan.per_stage("recompute_layers", 80))
+
+
+def test_single_stage_plans_do_not_need_a_pipeline_schedule():
+    best = tune("llama3.2-1b", "1xh200", 8, 2048, SearchSpace(schedules=("Interleaved1F1B",))).best
+    assert best is not None and best.plan.pp == 1
