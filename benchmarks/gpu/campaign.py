@@ -79,6 +79,10 @@ G1, G2 = "benchmarks/gpu/tuner_vs_grid_1gpu.yaml", "benchmarks/gpu/tuner_vs_grid
 PLAIN_1GPU = [(P1, "g1-l8b8l-bf16-eager"), (P1, "g1-l8b8l-bf16-cmp"), (P1, "g1-g13-s4k-full")]
 PLAIN_2GPU = [(P2, "g2-g13-dp2-z2"), (P2, "g2-g13-dp2-z3-full-s8k")]
 DATA = "benchmarks/data"
+# plans whose kernel-time anatomy (step_anatomy.py) checks the cost model's worst-predicted terms
+ANATOMY = ["g1-l8b8l-bf16-eager", "g1-l8b8l-fp8-eager", "g1-l8b8l-bf16-cmp", "g1-l8b8l-fp8-cmp",
+           "g1-l8b8l-fp8row-cmp", "g1-l1b-s4k-mb1x16", "g1-l1b-s2k-mb4", "g1-l1b-s4k-stateoff4-v2",
+           "g1-l1b-s4k-actoff8-v2"]
 # Queue order = priority: what the issues need most comes first, so a short campaign loses the least.
 # Bench jobs' estimates are computed from the cost model (budget.py).
 JOBS = [
@@ -91,6 +95,11 @@ JOBS = [
         committed=f"{DATA}/loss/bf16_metrics.jsonl"),
     Job("loss-fp8", 1, 130, [PY, "benchmarks/fp8_loss_curves.py", "--variant", "fp8", "--out", "{dir}"],
         committed=f"{DATA}/loss/fp8_metrics.jsonl"),
+    Job("anatomy-1gpu", 1, 150, [PY, "benchmarks/gpu/step_anatomy.py", "--plans", P1, "--names", ",".join(ANATOMY),
+                                 "--json", "{dir}/anatomy.json"], committed=f"{DATA}/h200-1gpu-anatomy.json"),
+    Job("verify-1gpu", 1, 120, [PY, "benchmarks/gpu/verify_runs.py", "--plans", P1, "--budget-s", "100", "--json",
+                                "{dir}/verify.json"], committed=f"{DATA}/h200-1gpu-verify.json", light=True),
+    Job("sweep1-c", 1, 0, plans=P1, group="c", committed=f"{DATA}/h200-1gpu-sweep-c.jsonl"),
     Job("sweep1-a", 1, 0, plans=P1, group="a", committed=f"{DATA}/h200-1gpu-sweep-a.jsonl"),
     Job("sweep1-b", 1, 0, plans=P1, group="b", committed=f"{DATA}/h200-1gpu-sweep-b.jsonl"),
     Job("sweep2-a", 2, 0, plans=P2, group="a", committed=f"{DATA}/h200-2gpu-sweep-a.jsonl"),
@@ -104,7 +113,8 @@ JOBS = [
                                  "{dir}/h200-measured-1gpu-quick.yaml"],
         committed=f"{DATA}/profiles/h200-measured-1gpu-quick.yaml", exclusive=True),
 ]
-PARTS = {"check": ["sdpa-gqa"], "profile": ["profile-2gpu", "profile-1gpu"], "sweep1": ["sweep1-a", "sweep1-b"],
+PARTS = {"check": ["sdpa-gqa"], "profile": ["profile-2gpu", "profile-1gpu"],
+         "sweep1": ["sweep1-a", "sweep1-b", "sweep1-c"], "diagnose": ["anatomy-1gpu", "verify-1gpu"],
          "sweep2": ["sweep2-a", "sweep2-b"], "grid": ["grid-1gpu", "grid-2gpu"], "loss": ["loss-bf16", "loss-fp8"],
          "plain": ["plain-1gpu", "plain-2gpu"], "all": [j.name for j in JOBS if j.name != "profile-1gpu"]}
 MIN_START_S = 45.0  # do not start a job with less time than this left
@@ -233,6 +243,8 @@ class Campaign:
         cmd = [c.replace("{dir}", str(d)) for c in job.cmd]
         if self.smoke and "launcher.profile" in cmd:
             return [PY, "-m", "launcher.profile", "--help"]  # needs CUDA: only check that it imports
+        if self.smoke and "benchmarks/gpu/step_anatomy.py" in cmd:
+            return cmd[:2] + ["--help"]  # full-size models: only check that it imports
         if self.smoke and "benchmarks/fp8_loss_curves.py" in cmd:
             cmd.append("--smoke")
         return cmd

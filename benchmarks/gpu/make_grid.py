@@ -58,7 +58,8 @@ def full_plan(knobs: dict, *, global_batch_size: int, seq_len: int) -> dict:
 
 def make_case(case: dict) -> tuple[list[dict], list[str]]:
     """(bench entries, header comment lines) of one case."""
-    from costmodel import parse_plan
+    from costmodel import load_cluster, parse_plan
+    from costmodel.hardware import profile_for
     from costmodel.prediction import predict
     from planner.tuner import tune
     t0 = time.perf_counter()
@@ -78,7 +79,7 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
                     "plan": tuned})
     header = [f"tuner: loadmaster plan {case['model']} --cluster {case['cluster']} --global-batch-size "
               f"{case['global_batch_size']} --seq-len {case['seq_len']} (default space, float8 off); "
-              f"{seconds:.1f} s, solver gap {result.best.gap:.2%}", "predicted (datasheet h200 profile):"]
+              f"{seconds:.1f} s, solver gap {result.best.gap:.2%}", f"predicted ({profile_for(load_cluster(case['cluster'])).name} profile):"]
     for e in entries:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
