@@ -37,7 +37,7 @@ def fp8_eligible(model: ModelSpec, recipe: str = "tensorwise") -> dict[str, int]
 def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, float]:
     return {"h": model.hidden_size, "F": model.intermediate_size, "a": model.num_attention_heads,
             "g": model.kv_heads, "dh": int(model.head_dim), "V": model.vocab_size,
-            "gated": int(model.gated_mlp), **fp8_eligible(model, fp8_recipe)}
+            "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe)}
 
 
 def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
@@ -51,6 +51,7 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
         "slow_comm": p.overlap.comm_compute_slowdown, "comm_eff": p.overlap.comm_efficiency,
         "slow_h2d": p.overlap.h2d_compute_slowdown, "launch": p.kernel_launch_s,
         "hook": float(c.get("fsdp_hook_s", 60e-6)), "ew_eff": float(c.get("elementwise_efficiency", 0.8)),
+        "row_slow": float(c.get("fp8_rowwise_gemm_slowdown", 1.0)),
     }
 
 

@@ -18,6 +18,8 @@ class M:
     gated = sp.Symbol("gated", nonnegative=True)              # 1: SwiGLU (3 matrices), 0: plain GeLU MLP
     # float8 eligibility of each Linear under torchao's size filter (1 = converted)
     e_q, e_kv, e_o, e_up, e_down = _syms("e_q e_kv e_o e_up e_down", nonnegative=True)
+    row = sp.Symbol("row", nonnegative=True)                  # 1: float8 rowwise recipe, 0: tensorwise (with the
+                                                              # eligibility above, it comes from the plan's recipe)
 
 
 class K:
@@ -56,6 +58,7 @@ class H:
     launch = sp.Symbol("launch", nonnegative=True)            # host seconds per eager kernel
     hook = sp.Symbol("hook", nonnegative=True)                # host seconds of FSDP2 hooks per block per pass
     ew_eff = sp.Symbol("ew_eff", positive=True)               # elementwise kernels' share of copy bandwidth
+    row_slow = sp.Symbol("row_slow", positive=True)           # rowwise / tensorwise float8 GEMM time (measured)
 
 
 smax = sp.Function("smax")  # elementwise maximum (numpy.maximum); a Function keeps sympy from simplifying it

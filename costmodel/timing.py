@@ -20,9 +20,10 @@ def efficiency(x: sp.Expr, mx: sp.Symbol, half: sp.Symbol, ex: sp.Symbol) -> sp.
 
 
 def gemm_s(flops: sp.Expr, fp8: sp.Expr = 0) -> sp.Expr:
-    """One GEMM: bf16 (fp8 = 0) or float8 (fp8 = 1) FLOPs over peak × efficiency at that size."""
+    """One GEMM: bf16 (fp8 = 0) or float8 (fp8 = 1) FLOPs over peak × efficiency at that size; rowwise scaling
+    runs another, slower kernel (the profile's measured ratio)."""
     bf16 = flops / (H.peak * efficiency(flops, H.ge_max, H.ge_half, H.ge_exp))
-    f8 = flops / (H.peak8 * efficiency(flops, H.f8_max, H.f8_half, H.f8_exp))
+    f8 = flops / (H.peak8 * efficiency(flops, H.f8_max, H.f8_half, H.f8_exp)) * (1 + M.row * (H.row_slow - 1))
     return (1 - fp8) * bf16 + fp8 * f8
 
 
@@ -47,16 +48,19 @@ def block_gemm_s(fp8: sp.Expr) -> sp.Expr:
 
 
 def fp8_cast_s() -> sp.Expr:
-    """Dynamic tensorwise scaling of one float8 block per micro-batch, forward + backward: an amax pass and a
-    cast pass over inputs, weights and output gradients (and transposed copies for the weight gradient);
-    ~5 B per bf16 element compiled (read for amax, read + 1 B write for the cast); eager runs abs (r2 w2),
-    max (r2), an fp32 scale (r2 w4), clamp (r4 w4) and the cast (r4 w1) as separate kernels: ~25 B."""
+    """Dynamic scaling of one float8 block per micro-batch, forward + backward. torchao casts every GEMM operand
+    afresh: the input and the weight in forward, the output gradient and the weight for the input gradient, the
+    output gradient and the input again (column-major) for the weight gradient — each tensor twice. Compiled, a
+    cast is an amax read and a fused scale-and-cast (r2 + r2 w1 = 5 B per bf16 element). Eager runs abs (r2 w2),
+    max (r2), an fp32 upcast (r2 w4), the scale multiply (r4 w4), clamp (r4 w4) and the cast (r4 w1) as separate
+    kernels, 33 B, plus a transposing copy (r1 w1) of one of the two casts for the column-major operand: 68 B per
+    element over the two casts."""
     T = tokens()
     total = 0
     for name, Kd, Nd, elig in block_linears():
         weight = M.gated if name == "w3" else 1
-        total += weight * elig * (10 * T * Kd + 10 * Kd * Nd + 5 * T * Nd)
-    return (1 + 4 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
+        total += weight * elig * (T * Kd + Kd * Nd + T * Nd)
+    return (10 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
 def attention_flops_fwd() -> sp.Expr:

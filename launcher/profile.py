@@ -126,6 +126,12 @@ def measure_compute(cfg: ProfileConfig, device: torch.device, m: Measurements, l
         fp8_shapes = spread(gemm_shapes, cfg.num_fp8_shapes, key=lambda s: s.flops)
         log(f"float8 GEMM: {len(fp8_shapes)} shapes")
         m.fp8_gemm = compute.measure_fp8_gemm(fp8_shapes, device, cfg.timing, log=log)
+        row_shapes = spread(fp8_shapes, max(3, len(fp8_shapes) // 3), key=lambda s: s.flops)
+        log(f"float8 rowwise GEMM: {len(row_shapes)} shapes")
+        try:
+            m.fp8_rowwise_gemm = compute.measure_fp8_gemm(row_shapes, device, cfg.timing, rowwise=True, log=log)
+        except RuntimeError as e:  # rowwise scaled_mm needs sm90+ and a recent cuBLAS
+            log(f"float8 rowwise GEMM skipped: {str(e).splitlines()[0]}")
     else:
         m.fp8_note = why
         log(f"float8 GEMM skipped: {why}")

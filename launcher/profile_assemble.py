@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import statistics
 from dataclasses import dataclass, field
 
 import yaml
@@ -37,6 +38,8 @@ class Measurements:
     """bf16 GEMMs: dicts with m, n, k and seconds per call."""
     fp8_gemm: list[dict] = field(default_factory=list)
     """float8 (e4m3 tensorwise) GEMMs, same keys; empty where float8 is unsupported."""
+    fp8_rowwise_gemm: list[dict] = field(default_factory=list)
+    """float8 GEMMs with rowwise scales, on a subset of the fp8_gemm shapes; empty where not measured."""
     fp8_note: str = ""
     """Why float8 was not measured, if it was not."""
     attention: list[dict] = field(default_factory=list)
@@ -185,6 +188,13 @@ def link_fit(table: dict[str, list[list[float]]], world_size: int) -> Link:
     return Link(bandwidth_gbps=_sig(bw), latency_s=_sig(lat))
 
 
+def rowwise_slowdown(tensorwise: list[dict], rowwise: list[dict]) -> float | None:
+    """Median time ratio rowwise / tensorwise float8 GEMM over the shapes measured both ways (None if none)."""
+    t = {(r["m"], r["n"], r["k"]): r["seconds"] for r in tensorwise}
+    ratios = [r["seconds"] / t[(r["m"], r["n"], r["k"])] for r in rowwise if (r["m"], r["n"], r["k"]) in t]
+    return float(statistics.median(ratios)) if ratios else None
+
+
 def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> HardwareProfile:
     """The base profile with every measured field replaced and ``source`` saying what was measured how."""
     notes: list[str] = []
@@ -210,6 +220,9 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
         constants["host_copy"] = {"h2d_gbps": _sig(m.h2d_gbps), "d2h_gbps": _sig(m.d2h_gbps)}
     if m.cpu_adam_threads is not None:
         constants["cpu_adam_threads"] = m.cpu_adam_threads
+    row = rowwise_slowdown(m.fp8_gemm, m.fp8_rowwise_gemm)
+    if row is not None:
+        constants["fp8_rowwise_gemm_slowdown"] = _sig(row)
 
     ov = base.overlap
     overlap = Overlap(

@@ -94,8 +94,9 @@ def fp8_supported(device: torch.device) -> tuple[bool, str]:
 
 
 def measure_fp8_gemm(shapes: Sequence[GemmShape], device: torch.device, cfg: TimingConfig, *,
-                     log: Log = _quiet) -> list[dict]:
-    """Seconds per tensorwise-scaled e4m3 GEMM (torchao's float8 forward: fast accumulation, bf16 out).
+                     rowwise: bool = False, log: Log = _quiet) -> list[dict]:
+    """Seconds per tensorwise-scaled e4m3 GEMM (torchao's float8 forward: fast accumulation, bf16 out), or with
+    ``rowwise`` one fp32 scale per row of each operand (torchao's rowwise recipe; a different kernel).
 
     The second operand is column-major (a transposed row-major weight), as cuBLASLt requires; shapes
     with a dimension not a multiple of 16 are skipped (cuBLASLt's float8 alignment).
@@ -115,8 +116,10 @@ def measure_fp8_gemm(shapes: Sequence[GemmShape], device: torch.device, cfg: Tim
         xs = [torch.randn(s.m, s.k, device=device).to(torch.float8_e4m3fn) for _ in range(nbuf)]
         ws = [torch.randn(s.n, s.k, device=device).to(torch.float8_e4m3fn) for _ in range(nbuf)]
 
+        sa, sb = (torch.ones(s.m, 1, device=device), torch.ones(1, s.n, device=device)) if rowwise else (one, one)
+
         def call(i: int) -> torch.Tensor:
-            return torch._scaled_mm(xs[i % nbuf], ws[i % nbuf].t(), one, one, out_dtype=torch.bfloat16,
+            return torch._scaled_mm(xs[i % nbuf], ws[i % nbuf].t(), sa, sb, out_dtype=torch.bfloat16,
                                     use_fast_accum=True)
 
         results.append({"m": s.m, "n": s.n, "k": s.k, "seconds": time_per_call(call, device, cfg)})

@@ -76,6 +76,20 @@ def test_time_knobs_move_time_the_right_way():
     assert t(fp8_layers=32) > none                                  # eager float8 is slower (DESIGN.md)
 
 
+def test_rowwise_float8_costs_the_profiles_measured_gemm_slowdown():
+    import dataclasses
+    from costmodel.hardware import load_profile
+    plan = parse_plan(dict(global_batch_size=16, micro_batch_size=2, seq_len=4096, dp=8, tp=1, pp=1, zero=3,
+                           recompute="none", compile=True, fp8_layers=32))
+    row = plan.replace(fp8_recipe="rowwise")
+    prof = load_profile("h100-sxm")
+    same = dataclasses.replace(prof, constants={**prof.constants, "fp8_rowwise_gemm_slowdown": 1.0})
+    slow = dataclasses.replace(prof, constants={**prof.constants, "fp8_rowwise_gemm_slowdown": 1.5})
+    t = lambda p, pr: predict("llama3-8b", "8xh100", p, profile=pr).time_breakdown["compute_fwd"]  # noqa
+    assert t(row, slow) > t(row, same)
+    assert t(plan, slow) == pytest.approx(t(plan, same))             # tensorwise plans do not use it
+
+
 def test_pipeline_bubble_shrinks_with_more_microbatches():
     def bubble(gbs):
         plan = parse_plan(dict(global_batch_size=gbs, micro_batch_size=1, seq_len=4096, dp=1, tp=8, pp=8,

@@ -186,3 +186,12 @@ def test_summary_reports_the_headline_numbers():
     assert "4214" in text  # HBM copy GB/s
     assert "all_gather alpha us/call / busbw GB/s" in text and f"{BUSBW:.1f}" in text
     assert np.isfinite(tflops)
+
+
+def test_rowwise_float8_slowdown_is_the_median_ratio_over_shapes_measured_both_ways():
+    tensorwise = fake().fp8_gemm
+    rowwise = [dict(r, seconds=r["seconds"] * f) for r, f in zip(tensorwise[:3], (1.2, 1.3, 1.5))]
+    rowwise.append({"m": 7, "n": 7, "k": 7, "seconds": 1.0})  # not measured tensorwise: ignored
+    prof = assemble_profile(fake(fp8_rowwise_gemm=rowwise), BASE, name="x")
+    assert prof.constants["fp8_rowwise_gemm_slowdown"] == pytest.approx(1.3)
+    assert "fp8_rowwise_gemm_slowdown" not in assemble_profile(fake(), BASE, name="x").constants

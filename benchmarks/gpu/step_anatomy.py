@@ -26,7 +26,9 @@ CATEGORIES = [
     ("attention", ("sdpa", "fmha", "flash", "attn")),
     ("gemm fp8", ("e4m3", "f8f8", "scaled_mm", "fp8")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "sm90_")),
-    ("optimizer", ("adam", "multi_tensor")),
+    ("optimizer", ("adam",)),
+    ("foreach", ("multi_tensor",)),                  # FSDP2's copy-in, grad accumulation, clipping
+    ("fsdp copy", ("split_with_sizes", "chunk_cat")),  # FSDP2's copy-out and reduce-scatter copy-in
     ("triton", ("triton",)),
     ("reduction", ("reduce",)),
     ("elementwise", ("elementwise", "vectorized", "copy", "cat", "index", "fill")),
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--names", help="comma-separated entry names (default: all)")
     ap.add_argument("--json", help="write the results here (rewritten after every plan)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--timed", type=int, default=3)
+    ap.add_argument("--timed", type=int, default=2)
     ap.add_argument("--report", help="print the table of a results file and exit")
     a = ap.parse_args(argv)
     if a.report:
