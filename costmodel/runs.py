@@ -64,6 +64,9 @@ def read_runs(paths: list[str | Path], *, cluster: ClusterSpec | str | None = No
                 continue
             for i, d in lines:
                 where = f"{p}:{i}"
+                if d.get("superseded"):  # kept as data, but a later measurement of the same plan replaces it
+                    skipped.append(f"{where} ({d.get('name', '?')}): superseded: {d['superseded'][:120]}")
+                    continue
                 if d.get("error") and not d.get("oom"):
                     skipped.append(f"{where} ({d.get('name', '?')}): not measured: {d['error'][:120]}")
                     continue

@@ -112,12 +112,14 @@ def test_reads_a_run_directory_with_a_detected_cluster_and_an_out_of_memory_benc
     oom = _write(tmp_path / "oom.jsonl", [
         {"name": "big", "model": "llama3-8b", "cluster": "1xh200", "oom": True, "error": "CUDA out of memory",
          "plan": _plan(micro_batch_size=8)},
-        {"name": "bad", "model": "llama3-8b", "error": "SpecError: tp 3 does not divide", "plan": _plan()}])
+        {"name": "bad", "model": "llama3-8b", "error": "SpecError: tp 3 does not divide", "plan": _plan()},
+        {"name": "old", "model": "llama3.2-1b", "cluster": "1xh200", "step_time_s": 1.0, "peak_memory_bytes": 3e10,
+         "plan": _plan(), "superseded": "measured with an older trainer; see old-v2"}])
     runs, skipped = read_runs([run, oom])
     assert [r.name for r in runs] == ["run", "big"]
     assert runs[0].cluster.gpu == "h200" and runs[0].cluster.num_gpus == 1
     assert runs[0].plan.micro_batch_size == 2 and runs[1].oom
-    assert len(skipped) == 1 and "bad" in skipped[0]
+    assert len(skipped) == 2 and "bad" in skipped[0] and "old" in skipped[1] and "superseded" in skipped[1]
     assert refit_fragmentation(runs) == pytest.approx(0.1)
 
 

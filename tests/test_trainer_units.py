@@ -286,3 +286,16 @@ def test_activation_offload_copies_activations_not_the_blocks_weights():
         t.grad = None
     block(x).sum().backward()
     assert all(torch.equal(a, b) for a, b in zip(grads, [p.grad for p in block.parameters()] + [x.grad]))
+
+
+def test_activation_offload_tells_activations_from_weights_under_fake_tensors_too():
+    # loadmaster verify traces under FakeTensorMode, where every data pointer is 0: keys on it took every
+    # activation for a weight and the trace kept them all on the device
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from launcher.parallel.offload import SaveOnCpuWrapper
+    with FakeTensorMode():
+        block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
+        wrapped = SaveOnCpuWrapper(block, pin_memory=False)
+        wrapped(torch.randn(4, 256, requires_grad=True)).sum().backward()
+    assert wrapped.offloaded_bytes == 3 * 4 * 256 * 4

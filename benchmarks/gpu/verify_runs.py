@@ -51,10 +51,13 @@ def compare(traced_path: Path, measured_paths: list[Path]) -> str:
     errs = []
     for name, t in traced.items():
         m = measured.get(name)
-        if "error" in t:
-            rows.append(f"| {name} | | | | | | {t['error'][:90]} |")
+        if "peak_memory_bytes" not in t:  # the trace failed; "error" says why
+            rows.append(f"| {name} | | | | | | {str(t.get('error'))[:90]} |")
             continue
         if m is None:
+            continue
+        if t.get("superseded"):
+            rows.append(f"| {name} | {m['peak_memory_bytes'] / GIB:.2f} | | | | | superseded: {t['superseded'][:60]}… |")
             continue
         mb, tb, pb = m["peak_memory_bytes"], t["peak_memory_bytes"], t["predicted_peak_memory_bytes"]
         note = "; ".join(n.split(":")[0] for n in t.get("notes", []))

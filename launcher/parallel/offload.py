@@ -8,8 +8,11 @@ from launcher.model import Transformer
 
 
 def _storage_key(t: torch.Tensor) -> int:
+    """Identity of the storage behind ``t`` (a view shares it). The StorageImpl's address, not the data pointer:
+    under FakeTensorMode (loadmaster verify) every data pointer is 0, which made every tensor look like a
+    parameter and nothing was offloaded in the trace."""
     local = getattr(t, "_local_tensor", t)  # a DTensor's shard
-    return local.untyped_storage().data_ptr()
+    return local.untyped_storage()._cdata
 
 
 class SaveOnCpuWrapper(ActivationWrapper):
