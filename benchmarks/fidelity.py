@@ -170,6 +170,19 @@ def _print_measured(rows: list[Row], s: dict) -> None:
           f"peak memory median |err| {s['mem_median_abs_err']:.1%}, max {s['mem_max_abs_err']:.1%}")
     missed = misses(s)
     print("targets met" if not missed else "targets missed: " + "; ".join(missed))
+    fitted = anatomy_names()
+    held = [r for r in rows if r.name not in fitted and not r.oom_measured]
+    if fitted and held:
+        h = summary(held)
+        print(f"held out of the anatomy fit (benchmarks/anatomy_fit.py fitted profile constants to the kernel times of "
+              f"{len(fitted)} of these plans): {h['runs']} runs, step time median |err| {h['time_median_abs_err']:.1%}, "
+              f"max {h['time_max_abs_err']:.1%}")
+
+
+def anatomy_names() -> set[str]:
+    """Plans whose kernel times the committed profile constants were fitted to (benchmarks/anatomy_fit.py)."""
+    path = DATA / "h200-1gpu-anatomy.json"
+    return {r["name"] for r in json.loads(path.read_text())} if path.is_file() else set()
 
 
 def _print_published(rows: list[PublishedRow]) -> None:

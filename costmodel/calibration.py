@@ -47,6 +47,8 @@ class Knob:
     """The smallest change worth telling apart (identifiability is judged per such step)."""
 
     def get(self, prof: HardwareProfile) -> float:
+        if len(self.path) == 2 and self.path[0] != "constants":  # the stored value, before in_training scaling
+            return float(getattr(getattr(prof, self.path[0]), self.path[1]))
         return float(hardware_inputs(prof)[self.symbol])
 
     def set(self, prof: HardwareProfile, value: float) -> HardwareProfile:

@@ -40,14 +40,25 @@ def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, 
             "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe)}
 
 
+def in_training(p: HardwareProfile, curve: str) -> float:
+    """Kernel throughput inside a training step over the profile's isolated measurement of ``curve`` (gemm,
+    fp8_gemm, attention): ``constants.in_training``, from a step anatomy (benchmarks/anatomy_fit.py); 1 if
+    absent. Isolated back-to-back GEMMs run at a power-limited clock that a step's mix does not hit, and
+    torchao's backward float8 GEMMs run without fast accumulation, which the profile's kernel does not."""
+    return float(p.constants.get("in_training", {}).get(curve, 1.0))
+
+
 def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
     c = p.constants
     return {
         "peak": p.bf16_tflops * 1e12, "peak8": p.fp8_tflops * 1e12, "hbm": p.hbm_gbps * 1e9,
         "host": p.host_link_gbps * 1e9, "cpu_adam": p.cpu_adam_params_per_s,
-        "ge_max": p.gemm.max_eff, "ge_half": p.gemm.half_x, "ge_exp": p.gemm.exponent,
-        "f8_max": p.fp8_gemm.max_eff, "f8_half": p.fp8_gemm.half_x, "f8_exp": p.fp8_gemm.exponent,
-        "at_max": p.attention.max_eff, "at_half": p.attention.half_x, "at_exp": p.attention.exponent,
+        "ge_max": min(1.0, p.gemm.max_eff * in_training(p, "gemm")), "ge_half": p.gemm.half_x,
+        "ge_exp": p.gemm.exponent,
+        "f8_max": min(1.0, p.fp8_gemm.max_eff * in_training(p, "fp8_gemm")), "f8_half": p.fp8_gemm.half_x,
+        "f8_exp": p.fp8_gemm.exponent,
+        "at_max": min(1.0, p.attention.max_eff * in_training(p, "attention")), "at_half": p.attention.half_x,
+        "at_exp": p.attention.exponent,
         "slow_comm": p.overlap.comm_compute_slowdown, "comm_eff": p.overlap.comm_efficiency,
         "slow_h2d": p.overlap.h2d_compute_slowdown, "launch": p.kernel_launch_s,
         "hook": float(c.get("fsdp_hook_s", 60e-6)), "ew_eff": float(c.get("elementwise_efficiency", 0.8)),

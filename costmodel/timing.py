@@ -50,8 +50,10 @@ def block_gemm_s(fp8: sp.Expr) -> sp.Expr:
 def fp8_cast_s() -> sp.Expr:
     """Dynamic scaling of one float8 block per micro-batch, forward + backward. torchao casts every GEMM operand
     afresh: the input and the weight in forward, the output gradient and the weight for the input gradient, the
-    output gradient and the input again (column-major) for the weight gradient — each tensor twice. Compiled, a
-    cast is an amax read and a fused scale-and-cast (r2 + r2 w1 = 5 B per bf16 element). Eager runs abs (r2 w2),
+    output gradient and the input again (column-major) for the weight gradient — each tensor twice. Compiled,
+    inductor fuses the amax and the scaling into the kernel that produces the bf16 tensor (the step anatomy's
+    ``triton_..._fused_rms_norm__scaled_mm__to_copy_..._clamp`` kernels), leaving the 1-B float8 write per cast:
+    the casts of the 8B-wide float8 plan took 0.016 s of GPU time against 0.075 s at 5 B. Eager runs abs (r2 w2),
     max (r2), an fp32 upcast (r2 w4), the scale multiply (r4 w4), clamp (r4 w4) and the cast (r4 w1) as separate
     kernels, 33 B, plus a transposing copy (r1 w1) of one of the two casts for the column-major operand: 68 B per
     element over the two casts."""
@@ -60,7 +62,7 @@ def fp8_cast_s() -> sp.Expr:
     for name, Kd, Nd, elig in block_linears():
         weight = M.gated if name == "w3" else 1
         total += weight * elig * (T * Kd + Kd * Nd + T * Nd)
-    return (10 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
+    return (2 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
 def attention_flops_fwd() -> sp.Expr:

@@ -1,0 +1,171 @@
+"""Per-category calibration from a step anatomy: GPU kernel time by category (benchmarks/gpu/step_anatomy.py on
+the GPU) against the cost model's time for the same category, and the profile constants that reconcile them.
+
+    python benchmarks/anatomy_fit.py                       # table + fitted constants (profiles/h200-measured.yaml)
+    python benchmarks/anatomy_fit.py --write               # ... and store them in that profile
+
+Unlike `loadmaster calibrate`, which fits constants to step times (where a too-fast GEMM and a too-slow
+elementwise pass cancel), each constant here is fitted to the kernel time of its own category, so it is
+identified by construction:
+
+- ``in_training.gemm``: bf16 GEMM kernel time of the plans without float8 over the model's bf16 GEMM time.
+  Isolated back-to-back GEMMs (the profile) run at a power-limited clock; in a step they alternate with
+  memory-bound kernels and run faster.
+- ``in_training.fp8_gemm``: float8 GEMM time (the GEMM kernel time of float8 plans less their bf16 GEMMs, priced
+  with the fitted bf16 ratio) over the model's. torchao runs its two backward GEMMs without fast accumulation.
+- ``in_training.attention``: SDPA kernel time over the model's.
+- ``elementwise_efficiency``: the share of HBM bandwidth at which the model's memory-bound work (norms, RoPE,
+  activations, casts, FSDP2 copies, loss, optimizer) must run to take the measured non-GEMM, non-attention
+  kernel time of the plans without host offload.
+- ``cpu_adam_params_per_s``: offloaded parameters over the GPU's idle time beyond the plain plans' median
+  (the GPU waits while the CPU steps them).
+The 29 measured runs outside the anatomy check the result (benchmarks/fidelity.py).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import sympy as sp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from costmodel import load_cluster, load_model, parse_plan, predict  # noqa: E402
+from costmodel.calibration import profile_yaml  # noqa: E402
+from costmodel.hardware import HardwareProfile, load_profile  # noqa: E402
+from costmodel.prediction import stage_inputs  # noqa: E402
+from costmodel.symbols import K, M  # noqa: E402
+from costmodel.timing import attention_s, block_gemm_s, block_linears, gemm_s, tokens  # noqa: E402
+
+ANATOMY = ROOT / "benchmarks" / "data" / "h200-1gpu-anatomy.json"
+PLANS = ROOT / "benchmarks" / "gpu" / "plans_1gpu.yaml"
+PROFILE = ROOT / "profiles" / "h200-measured.yaml"
+FP8_KERNEL = ("_qrtst_", "_qqtst_")  # cuBLASLt's float8 GEMM kernels on sm90 (nvjet ...q?tst...)
+
+
+def model_parts(entry: dict, prof: HardwareProfile) -> dict[str, float]:
+    """The model's bf16 GEMM, float8 GEMM and attention seconds of one step (one GPU)."""
+    af, ab = attention_s()
+    T = tokens()
+    fp8_only, bf16_in_fp8 = 0, 0  # float8 blocks' Linears that torchao's size filter leaves in bf16 go to "gemm"
+    for name, Kd, Nd, elig in block_linears():
+        w = M.gated if name == "w3" else 1
+        fp8_only += w * elig * gemm_s(2 * T * Kd * Nd, 1)
+        bf16_in_fp8 += w * (1 - elig) * gemm_s(2 * T * Kd * Nd, 0)
+    exprs = {"gemm": 3 * (K.l - K.f) * block_gemm_s(0) + 3 * K.f * bf16_in_fp8 + 3 * gemm_s(2 * T * M.h * M.V / K.t),
+             "fp8_gemm": 3 * K.f * fp8_only, "attention": K.l * (af + ab)}
+    plan = parse_plan(entry["plan"], entry["name"])
+    inputs = stage_inputs(load_model(entry["model"]), load_cluster("1xh200"), plan, prof)
+    out = {}
+    for name, ex in exprs.items():
+        syms = sorted(ex.free_symbols, key=str)
+        f = sp.lambdify(syms, ex, [{"smax": np.maximum, "smin": np.minimum}, "numpy"])
+        out[name] = float(np.sum(f(*[inputs[str(s)] for s in syms]))) * plan.num_microbatches
+    return out
+
+
+def measured_parts(r: dict) -> dict[str, float]:
+    c = r["by_category_s"]
+    gemm = c.get("gemm", 0.0) + c.get("gemm fp8", 0.0)
+    fp8 = sum(k["s"] for k in r["top_kernels"] if any(t in k["name"] for t in FP8_KERNEL))
+    host = sum(v for k, v in c.items() if k in ("memcpy HtoD", "memcpy DtoH"))
+    return {"gemm": gemm - fp8, "fp8_gemm": fp8, "gemm_total": gemm, "attention": c.get("attention", 0.0),
+            "other": r["busy_s"] - gemm - c.get("attention", 0.0) - host, "idle": r["step_s"] - r["busy_s"]}
+
+
+def model_other(entry: dict, prof: HardwareProfile, parts: dict[str, float]) -> float:
+    """The model's step time less its GEMMs and attention: memory-bound work (and any host-bound excess)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return predict(entry["model"], "1xh200", parse_plan(entry["plan"]), profile=prof).step_time_s \
+            - parts["gemm"] - parts["fp8_gemm"] - parts["attention"]
+
+
+def with_constants(prof: HardwareProfile, **constants) -> HardwareProfile:
+    return dataclasses.replace(prof, constants={**prof.constants, **constants})
+
+
+def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) -> tuple[dict, list[str]]:
+    """The fitted constants and the table lines (model seconds with the base profile's in_training = 1)."""
+    neutral = with_constants(base, in_training={})
+    rows = []
+    for r in results:
+        e = entries[r["name"]]
+        plan = e["plan"]
+        rows.append((r["name"], e, measured_parts(r), model_parts(e, neutral), int(plan.get("fp8_layers", 0)) > 0,
+                     plan.get("fp8_recipe", "tensorwise") == "rowwise",
+                     bool(plan.get("offload_state_layers") or plan.get("offload_activation_layers"))))
+    bf16 = [x for x in rows if not x[4]]
+    g = sum(x[2]["gemm"] for x in bf16) / sum(x[3]["gemm"] for x in bf16)
+    tw = [x for x in rows if x[4] and not x[5]]
+    f8 = sum(x[2]["gemm_total"] - x[3]["gemm"] * g for x in tw) / sum(x[3]["fp8_gemm"] for x in tw)
+    at = sum(x[2]["attention"] for x in rows) / sum(x[3]["attention"] for x in rows)
+    in_training = {"gemm": round(1 / g, 3), "fp8_gemm": round(1 / f8, 3), "attention": round(1 / at, 3)}
+    # elementwise efficiency: bisect on the plans without host offload (their memcpy is not memory-bound work)
+    plain = [x for x in rows if not x[6]]
+    target = sum(x[2]["other"] for x in plain)
+    lo, hi = 0.05, 1.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        prof = with_constants(base, in_training=in_training, elementwise_efficiency=mid)
+        got = sum(model_other(x[1], prof, model_parts(x[1], prof)) for x in plain)
+        lo, hi = (mid, hi) if got > target else (lo, mid)
+    ew = round((lo + hi) / 2, 3)
+    # CPU AdamW: the GPU idles while the CPU steps the offloaded blocks
+    idle0 = statistics.median(x[2]["idle"] for x in plain)
+    cpu = []
+    for name, e, meas, *_ in rows:
+        layers = int(e["plan"].get("offload_state_layers", 0))
+        if layers:
+            params = load_model(e["model"]).params_per_block() * layers
+            cpu.append(params / max(1e-6, meas["idle"] - idle0))
+    fitted = {"in_training": in_training, "elementwise_efficiency": ew}
+    if cpu:
+        fitted["cpu_adam_params_per_s"] = float(f"{statistics.median(cpu):.3g}")
+    lines = ["| plan | bf16 GEMM meas / model (s) | float8 GEMM meas / model | attention meas / model | "
+             "other kernels (s) | GPU idle (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, _, meas, mod, *_ in rows:
+        lines.append(f"| {name} | {meas['gemm']:.3f} / {mod['gemm']:.3f} | {meas['fp8_gemm']:.3f} / "
+                     f"{mod['fp8_gemm']:.3f} | {meas['attention']:.3f} / {mod['attention']:.3f} | "
+                     f"{meas['other']:.3f} | {meas['idle']:.3f} |")
+    return fitted, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--anatomy", default=str(ANATOMY))
+    ap.add_argument("--plans", default=str(PLANS))
+    ap.add_argument("--profile", default=str(PROFILE))
+    ap.add_argument("--write", action="store_true", help="store the fitted constants in --profile")
+    a = ap.parse_args(argv)
+    warnings.simplefilter("ignore")  # the plans' own warnings (eager float8) were shown when they were measured
+    results = [r for r in json.loads(Path(a.anatomy).read_text()) if "error" not in r]
+    entries = {e["name"]: e for e in yaml.safe_load(Path(a.plans).read_text())}
+    base = load_profile(a.profile)
+    fitted, lines = fit(results, entries, base)
+    print("\n".join(lines))
+    print(f"\nfitted on {len(results)} plans of {a.anatomy}:")
+    print(yaml.safe_dump(fitted, sort_keys=False).rstrip())
+    if a.write:
+        prof = with_constants(base, in_training=fitted["in_training"],
+                              elementwise_efficiency=fitted["elementwise_efficiency"])
+        if "cpu_adam_params_per_s" in fitted:
+            prof = dataclasses.replace(prof, cpu_adam_params_per_s=fitted["cpu_adam_params_per_s"])
+        note = "; in_training, elementwise_efficiency and cpu_adam_params_per_s from benchmarks/anatomy_fit.py"
+        if note not in prof.source:
+            prof = dataclasses.replace(prof, source=prof.source + note)
+        Path(a.profile).write_text(profile_yaml(prof))
+        print(f"wrote {a.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
