@@ -149,7 +149,8 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
     Interleaving shrinks the bubble by the number of chunks but deepens the warm-up: every rank holds at least
     (v - 1)·pp chunk-forwards (costmodel.pipeline.in_flight), the last ranks many more than under 1F1B. The
     repair checkpoints one more block of each over-full rank's least-checkpointed chunk until every rank fits
-    (or gives up); ``mode`` None forbids checkpointing."""
+    (or gives up); a rank whose blocks are all selectively checkpointed and still over-full turns the plan's
+    checkpointing to full. ``mode`` None forbids checkpointing."""
     v2 = _interleaved_variant(plan, model)
     if v2 is None:
         return None
@@ -166,13 +167,18 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
         oa = v2.per_stage("offload_activation_layers", L)
         need = lambda r: r["peak_memory_bytes"] * (1 + prof.fragmentation) + prof.context_gib * 2**30  # noqa
         over = [r["rank"] for r in pred.ranks if need(r) > prof.memory_bytes]  # as predict judges a rank
+        full_now = False
         for rank in over:  # one more checkpointed block on every rank that does not fit
             chunks = [c for c in range(rank, v2.num_stages, v2.pp) if rec[c] + oa[c] < layers[c]]
             if not chunks:
+                # every block of the rank keeps only selective checkpointing's saves: checkpoint them fully
+                if v2.recompute == "selective" and mode == "full":
+                    full_now = True
+                    continue
                 return None
             c = min(chunks, key=lambda c: rec[c] / layers[c])
             rec[c] += 1
-        v2 = v2.replace(recompute_layers=rec)
+        v2 = v2.replace(recompute_layers=rec, **({"recompute": "full"} if full_now else {}))
     return None
 
 
