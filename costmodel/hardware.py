@@ -95,7 +95,11 @@ class HardwareProfile:
     kernel_launch_s: float = 5e-6
     """Host cost per launched kernel in eager mode; bounds small blocks."""
     constants: dict = field(default_factory=dict)
-    """Constants refit by `loadmaster calibrate` (named, each used in one cost formula)."""
+    """Named constants, each used in one cost formula (costmodel.stage.hardware_inputs): ``elementwise_efficiency``,
+    ``fsdp_hook_s``, ``fp8_rowwise_gemm_slowdown`` (measured by the profiler), ``in_training`` (kernel throughput in
+    a training step over the isolated curves, per curve; benchmarks/anatomy_fit.py), refit by `loadmaster
+    calibrate` or the anatomy fit; and records of how the profile was made (host_copy, cpu_adam_threads,
+    collectives, cpu_adam_isolated_params_per_s)."""
 
     @property
     def memory_bytes(self) -> float:

@@ -51,9 +51,9 @@ def fp8_cast_s() -> sp.Expr:
     """Dynamic scaling of one float8 block per micro-batch, forward + backward. torchao casts every GEMM operand
     afresh: the input and the weight in forward, the output gradient and the weight for the input gradient, the
     output gradient and the input again (column-major) for the weight gradient — each tensor twice. Compiled,
-    inductor fuses the amax and the scaling into the kernel that produces the bf16 tensor (the step anatomy's
-    ``triton_..._fused_rms_norm__scaled_mm__to_copy_..._clamp`` kernels), leaving the 1-B float8 write per cast:
-    the casts of the 8B-wide float8 plan took 0.016 s of GPU time against 0.075 s at 5 B. Eager runs abs (r2 w2),
+    inductor fuses the amax into the kernel that produces the bf16 tensor (the step anatomy's
+    ``triton_..._fused_rms_norm__scaled_mm__..._amax_clamp`` kernels) and the cast reads it once more and writes
+    float8 (r2 w1 = 3 B per cast). Eager runs abs (r2 w2),
     max (r2), an fp32 upcast (r2 w4), the scale multiply (r4 w4), clamp (r4 w4) and the cast (r4 w1) as separate
     kernels, 33 B, plus a transposing copy (r1 w1) of one of the two casts for the column-major operand: 68 B per
     element over the two casts."""
@@ -62,7 +62,7 @@ def fp8_cast_s() -> sp.Expr:
     for name, Kd, Nd, elig in block_linears():
         weight = M.gated if name == "w3" else 1
         total += weight * elig * (T * Kd + Kd * Nd + T * Nd)
-    return (2 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
+    return (6 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
 def attention_flops_fwd() -> sp.Expr:
@@ -125,8 +125,10 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew)
     bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew)
     selective_redo = ew if opts.selective == "matmuls" else att_f
-    recompute = K.r * ((1 - K.sel) * (g_bf16 + att_f + ew) + K.sel * selective_redo)
     fp8_cast = nf * fp8_cast_s()
+    # a recomputed float8 block redoes its forward in float8, casts included (float8 blocks spread evenly)
+    g_redo = (nb * g_bf16 + nf * (g_fp8 + fp8_cast_s() / 3)) / K.l
+    recompute = K.r * ((1 - K.sel) * (g_redo + att_f + ew) + K.sel * selective_redo)
     # host side: kernel launches and FSDP2 hooks; a block is never faster than the host feeds it
     host_f = K.l * (kernels_per_block_fwd() * H.launch + H.hook)
     host_b = K.l * (2 * kernels_per_block_fwd() * H.launch + H.hook) + K.r * kernels_per_block_fwd() * H.launch
