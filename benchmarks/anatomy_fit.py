@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -39,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from costmodel import load_cluster, load_model, parse_plan, predict  # noqa: E402
-from costmodel.calibration import profile_yaml  # noqa: E402
 from costmodel.hardware import HardwareProfile, load_profile  # noqa: E402
 from costmodel.prediction import stage_inputs  # noqa: E402
+from costmodel.stage import _printer_modules  # noqa: E402  (smax/smin as numpy)
 from costmodel.symbols import K, M  # noqa: E402
 from costmodel.timing import attention_s, block_gemm_s, block_linears, gemm_s, tokens  # noqa: E402
 
@@ -51,8 +52,9 @@ PROFILE = ROOT / "profiles" / "h200-measured.yaml"
 FP8_KERNEL = ("_qrtst_", "_qqtst_")  # cuBLASLt's float8 GEMM kernels on sm90 (nvjet ...q?tst...)
 
 
-def model_parts(entry: dict, prof: HardwareProfile) -> dict[str, float]:
-    """The model's bf16 GEMM, float8 GEMM and attention seconds of one step (one GPU)."""
+@functools.cache
+def _part_functions() -> dict[str, tuple[list[str], object]]:
+    """The bf16 GEMM, float8 GEMM and attention seconds of one micro-batch, lambdified once: (input names, fn)."""
     af, ab = attention_s()
     T = tokens()
     fp8_only, bf16_in_fp8 = 0, 0  # float8 blocks' Linears that torchao's size filter leaves in bf16 go to "gemm"
@@ -62,14 +64,20 @@ def model_parts(entry: dict, prof: HardwareProfile) -> dict[str, float]:
         bf16_in_fp8 += w * (1 - elig) * gemm_s(2 * T * Kd * Nd, 0)
     exprs = {"gemm": 3 * (K.l - K.f) * block_gemm_s(0) + 3 * K.f * bf16_in_fp8 + 3 * gemm_s(2 * T * M.h * M.V / K.t),
              "fp8_gemm": 3 * K.f * fp8_only, "attention": K.l * (af + ab)}
-    plan = parse_plan(entry["plan"], entry["name"])
-    inputs = stage_inputs(load_model(entry["model"]), load_cluster("1xh200"), plan, prof)
     out = {}
     for name, ex in exprs.items():
         syms = sorted(ex.free_symbols, key=str)
-        f = sp.lambdify(syms, ex, [{"smax": np.maximum, "smin": np.minimum}, "numpy"])
-        out[name] = float(np.sum(f(*[inputs[str(s)] for s in syms]))) * plan.num_microbatches
+        fn = sp.lambdify(syms, ex, modules=_printer_modules())
+        out[name] = ([str(s) for s in syms], fn)
     return out
+
+
+def model_parts(entry: dict, prof: HardwareProfile) -> dict[str, float]:
+    """The model's bf16 GEMM, float8 GEMM and attention seconds of one step (one GPU)."""
+    plan = parse_plan(entry["plan"], entry["name"])
+    inputs = stage_inputs(load_model(entry["model"]), load_cluster("1xh200"), plan, prof)
+    return {name: float(np.sum(fn(*[inputs[a] for a in args]))) * plan.num_microbatches
+            for name, (args, fn) in _part_functions().items()}
 
 
 def measured_parts(r: dict) -> dict[str, float]:
@@ -112,11 +120,13 @@ def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) ->
     # elementwise efficiency: bisect on the plans without host offload (their memcpy is not memory-bound work)
     plain = [x for x in rows if not x[6]]
     target = sum(x[2]["other"] for x in plain)
+    scaled = with_constants(base, in_training=in_training)
+    parts = [model_parts(x[1], scaled) for x in plain]  # GEMMs and attention do not depend on ew_eff
     lo, hi = 0.05, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        prof = with_constants(base, in_training=in_training, elementwise_efficiency=mid)
-        got = sum(model_other(x[1], prof, model_parts(x[1], prof)) for x in plain)
+        prof = with_constants(scaled, elementwise_efficiency=mid)
+        got = sum(model_other(x[1], prof, pp) for x, pp in zip(plain, parts))
         lo, hi = (mid, hi) if got > target else (lo, mid)
     ew = round((lo + hi) / 2, 3)
     # CPU AdamW: the GPU idles while the CPU steps the offloaded blocks
@@ -186,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n| plan | step time error, constants fitted without it |\n|---|---:|")
         print("\n".join(f"| {n} | {e:+.1%} |" for n, e in loo))
         errs = [abs(e) for _, e in loo]
-        print(f"\nleave-one-out over {len(errs)} plans: median |err| {statistics.median(errs):.1%}, max {max(errs):.1%}")
+        print(f"\nleave-one-out over {len(errs)} plans: median |err| {statistics.median(errs):.1%}, "
+              f"max {max(errs):.1%}")
     if a.write:
         # keep the profiler's isolated CPU AdamW measurement beside the in-step rate that replaces it
         base = with_constants(base, cpu_adam_isolated_params_per_s=float(
@@ -195,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         note = "; in_training, elementwise_efficiency and cpu_adam_params_per_s from benchmarks/anatomy_fit.py"
         if note not in prof.source:
             prof = dataclasses.replace(prof, source=prof.source + note)
-        Path(a.profile).write_text(profile_yaml(prof))
+        Path(a.profile).write_text(prof.to_yaml())
         print(f"wrote {a.profile}")
     return 0
 

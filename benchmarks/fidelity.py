@@ -175,8 +175,8 @@ def _print_measured(rows: list[Row], s: dict) -> None:
     if fitted and held:
         h = summary(held)
         print(f"held out of the anatomy fit (benchmarks/anatomy_fit.py fitted profile constants to the kernel times of "
-              f"{len(fitted)} of these plans): {h['runs']} runs, step time median |err| {h['time_median_abs_err']:.1%}, "
-              f"max {h['time_max_abs_err']:.1%}")
+              f"{len(fitted)} of these plans): {h['runs']} runs, step time median |err| "
+              f"{h['time_median_abs_err']:.1%}, max {h['time_max_abs_err']:.1%}")
 
 
 def anatomy_names() -> set[str]:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import yaml
 
 from .hardware import HardwareProfile
 from .prediction import predict
@@ -314,6 +313,3 @@ def _source(base: HardwareProfile, runs: Sequence[MeasuredRun], fitted: dict, so
             f"(source: {base.source[:300]})")
 
 
-def profile_yaml(prof: HardwareProfile) -> str:
-    """The profile in the shipped files' format (nested sections on one line each)."""
-    return yaml.safe_dump(prof.to_dict(), sort_keys=False, width=120, default_flow_style=None)

@@ -122,7 +122,9 @@ class HardwareProfile:
         return dataclasses.asdict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120)
+        """The shipped files' format: nested sections and each measured point (``[size, efficiency]``) on one
+        line."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120, default_flow_style=None)
 
 
 _NESTED = {"intra_node": Link, "inter_node": Link, "gemm": Curve, "fp8_gemm": Curve, "attention": Curve,

@@ -125,9 +125,10 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew)
     bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew)
     selective_redo = ew if opts.selective == "matmuls" else att_f
-    fp8_cast = nf * fp8_cast_s()
+    cast = fp8_cast_s()
+    fp8_cast = nf * cast
     # a recomputed float8 block redoes its forward in float8, casts included (float8 blocks spread evenly)
-    g_redo = (nb * g_bf16 + nf * (g_fp8 + fp8_cast_s() / 3)) / K.l
+    g_redo = (nb * g_bf16 + nf * (g_fp8 + cast / 3)) / K.l
     recompute = K.r * ((1 - K.sel) * (g_redo + att_f + ew) + K.sel * selective_redo)
     # host side: kernel launches and FSDP2 hooks; a block is never faster than the host feeds it
     host_f = K.l * (kernels_per_block_fwd() * H.launch + H.hook)

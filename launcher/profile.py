@@ -29,8 +29,7 @@ from costmodel.specs import PROFILES, load_model
 
 from . import profile_comm as comm
 from . import profile_compute as compute
-from .profile_assemble import (Measurements, assemble_profile, base_profile_for_gpu, merge_ranks, profile_yaml,
-                               summary_lines)
+from .profile_assemble import Measurements, assemble_profile, base_profile_for_gpu, merge_ranks, summary_lines
 from .profile_shapes import model_attention_shapes, model_gemm_shapes, recipe_models, spread, square_shapes
 from .profile_timing import TimingConfig, is_cuda
 
@@ -246,7 +245,7 @@ def run(args: argparse.Namespace, argv: list[str], device: torch.device, rank: i
             return
         m = merge_ranks(gathered)
     prof = assemble_profile(m, base, name=name)
-    text = profile_yaml(prof)
+    text = prof.to_yaml()
     if parse_profile(yaml.safe_load(text), out) != prof:  # the file must load back to the same profile
         raise AssertionError("profile YAML does not round-trip; please report this")
     out.write_text(text, encoding="utf-8")

@@ -10,8 +10,6 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
-import yaml
-
 from costmodel.fit import bus_factor, curve_errors, fit_alpha_beta, fit_curve, ring_steps
 from costmodel.hardware import Curve, HardwareProfile, Link, Overlap
 
@@ -244,11 +242,6 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
         cpu_adam_params_per_s=_pick(m.cpu_adam_params_per_s, base.cpu_adam_params_per_s),
         kernel_launch_s=_pick(m.kernel_launch_s, base.kernel_launch_s),
         intra_node=intra, gemm=gemm, fp8_gemm=fp8, attention=attn, overlap=overlap, constants=constants)
-
-
-def profile_yaml(prof: HardwareProfile) -> str:
-    """The profile as YAML with one line per measured point (``[size, efficiency]``), not three."""
-    return yaml.safe_dump(prof.to_dict(), sort_keys=False, width=120, default_flow_style=None)
 
 
 def _clamp(v: float | None, lo: float, hi: float | None) -> float | None:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from costmodel import load_profile
 from costmodel.hardware import resolve_measured
-from costmodel.calibration import DEFAULT_KNOBS, Calibration, calibrate, profile_yaml
+from costmodel.calibration import DEFAULT_KNOBS, Calibration, calibrate
 from costmodel.runs import read_runs
 
 from .cli import console, guarded, print_json
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
                         sources=[str(r) for r in runs])
         cal.notes.extend(f"skipped {s}" for s in skipped)
         if output is not None:
-            output.write_text(profile_yaml(cal.profile))
+            output.write_text(cal.profile.to_yaml())
         if as_json:
             print_json(dict(cal.to_dict(), output=str(output) if output else None))
             return

@@ -7,8 +7,7 @@ import yaml
 
 from costmodel.fit import bus_factor, ring_steps
 from costmodel.hardware import Curve, load_profile, parse_profile
-from launcher.profile_assemble import (Measurements, assemble_profile, base_profile_for_gpu, merge_ranks,
-                                       profile_yaml, summary_lines)
+from launcher.profile_assemble import Measurements, assemble_profile, base_profile_for_gpu, merge_ranks, summary_lines
 from launcher.profile_shapes import AttentionShape, GemmShape
 
 BASE = load_profile("h200")
@@ -52,9 +51,9 @@ def test_assembled_profile_parses_and_round_trips(tmp_path):
     prof = assemble_profile(fake(), BASE, name="h200-measured")
     assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof
     path = tmp_path / "h200-measured.yaml"
-    path.write_text(profile_yaml(prof))
+    path.write_text(prof.to_yaml())
     assert load_profile(str(path)) == prof
-    assert len(profile_yaml(prof).splitlines()) < 80  # one line per point
+    assert len(prof.to_yaml().splitlines()) < 80  # one line per point
 
 
 def test_measured_scalars_replace_the_base_and_the_rest_is_kept():
@@ -126,7 +125,7 @@ def test_collectives_that_do_not_fit_keep_their_table_and_the_base_link():
     assert "intra_node kept from base (collective time does not grow with message size" in prof.source
     entry = prof.constants["collectives"]["all_gather"]
     assert "bandwidth_gbps" not in entry and "does not grow" in entry["fit_error"] and len(entry["table"]) == 8
-    assert parse_profile(yaml.safe_load(profile_yaml(prof)), "mem") == prof
+    assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof
 
 
 def test_overlap_factors_are_clamped_to_physical_ranges():
@@ -182,7 +181,7 @@ def test_summary_reports_the_headline_numbers():
     text = "\n".join(summary_lines(prof, m, BASE))
     (row,) = [r for r in m.gemm if r["m"] == r["n"] == r["k"] == 8192]
     tflops = 2 * 8192**3 / row["seconds"] / 1e12
-    assert f"bf16 GEMM 8192^3 TFLOP/s" in text and f"{tflops:.1f}" in text
+    assert "bf16 GEMM 8192^3 TFLOP/s" in text and f"{tflops:.1f}" in text
     assert "4214" in text  # HBM copy GB/s
     assert "all_gather alpha us/call / busbw GB/s" in text and f"{BUSBW:.1f}" in text
     assert np.isfinite(tflops)

@@ -57,7 +57,8 @@ def compare(traced_path: Path, measured_paths: list[Path]) -> str:
         if m is None:
             continue
         if t.get("superseded"):
-            rows.append(f"| {name} | {m['peak_memory_bytes'] / GIB:.2f} | | | | | superseded: {t['superseded'][:60]}… |")
+            why = t["superseded"][:60]
+            rows.append(f"| {name} | {m['peak_memory_bytes'] / GIB:.2f} | | | | | superseded: {why}… |")
             continue
         mb, tb, pb = m["peak_memory_bytes"], t["peak_memory_bytes"], t["predicted_peak_memory_bytes"]
         note = "; ".join(n.split(":")[0] for n in t.get("notes", []))
