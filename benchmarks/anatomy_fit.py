@@ -8,12 +8,12 @@ Unlike `loadmaster calibrate`, which fits constants to step times (where a too-f
 elementwise pass cancel), each constant here is fitted to the kernel time of its own category, so it is
 identified by construction:
 
-- ``in_training.gemm``: bf16 GEMM kernel time of the plans without float8 over the model's bf16 GEMM time.
+- ``in_training_gemm``: bf16 GEMM kernel time of the plans without float8 over the model's bf16 GEMM time.
   Isolated back-to-back GEMMs (the profile) run at a power-limited clock; in a step they alternate with
   memory-bound kernels and run faster.
-- ``in_training.fp8_gemm``: float8 GEMM time (the GEMM kernel time of float8 plans less their bf16 GEMMs, priced
+- ``in_training_fp8_gemm``: float8 GEMM time (the GEMM kernel time of float8 plans less their bf16 GEMMs, priced
   with the fitted bf16 ratio) over the model's. torchao runs its two backward GEMMs without fast accumulation.
-- ``in_training.attention``: SDPA kernel time over the model's.
+- ``in_training_attention``: SDPA kernel time over the model's.
 - ``elementwise_efficiency``: the share of HBM bandwidth at which the model's memory-bound work (norms, RoPE,
   activations, casts, FSDP2 copies, loss, optimizer) must run to take the measured non-GEMM, non-attention
   kernel time of the plans without host offload.
@@ -97,13 +97,18 @@ def model_other(entry: dict, prof: HardwareProfile, parts: dict[str, float]) -> 
             - parts["gemm"] - parts["fp8_gemm"] - parts["attention"]
 
 
-def with_constants(prof: HardwareProfile, **constants) -> HardwareProfile:
-    return dataclasses.replace(prof, constants={**prof.constants, **constants})
+IN_TRAINING = ("in_training_gemm", "in_training_fp8_gemm", "in_training_attention")
+SOURCE = "measured: python benchmarks/anatomy_fit.py on the step anatomy benchmarks/data/h200-1gpu-anatomy.json"
+
+
+def isolated_cpu_adam(prof: HardwareProfile) -> float:
+    """The profiler's isolated CPU AdamW rate (kept in the profile's records when a fit replaced it)."""
+    return float(prof.records.get("cpu_adam_isolated_params_per_s", prof.cpu_adam_params_per_s))
 
 
 def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) -> tuple[dict, list[str]]:
     """The fitted constants and the table lines (model seconds with the base profile's in_training = 1)."""
-    neutral = with_constants(base, in_training={})
+    neutral = base.with_constants("neutral for the fit", **{k: 1.0 for k in IN_TRAINING})
     rows = []
     for r in results:
         e = entries[r["name"]]
@@ -116,16 +121,16 @@ def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) ->
     tw = [x for x in rows if x[4] and not x[5]]
     f8 = sum(x[2]["gemm_total"] - x[3]["gemm"] * g for x in tw) / sum(x[3]["fp8_gemm"] for x in tw)
     at = sum(x[2]["attention"] for x in rows) / sum(x[3]["attention"] for x in rows)
-    in_training = {"gemm": round(1 / g, 3), "fp8_gemm": round(1 / f8, 3), "attention": round(1 / at, 3)}
+    in_training = dict(zip(IN_TRAINING, (round(1 / g, 3), round(1 / f8, 3), round(1 / at, 3))))
     # elementwise efficiency: bisect on the plans without host offload (their memcpy is not memory-bound work)
     plain = [x for x in rows if not x[6]]
     target = sum(x[2]["other"] for x in plain)
-    scaled = with_constants(base, in_training=in_training)
+    scaled = base.with_constants("fit", **in_training)
     parts = [model_parts(x[1], scaled) for x in plain]  # GEMMs and attention do not depend on ew_eff
     lo, hi = 0.05, 1.0
     for _ in range(30):
         mid = (lo + hi) / 2
-        prof = with_constants(scaled, elementwise_efficiency=mid)
+        prof = scaled.with_constants("fit", elementwise_efficiency=mid)
         got = sum(model_other(x[1], prof, pp) for x, pp in zip(plain, parts))
         lo, hi = (mid, hi) if got > target else (lo, mid)
     ew = round((lo + hi) / 2, 3)
@@ -137,7 +142,7 @@ def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) ->
         if layers:
             params = load_model(e["model"]).params_per_block() * layers
             cpu.append(params / max(1e-6, meas["idle"] - idle0))
-    fitted = {"in_training": in_training, "elementwise_efficiency": ew}
+    fitted = {**in_training, "elementwise_efficiency": ew}
     if cpu:
         fitted["cpu_adam_params_per_s"] = float(f"{statistics.median(cpu):.3g}")
     lines = ["| plan | bf16 GEMM meas / model (s) | float8 GEMM meas / model | attention meas / model | "
@@ -151,8 +156,7 @@ def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) ->
 
 def apply(base: HardwareProfile, fitted: dict) -> HardwareProfile:
     """``base`` with the fitted constants stored."""
-    prof = with_constants(base, in_training=fitted["in_training"],
-                          elementwise_efficiency=fitted["elementwise_efficiency"])
+    prof = base.with_constants(SOURCE, **{k: v for k, v in fitted.items() if k != "cpu_adam_params_per_s"})
     if "cpu_adam_params_per_s" in fitted:
         prof = dataclasses.replace(prof, cpu_adam_params_per_s=fitted["cpu_adam_params_per_s"])
     return prof
@@ -167,8 +171,7 @@ def leave_one_out(results: list[dict], entries: dict[str, dict], base: HardwareP
         fitted, _ = fit(rest, entries, base)
         prof = apply(base, fitted)
         if "cpu_adam_params_per_s" not in fitted:  # no other plan to fit it on: the profiler's own measurement
-            prof = dataclasses.replace(prof, cpu_adam_params_per_s=float(
-                base.constants.get("cpu_adam_isolated_params_per_s", base.cpu_adam_params_per_s)))
+            prof = dataclasses.replace(prof, cpu_adam_params_per_s=isolated_cpu_adam(base))
         e = entries[r["name"]]
         pred = predict(e["model"], "1xh200", parse_plan(e["plan"]), profile=prof).step_time_s
         out.append((r["name"], pred / r["step_s"] - 1))
@@ -200,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
               f"max {max(errs):.1%}")
     if a.write:
         # keep the profiler's isolated CPU AdamW measurement beside the in-step rate that replaces it
-        base = with_constants(base, cpu_adam_isolated_params_per_s=float(
-            base.constants.get("cpu_adam_isolated_params_per_s", base.cpu_adam_params_per_s)))
+        base = dataclasses.replace(base, records={**base.records,
+                                                  "cpu_adam_isolated_params_per_s": isolated_cpu_adam(base)})
         prof = apply(base, fitted)
-        note = "; in_training, elementwise_efficiency and cpu_adam_params_per_s from benchmarks/anatomy_fit.py"
+        note = "; cpu_adam_params_per_s from benchmarks/anatomy_fit.py"
         if note not in prof.source:
             prof = dataclasses.replace(prof, source=prof.source + note)
         Path(a.profile).write_text(prof.to_yaml())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from costmodel import GiB
 from costmodel import load_cluster, load_model, load_profile, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.prediction import predict
@@ -30,7 +31,6 @@ from costmodel.runs import MeasuredRun, read_runs
 
 DATA = Path(__file__).resolve().parent / "data"
 PUBLISHED = DATA / "published.yaml"
-GiB = 2**30
 TARGET_MEDIAN, TARGET_MAX = 0.05, 0.15
 
 

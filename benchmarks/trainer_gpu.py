@@ -19,8 +19,9 @@ import json
 import sys
 from pathlib import Path
 
+from costmodel import GiB
+
 DATA = Path(__file__).resolve().parent / "data"
-GiB = 2**30
 NOISE = 0.02
 
 TABLE = [  # (plan name, what it shows)

@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+from costmodel import GiB
+
 DATA = Path(__file__).resolve().parent / "data"
-GiB = 2**30
 TOLERANCE = 0.03
 
 

@@ -55,7 +55,7 @@ class Knob:
             return dataclasses.replace(prof, **{self.path[0]: value})
         section, key = self.path
         if section == "constants":
-            return dataclasses.replace(prof, constants={**prof.constants, key: value})
+            return prof.with_constants("refit by loadmaster calibrate", **{key: value})
         return dataclasses.replace(prof, **{section: dataclasses.replace(getattr(prof, section), **{key: value})})
 
 
@@ -65,14 +65,14 @@ KNOBS = {k.name: k for k in (
     Knob(name="attention.max_eff", symbol="at_max", path=("attention", "max_eff"), lo=0.05, hi=1.0, step=0.05),
     Knob(name="elementwise_efficiency", symbol="ew_eff", path=("constants", "elementwise_efficiency"),
          lo=0.05, hi=1.0, step=0.05),
-    Knob(name="overlap.comm_compute_slowdown", symbol="slow_comm", path=("overlap", "comm_compute_slowdown"),
+    Knob(name="comm_compute_slowdown", symbol="slow_comm", path=("constants", "comm_compute_slowdown"),
          lo=0.0, hi=1.0, step=0.05),
-    Knob(name="overlap.comm_efficiency", symbol="comm_eff", path=("overlap", "comm_efficiency"), lo=0.05, hi=1.0,
+    Knob(name="comm_efficiency", symbol="comm_eff", path=("constants", "comm_efficiency"), lo=0.05, hi=1.0,
          step=0.05),
-    Knob(name="overlap.h2d_compute_slowdown", symbol="slow_h2d", path=("overlap", "h2d_compute_slowdown"),
+    Knob(name="h2d_compute_slowdown", symbol="slow_h2d", path=("constants", "h2d_compute_slowdown"),
          lo=0.0, hi=1.0, step=0.05),
     Knob(name="fsdp_hook_s", symbol="hook", path=("constants", "fsdp_hook_s"), lo=0.0, hi=1e-3, step=10e-6),
-    Knob(name="kernel_launch_s", symbol="launch", path=("kernel_launch_s",), lo=0.0, hi=1e-4, step=1e-6),
+    Knob(name="kernel_launch_s", symbol="launch", path=("constants", "kernel_launch_s"), lo=0.0, hi=1e-4, step=1e-6),
 )}
 DEFAULT_KNOBS = tuple(KNOBS)
 # Run-to-run noise of measured step times (~1 %): a constant is identified when one step of it, beyond what the
@@ -269,7 +269,7 @@ def calibrate(runs: Sequence[MeasuredRun], base: HardwareProfile, *, knobs: Sequ
     if frag is not None:
         notes.append(f"fragmentation {base.fragmentation:.3f} -> {frag:.3f} (reserved / allocated of "
                      f"{sum(1 for r in runs if r.peak_reserved_bytes and not r.oom)} runs)")
-        prof = dataclasses.replace(prof, fragmentation=round(frag, 4))
+        prof = prof.with_constants("refit by loadmaster calibrate from the runs' reserved memory", fragmentation=round(frag, 4))
     after = predicted_step_times(timed, prof)
     loo: list[float | None] = [None] * len(timed)
     if keep and len(timed) - 1 >= len(keep):

@@ -9,8 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from .constants import HARDWARE, Constant, parse_constants
 from .errors import SpecError, build_dataclass, read_yaml, require
 from .specs import ClusterSpec, resolve
+
+GiB = 2**30
+"""Bytes in a GiB: memory is bytes everywhere inside loadmaster, GiB only where a person reads it."""
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -42,18 +46,6 @@ class Link:
 
 
 @dataclass(kw_only=True, frozen=True)
-class Overlap:
-    """How much concurrent work slows compute; measured by `loadmaster profile`, refit by `calibrate`."""
-
-    comm_compute_slowdown: float = 0.05
-    """Fractional slowdown of compute while an NCCL collective runs beside it (SMs and HBM shared)."""
-    comm_efficiency: float = 1.0
-    """Fraction of the link's bandwidth a collective reaches while compute runs beside it."""
-    h2d_compute_slowdown: float = 0.02
-    """Fractional slowdown of compute while a host copy runs beside it."""
-
-
-@dataclass(kw_only=True, frozen=True)
 class HardwareProfile:
     """One GPU type and its links. ``source`` says where the numbers come from."""
 
@@ -73,7 +65,7 @@ class HardwareProfile:
     """Pinned host-device copy bandwidth per GPU, GB/s."""
     cpu_adam_params_per_s: float
     """Parameters per second one GPU's share of the host CPU updates with AdamW (offloaded state)."""
-    host_memory_gib: float = 1024.0
+    host_memory_gib: float
     """CPU memory per node, GiB."""
     intra_node: Link
     """NVLink / NVSwitch (or PCIe) between GPUs of one node."""
@@ -86,24 +78,59 @@ class HardwareProfile:
     torchao adds around it are costed separately, costmodel.timing.fp8_cast_s)."""
     attention: Curve
     """Causal SDPA forward+backward efficiency (of bf16_tflops) by FLOPs per call."""
-    overlap: Overlap = field(default_factory=Overlap)
-    """Interference between overlapped work."""
-    context_gib: float = 0.0
-    """Memory outside PyTorch's allocator (CUDA context, NCCL, cuBLAS workspaces), GiB."""
-    fragmentation: float = 0.05
-    """Reserved/allocated - 1 of the caching allocator at peak (expandable segments)."""
-    kernel_launch_s: float = 5e-6
-    """Host cost per launched kernel in eager mode; bounds small blocks."""
-    constants: dict = field(default_factory=dict)
-    """Named constants, each used in one cost formula (costmodel.stage.hardware_inputs): ``elementwise_efficiency``,
-    ``fsdp_hook_s``, ``fp8_rowwise_gemm_slowdown`` (measured by the profiler), ``in_training`` (kernel throughput in
-    a training step over the isolated curves, per curve; benchmarks/anatomy_fit.py), refit by `loadmaster
-    calibrate` or the anatomy fit; and records of how the profile was made (host_copy, cpu_adam_threads,
-    collectives, cpu_adam_isolated_params_per_s)."""
+    constants: dict[str, Constant]
+    """Every hardware constant of costmodel.constants.HARDWARE, each ``{value, source}`` (overlap factors,
+    in-training throughput ratios, elementwise efficiency, launch and hook overheads, memory outside the allocator,
+    fragmentation, usable host share)."""
+    records: dict = field(default_factory=dict)
+    """How the profile was made (raw host copies, CPU AdamW threads, collective fits); informational, never read
+    by the cost formulas."""
+
+    def const(self, name: str) -> float:
+        """A hardware constant's value (costmodel.constants.HARDWARE names it)."""
+        return self.constants[name].value
+
+    @property
+    def fragmentation(self) -> float:
+        return self.const("fragmentation")
+
+    @property
+    def context_gib(self) -> float:
+        return self.const("context_gib")
+
+    @property
+    def kernel_launch_s(self) -> float:
+        return self.const("kernel_launch_s")
+
+    def with_constants(self, source: str, **values: float) -> "HardwareProfile":
+        """This profile with some constants replaced, each credited to ``source``."""
+        unknown = [k for k in values if k not in HARDWARE]
+        if unknown:
+            raise ValueError(f"unknown hardware constants {unknown}; known: {', '.join(HARDWARE)}")
+        new = {**self.constants, **{k: Constant(value=float(v), source=source) for k, v in values.items()}}
+        return dataclasses.replace(self, constants=new)
+
+    # ---- the "does it fit" rule: written once, here ----------------------------------------------------
+    @property
+    def usable_memory_bytes(self) -> float:
+        """Bytes the allocator may hand out: device memory less what lives outside it, over the fragmentation."""
+        return (self.memory_bytes - self.context_gib * GiB) / (1 + self.fragmentation)
+
+    def needed_bytes(self, allocated_bytes: float) -> float:
+        """Device memory a peak of ``allocated_bytes`` takes: allocator fragmentation and the context on top."""
+        return allocated_bytes * (1 + self.fragmentation) + self.context_gib * GiB
+
+    def fits(self, allocated_bytes: float) -> bool:
+        return self.needed_bytes(allocated_bytes) <= self.memory_bytes
+
+    @property
+    def host_budget_bytes(self) -> float:
+        """CPU memory of one node that offloaded state and activations may take."""
+        return self.host_memory_gib * GiB * self.const("host_memory_usable_fraction")
 
     @property
     def memory_bytes(self) -> float:
-        return self.memory_gib * 2**30
+        return self.memory_gib * GiB
 
     def with_cluster(self, cluster: ClusterSpec) -> "HardwareProfile":
         """This profile with the cluster's link overrides applied."""
@@ -119,7 +146,10 @@ class HardwareProfile:
         return p
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not self.records:
+            out.pop("records")
+        return out
 
     def to_yaml(self) -> str:
         """The shipped files' format: nested sections and each measured point (``[size, efficiency]``) on one
@@ -127,8 +157,7 @@ class HardwareProfile:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120, default_flow_style=None)
 
 
-_NESTED = {"intra_node": Link, "inter_node": Link, "gemm": Curve, "fp8_gemm": Curve, "attention": Curve,
-           "overlap": Overlap}
+_NESTED = {"intra_node": Link, "inter_node": Link, "gemm": Curve, "fp8_gemm": Curve, "attention": Curve}
 
 
 def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
@@ -141,6 +170,8 @@ def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
                 data[key] = build_dataclass(cls, data[key], source, what=key)
             except SpecError as e:
                 raise SpecError(source, f"{key}.{e.key}", e.problem, e.fix) from None
+    if "constants" in data:
+        data["constants"] = parse_constants(data["constants"], source, HARDWARE)
     prof = build_dataclass(HardwareProfile, data, source, what="profile")
     for key in ("memory_gib", "bf16_tflops", "fp8_tflops", "hbm_gbps", "host_link_gbps", "cpu_adam_params_per_s"):
         v = getattr(prof, key)
@@ -174,6 +205,22 @@ def profile_for(cluster: ClusterSpec) -> HardwareProfile:
     name = cluster.gpu
     measured = resolve_measured(name)
     return load_profile(measured or name).with_cluster(cluster)
+
+
+_GPU_NAMES = [  # (pattern on the CUDA device name, shipped profile) in order; A100 is split by memory below.
+    # \bL4\b: an L40S (48 GB, another chip) must not be taken for an L4.
+    (r"H200", "h200"), (r"H100", "h100-sxm"), (r"B200", "b200"), (r"\bL4\b", "l4"), (r"A100", "a100")]
+
+
+def profile_name_for_gpu(device_name: str, total_memory_bytes: float) -> str | None:
+    """The shipped datasheet profile of a CUDA device (``torch.cuda.get_device_name()``), None if none fits."""
+    import re
+    for pattern, name in _GPU_NAMES:
+        if re.search(pattern, device_name, flags=re.IGNORECASE):
+            if name == "a100":
+                return "a100-80g" if total_memory_bytes > 60 * GiB else "a100-40g"
+            return name
+    return None
 
 
 def resolve_measured(name: str) -> str | None:

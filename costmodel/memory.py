@@ -11,7 +11,7 @@ from typing import Literal
 
 import sympy as sp
 
-from .symbols import K, M, pos, smax, smin
+from .symbols import K, M, R, pos, smax, smin
 
 BF16, FP32 = 2, 4
 
@@ -141,10 +141,39 @@ def stage_activation_bytes(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
 
 
 def logits_bytes(phase: Literal["forward", "backward"]) -> sp.Expr:
-    """The cross-entropy's working set on the last stage: bf16 logits + fp32 copy + log-softmax output in
-    forward (10 B per logit); log-softmax output + its gradient + the input gradient in backward (12 B)."""
-    per_logit = 10 if phase == "forward" else 12
+    """The cross-entropy's working set on the last stage, per logit: bf16 logits + fp32 copy + log-softmax output
+    in forward; log-softmax output + its gradient + the input gradient in backward (runtime constants)."""
+    per_logit = R.loss_fwd if phase == "forward" else R.loss_bwd
     return K.last * per_logit * tokens() * M.V / K.t
+
+
+_STATIC = ("master_params", "optimizer_state", "pipeline_buffers")
+_IN_STEP = ("unsharded_params", "grad_accumulators", "activations", "retained_logits")
+PHASE_TERMS = {
+    "peak_forward": _STATIC + _IN_STEP + ("logits", "fp8_weight_copies"),
+    "peak_backward": _STATIC + _IN_STEP + ("root_grads", "logits", "grad_buffers", "recompute_buffer"),
+    "peak_optimizer": _STATIC + ("gradients",),
+}
+"""Which memory terms are alive at each phase's peak of a step (the one list predict's breakdown reads too)."""
+EITHER = {"peak_backward": (("logits",), ("grad_buffers", "recompute_buffer"))}
+"""Terms of a phase that are alive at different moments: only the larger group counts at the peak (the loss's
+backward working set is freed before the first block's gradient buffers and recomputation)."""
+
+
+def phase_peak(terms: dict, phase: str):
+    """A phase's peak from its terms (sympy expressions or numbers): the sum of the terms alive then, the larger
+    of its either-or groups, and the loss's working set of that phase."""
+    def value(name):
+        if name == "logits" and isinstance(terms[name], sp.Expr):
+            return logits_bytes("forward" if phase == "peak_forward" else "backward")
+        return terms[name]
+    groups = EITHER.get(phase, ())
+    grouped = {n for g in groups for n in g}
+    total = sum(value(n) for n in PHASE_TERMS[phase] if n not in grouped)
+    if groups:
+        sums = [sum(value(n) for n in g) for g in groups]
+        total += smax(*sums) if isinstance(total, sp.Expr) else max(sums)
+    return total
 
 
 def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -184,12 +213,8 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "host_state": 16 * K.os_ * Pb / K.ds,              # fp32 params, grads, AdamW state on the CPU
         "host_activations": K.m * acts["host"],
     }
-    static = t["master_params"] + t["optimizer_state"] + t["pipeline_buffers"]
-    in_step = t["unsharded_params"] + t["grad_accumulators"] + t["activations"] + t["retained_logits"]
-    t["peak_forward"] = static + in_step + logits_bytes("forward") + t["fp8_weight_copies"]
-    t["peak_backward"] = static + in_step + t["root_grads"] + smax(logits_bytes("backward"),
-                                                                    t["grad_buffers"] + t["recompute_buffer"])
-    t["peak_optimizer"] = static + t["gradients"]
+    for phase in PHASE_TERMS:
+        t[phase] = phase_peak(t, phase)
     t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit

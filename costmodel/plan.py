@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,22 @@ from .errors import SpecError, build_dataclass, read_yaml, require
 from .specs import ClusterSpec, ModelSpec
 
 PerStage = int | list[int] | None
+PER_STAGE_KEYS = ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers")
+"""The plan keys that give a block count per pipeline stage (an int for every stage, or a list)."""
+
+
+def even_split(num_layers: int, num_stages: int) -> list[int]:
+    """Blocks per stage as even as possible, the earlier stages taking the remainder."""
+    return [num_layers // num_stages + (1 if i < num_layers % num_stages else 0) for i in range(num_stages)]
+
+
+def vocab_matrices(first, last, num_stages: int, tied: bool):
+    """Vocabulary × hidden matrices a stage holds: the embedding on the first stage, the output projection on
+    the last, one shared matrix when a single stage ties them (tied embeddings never span stages: check_plan).
+    ``first`` and ``last`` may be 0/1 arrays over stages or candidates."""
+    if num_stages == 1:
+        return 1.0 if tied else 2.0
+    return first + last
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -99,8 +116,7 @@ class Plan:
         """Blocks per stage, the given split or the even one (earlier stages take the remainder)."""
         if self.layers_per_stage is not None:
             return list(self.layers_per_stage)
-        n = self.num_stages
-        return [num_layers // n + (1 if i < num_layers % n else 0) for i in range(n)]
+        return even_split(num_layers, self.num_stages)
 
     def per_stage(self, key: str, num_layers: int) -> list[int]:
         """A per-stage knob as one int per stage; recompute_layers=null means all blocks (if recompute)."""
@@ -135,7 +151,10 @@ class Plan:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _divisors(n: int) -> list[int]:
+def tp_choices(model: ModelSpec) -> list[int]:
+    """Tensor-parallel degrees that divide every sharded width of the model (at most the first 12)."""
+    n = math.gcd(math.gcd(model.num_attention_heads, model.kv_heads),
+                 math.gcd(model.intermediate_size, model.vocab_size))
     return [d for d in range(1, n + 1) if n % d == 0][:12]
 
 
@@ -149,6 +168,9 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         require(v <= 10**9, source, key, f"is {v}, beyond any cluster or batch", "check the value")
     require(plan.fp8_rotation_steps >= 0, source, "fp8_rotation_steps", f"is {plan.fp8_rotation_steps}",
             "use 0 (fixed set) or a positive step count")
+    fp8 = plan.fp8_layers if isinstance(plan.fp8_layers, list) else [plan.fp8_layers or 0]
+    require(not plan.fp8_rotation_steps or any(fp8), source, "fp8_rotation_steps",
+            f"is {plan.fp8_rotation_steps} with fp8_layers 0", "set fp8_layers or drop fp8_rotation_steps")
     per_mb = plan.micro_batch_size * plan.dp
     require(plan.global_batch_size % per_mb == 0, source, "global_batch_size",
             f"{plan.global_batch_size} is not a multiple of micro_batch_size × dp = {per_mb}",
@@ -172,7 +194,7 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
                 "give one entry per stage (pp × virtual_stages)")
         require(all(n >= 1 for n in plan.layers_per_stage), source, "layers_per_stage",
                 f"{plan.layers_per_stage} has an empty stage", "every stage needs at least one block")
-    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+    for key in PER_STAGE_KEYS:
         v = getattr(plan, key)
         vals = v if isinstance(v, list) else [v] if v is not None else []
         require(all(x >= 0 for x in vals), source, key, f"{v} is negative", "use 0 or more blocks")
@@ -202,16 +224,28 @@ def load_plan(ref: str | Path | Plan | dict) -> Plan:
 
 def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
                source: str | Path | None = None) -> None:
-    """The checks that need the model and the cluster; SpecError naming the key and the fix."""
+    """Every rule a plan must follow to run this model on this cluster (the trainer, the launcher, the exporters
+    and the tuner all call this one function); SpecError naming the key and the fix. The rules that need no
+    model or cluster are in ``parse_plan``."""
     source = source or plan.source
     L = model.num_hidden_layers
     for heads_key in ("num_attention_heads", "num_key_value_heads"):
         heads = getattr(model, heads_key)
         require(heads % plan.tp == 0, source, "tp",
                 f"{plan.tp} does not divide {heads_key} {heads} of {model.name}",
-                f"use tp in {_divisors(model.kv_heads)}")
+                f"use tp in {tp_choices(model)}")
     require(model.intermediate_size % plan.tp == 0, source, "tp",
-            f"{plan.tp} does not divide intermediate_size {model.intermediate_size}", "use a divisor")
+            f"{plan.tp} does not divide intermediate_size {model.intermediate_size}",
+            f"use tp in {tp_choices(model)}")
+    # the embedding and the output projection are sharded over the vocabulary (launcher apply_tp)
+    require(model.vocab_size % plan.tp == 0, source, "tp",
+            f"{plan.tp} does not divide vocab_size {model.vocab_size} (the embedding and output projection are "
+            "sharded over the vocabulary)", f"use tp in {tp_choices(model)} or pad the vocabulary")
+    require(int(model.head_dim) % 2 == 0, source, "head_dim", f"{model.name}'s head_dim {model.head_dim} is odd",
+            "RoPE rotates pairs of features: the trainer needs an even head_dim")
+    require(not (model.tie_word_embeddings and plan.num_stages > 1), source, "pp",
+            f"{model.name or 'the model'} ties its output projection to its embedding, which {plan.num_stages} "
+            "pipeline stages would separate", "use pp: 1 for a model with tie_word_embeddings")
     if cluster is not None:
         require(plan.world_size == cluster.num_gpus, source, "dp",
                 f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but cluster "
@@ -226,7 +260,7 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
     layers = plan.stage_layers(L)
     require(sum(layers) == L, source, "layers_per_stage", f"{layers} sums to {sum(layers)}, not {L} blocks",
             f"make the entries sum to {L}")
-    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+    for key in PER_STAGE_KEYS:
         v = getattr(plan, key)
         if isinstance(v, list):
             for i, (x, n) in enumerate(zip(v, layers)):

@@ -7,27 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .flops import model_flops_per_token
-from .hardware import HardwareProfile, profile_for
-from .memory import RUNTIME, ArchOptions
+from .flops import mfu
+from .hardware import GiB, HardwareProfile, profile_for
+from .memory import EITHER, PHASE_TERMS, RUNTIME, ArchOptions
 from .pipeline import bubble_time, in_flight, step_time
-from .plan import Plan, check_plan, load_plan
+from .plan import Plan, check_plan, load_plan, vocab_matrices
 from .specs import ClusterSpec, ModelSpec, load_cluster, load_model
 from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
 
-GiB = 2**30
-MEMORY_TERMS = ("master_params", "optimizer_state", "gradients", "pipeline_buffers", "unsharded_params",
-                "grad_accumulators", "activations", "retained_logits", "logits", "grad_buffers", "root_grads",
-                "recompute_buffer", "fp8_weight_copies")
-PHASES = ("peak_forward", "peak_backward", "peak_optimizer")
-PHASE_TERMS = {  # which terms are alive at each phase's peak (memory.memory_terms)
-    "peak_forward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
-                     "grad_accumulators", "activations", "retained_logits", "logits", "fp8_weight_copies"),
-    "peak_backward": ("master_params", "optimizer_state", "pipeline_buffers", "unsharded_params",
-                      "grad_accumulators", "activations", "retained_logits", "root_grads", "logits",
-                      "grad_buffers", "recompute_buffer"),
-    "peak_optimizer": ("master_params", "optimizer_state", "pipeline_buffers", "gradients"),
-}
+MEMORY_TERMS = tuple(dict.fromkeys(n for terms in PHASE_TERMS.values() for n in terms))
+PHASES = tuple(PHASE_TERMS)
 TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",
               "offload_activations", "fsdp_step", "optimizer")
 
@@ -61,16 +50,17 @@ class Prediction:
 def _phase_memory(out: dict, chunks: list[int], phase: str) -> dict[str, float]:
     """The terms a rank (its virtual-stage ``chunks``) holds at ``phase``'s peak, summing to that peak.
 
-    The loss's working set is not alive at the same time in both phases: forward holds the forward logits
-    (the phase total less its other terms); backward holds the larger of the logits' gradients and one block's
-    gradient buffers plus a recomputed block (memory.memory_terms), so only that one is counted."""
+    Of a phase's either-or groups (memory.EITHER) only the larger counts; ``logits`` is the loss's working set
+    of that phase (the phase total less its other terms)."""
     mem = {k: float(sum(out[k][c] for c in chunks)) for k in PHASE_TERMS[phase]}
     total = float(sum(out[phase][c] for c in chunks))
-    if phase == "peak_backward":
-        if mem["logits"] >= mem["grad_buffers"] + mem["recompute_buffer"]:
-            mem["grad_buffers"] = mem["recompute_buffer"] = 0.0
-        else:
-            mem["logits"] = 0.0
+    groups = EITHER.get(phase, ())
+    if groups:
+        larger = max(groups, key=lambda g: sum(mem[n] for n in g))
+        for g in groups:
+            if g is not larger:
+                for n in g:
+                    mem[n] = 0.0
     if "logits" in mem:
         mem["logits"] = max(0.0, total - (sum(mem.values()) - mem["logits"]))
     return mem
@@ -83,9 +73,7 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
     idx = np.arange(S)
     rank = idx % pp
     first, last = (idx == 0).astype(float), (idx == S - 1).astype(float)
-    nV = first + last * (0.0 if (model.tie_word_embeddings and S == 1) else 1.0)
-    if S == 1:
-        nV = np.ones(1) * (1.0 if model.tie_word_embeddings else 2.0)
+    nV = vocab_matrices(first, last, S, model.tie_word_embeddings)
     knobs = knob_inputs(
         b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, zero=plan.zero,
         sequence_parallel=plan.sequence_parallel, selective=float(plan.recompute == "selective"),
@@ -124,7 +112,7 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
                       "memory_breakdown": _phase_memory(out, chunks, ph)})
     phase, mem = ranks[worst]["peak_phase"], ranks[worst]["memory_breakdown"]
     capacity = prof.memory_bytes
-    need = float(peak[worst]) * (1 + prof.fragmentation) + prof.context_gib * GiB
+    need = prof.needed_bytes(float(peak[worst]))
     host_need = float(by_rank(out["host_bytes"]).max()) * cluster.gpus_per_node
     reasons = []
     if need > capacity:
@@ -134,9 +122,10 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
             f"{prof.fragmentation:.0%} + context {prof.context_gib:.1f} GiB) exceeds the {capacity / GiB:.1f} GiB "
             f"of a {prof.name} on pipeline rank {worst} at its {phase.removeprefix('peak_')} peak; the largest "
             f"term is {top} ({mem[top] / GiB:.1f} GiB)")
-    if host_need > prof.host_memory_gib * GiB * 0.9:
+    if host_need > prof.host_budget_bytes:
         reasons.append(f"offloaded state and activations need {host_need / GiB:.0f} GiB of host memory per node, "
-                       f"over 90% of {prof.host_memory_gib:.0f} GiB")
+                       f"over the {prof.host_budget_bytes / GiB:.0f} GiB offload may use "
+                       f"({prof.const('host_memory_usable_fraction'):.0%} of {prof.host_memory_gib:.0f} GiB)")
     tokens_s = plan.tokens_per_step / step
     world = plan.world_size
     b = int(np.argmax(t_mb))
@@ -144,13 +133,14 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     times = {k: float(sum(out[k][c] for c in bneck)) * (1 if k in ("fsdp_step", "optimizer") else Mb)
              for k in TIME_TERMS}
     times["pipeline_bubble"] = float(bubble_time(t_mb, Mb, v))
-    stages = [{"stage": i, "layers": float(out["l"][i]) if "l" in out else None,
+    layers = plan.stage_layers(model.num_hidden_layers)
+    stages = [{"stage": i, "layers": layers[i],
                "peak_memory_bytes": float(out["peak"][i]), "t_microbatch_s": float(out["t_mb"][i]),
                "delta_s": float(out["delta"][i])} for i in range(S)]
     return Prediction(
         feasible=not reasons, step_time_s=step, peak_memory_bytes=float(peak[worst]),
         tokens_per_s=tokens_s, tokens_per_s_per_gpu=tokens_s / world,
-        mfu=model_flops_per_token(model, plan.seq_len) * tokens_s / world / (prof.bf16_tflops * 1e12),
+        mfu=mfu(model, plan.seq_len, tokens_s / world, prof.bf16_tflops),
         memory_capacity_bytes=capacity, memory_breakdown=mem, time_breakdown=times, peak_phase=phase,
         peak_rank=worst, host_memory_bytes=host_need, reasons=reasons, stages=stages,
         ranks=ranks)

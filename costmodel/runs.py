@@ -11,6 +11,7 @@ Every failure to read is a one-line SpecError naming the file and, for JSON Line
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,18 @@ def _jsonl(path: Path) -> list[tuple[int, dict]]:
     return out
 
 
+def run_summary(run_dir: str | Path) -> dict | None:
+    """The summary.json a finished run directory holds (None while the run has not finished)."""
+    path = Path(run_dir) / "summary.json"
+    return _json(path) if path.is_file() else None
+
+
 def _from_run_dir(d: Path, override: ClusterSpec | None) -> MeasuredRun:
     summary = d / "summary.json"
-    if not summary.is_file():
+    rec = run_summary(d)
+    if rec is None:
         raise SpecError(d, "summary.json", "missing: not a finished run directory",
                         "give the directory of a run that finished (it writes summary.json)")
-    rec = _json(summary)
     rec.setdefault("name", d.name)
     if (d / "plan.yaml").is_file():
         rec["plan"] = str(d / "plan.yaml")
@@ -172,13 +179,16 @@ def _model(ref, where: str, base: Path) -> ModelSpec:
 
 
 def _cluster(d: dict, plan: Plan, where: str) -> ClusterSpec:
-    """The cluster the record names; a detected one (``detected-<gpu>``, the trainer's when no --cluster was
-    given) is rebuilt as one node of the run's world size."""
+    """The cluster the record names; a detected one (``detected-NxGxGPU``, the trainer's when no --cluster was
+    given; the older ``detected-GPU`` means one node of the run's world size) is rebuilt from its name."""
     ref = d.get("cluster")
     if not ref:
         raise SpecError(where, "cluster", "missing: the run recorded no GPU profile (a CPU run?)",
                         "pass --cluster with the cluster the run used")
     ref = str(ref)
+    m = re.fullmatch(r"detected-(\d+)x(\d+)x(.+)", ref)
+    if m:
+        return ClusterSpec(nodes=int(m[1]), gpus_per_node=int(m[2]), gpu=m[3], name=ref)
     if ref.startswith("detected-"):
         world = int(d.get("world_size") or plan.world_size)
         if world > 8:

@@ -15,24 +15,10 @@ import sympy as sp
 from .hardware import HardwareProfile
 from .memory import RUNTIME, ArchOptions, memory_terms
 from .specs import ModelSpec
-from .symbols import H, K, M
+from .constants import runtime_constants
+from .fp8 import fp8_eligible
+from .symbols import RUNTIME_SYMBOLS, H, K, M, R
 from .timing import stage_time_terms
-
-# torchao's default float8 filters (H100 microbenchmarks), on a Linear's (K = in, N = out) features
-_FP8_SKIP = {
-    "tensorwise": lambda k, n: k <= 4096 and n <= 1024,
-    "rowwise": lambda k, n: n <= 2048 or k <= 1024 or (n <= 4096 and k <= 2048),
-}
-
-
-def fp8_eligible(model: ModelSpec, recipe: str = "tensorwise") -> dict[str, int]:
-    """Which Linears of a block torchao converts to float8 (1) or leaves in bf16 (0)."""
-    h, F, dh = model.hidden_size, model.intermediate_size, int(model.head_dim)
-    a, g = model.num_attention_heads, model.kv_heads
-    skip = _FP8_SKIP[recipe]
-    shapes = {"e_q": (h, a * dh), "e_kv": (h, g * dh), "e_o": (a * dh, h), "e_up": (h, F), "e_down": (F, h)}
-    return {k: int(not skip(*kn)) for k, kn in shapes.items()}
-
 
 def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, float]:
     return {"h": model.hidden_size, "F": model.intermediate_size, "a": model.num_attention_heads,
@@ -40,29 +26,28 @@ def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, 
             "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe)}
 
 
-def in_training(p: HardwareProfile, curve: str) -> float:
-    """Kernel throughput inside a training step over the profile's isolated measurement of ``curve`` (gemm,
-    fp8_gemm, attention): ``constants.in_training``, from a step anatomy (benchmarks/anatomy_fit.py); 1 if
-    absent. Isolated back-to-back GEMMs run at a power-limited clock that a step's mix does not hit, and
-    torchao's backward float8 GEMMs run without fast accumulation, which the profile's kernel does not."""
-    return float(p.constants.get("in_training", {}).get(curve, 1.0))
-
-
 def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
-    c = p.constants
+    """The profile's numbers (and the trainer's runtime constants) as the formulas' hardware inputs.
+
+    The GEMM, float8 GEMM and attention curves are scaled by the profile's ``in_training_*`` ratios: kernel
+    throughput inside a training step over the isolated measurement (benchmarks/anatomy_fit.py). Isolated
+    back-to-back GEMMs run at a power-limited clock that a step's mix does not hit, and torchao's backward float8
+    GEMMs run without fast accumulation, which the profile's kernel does not."""
+    c = p.const
+    rt = {str(RUNTIME_SYMBOLS[k]): v.value for k, v in runtime_constants().items()}
     return {
         "peak": p.bf16_tflops * 1e12, "peak8": p.fp8_tflops * 1e12, "hbm": p.hbm_gbps * 1e9,
         "host": p.host_link_gbps * 1e9, "cpu_adam": p.cpu_adam_params_per_s,
-        "ge_max": min(1.0, p.gemm.max_eff * in_training(p, "gemm")), "ge_half": p.gemm.half_x,
+        "ge_max": min(1.0, p.gemm.max_eff * c("in_training_gemm")), "ge_half": p.gemm.half_x,
         "ge_exp": p.gemm.exponent,
-        "f8_max": min(1.0, p.fp8_gemm.max_eff * in_training(p, "fp8_gemm")), "f8_half": p.fp8_gemm.half_x,
+        "f8_max": min(1.0, p.fp8_gemm.max_eff * c("in_training_fp8_gemm")), "f8_half": p.fp8_gemm.half_x,
         "f8_exp": p.fp8_gemm.exponent,
-        "at_max": min(1.0, p.attention.max_eff * in_training(p, "attention")), "at_half": p.attention.half_x,
+        "at_max": min(1.0, p.attention.max_eff * c("in_training_attention")), "at_half": p.attention.half_x,
         "at_exp": p.attention.exponent,
-        "slow_comm": p.overlap.comm_compute_slowdown, "comm_eff": p.overlap.comm_efficiency,
-        "slow_h2d": p.overlap.h2d_compute_slowdown, "launch": p.kernel_launch_s,
-        "hook": float(c.get("fsdp_hook_s", 60e-6)), "ew_eff": float(c.get("elementwise_efficiency", 0.8)),
-        "row_slow": float(c.get("fp8_rowwise_gemm_slowdown", 1.0)),
+        "slow_comm": c("comm_compute_slowdown"), "comm_eff": c("comm_efficiency"),
+        "slow_h2d": c("h2d_compute_slowdown"), "launch": c("kernel_launch_s"),
+        "hook": c("fsdp_hook_s"), "ew_eff": c("elementwise_efficiency"),
+        "row_slow": c("fp8_rowwise_gemm_slowdown"), **rt,
     }
 
 
@@ -109,7 +94,7 @@ class StageModel:
 
 def _all_symbols() -> list[sp.Symbol]:
     syms = []
-    for cls in (M, K, H):
+    for cls in (M, K, H, R):
         for v in vars(cls).values():
             if isinstance(v, sp.Symbol):
                 syms.append(v)

@@ -61,6 +61,32 @@ class H:
     row_slow = sp.Symbol("row_slow", positive=True)           # rowwise / tensorwise float8 GEMM time (measured)
 
 
+class R:
+    """Runtime constants of loadmaster's trainer (costmodel.constants.RUNTIME; profiles/runtime/loadmaster.yaml)."""
+    kern_eager, kern_comp, kern_tp = _syms("kern_eager kern_comp kern_tp", nonnegative=True)
+    normres_eager, normres_comp = _syms("normres_eager normres_comp", nonnegative=True)
+    rope_eager, rope_comp = _syms("rope_eager rope_comp", nonnegative=True)
+    act_eager, act_comp, gate_eager, gate_comp = _syms("act_eager act_comp gate_eager gate_comp", nonnegative=True)
+    loss_fwd, loss_bwd, loss_traffic = _syms("loss_fwd loss_bwd loss_traffic", nonnegative=True)
+    cast_eager, cast_comp = _syms("cast_eager cast_comp", nonnegative=True)
+    tp_redo = sp.Symbol("tp_redo", nonnegative=True)
+    opt_bytes, opt_kern_block, opt_kern_fixed = _syms("opt_bytes opt_kern_block opt_kern_fixed", nonnegative=True)
+
+
+RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
+    "kernels_per_block_eager": R.kern_eager, "kernels_per_block_compiled": R.kern_comp,
+    "kernels_per_block_tp_extra": R.kern_tp, "norm_residual_bytes_eager": R.normres_eager,
+    "norm_residual_bytes_compiled": R.normres_comp, "rope_bytes_eager": R.rope_eager,
+    "rope_bytes_compiled": R.rope_comp, "mlp_act_bytes_eager": R.act_eager, "mlp_act_bytes_compiled": R.act_comp,
+    "mlp_gate_bytes_eager": R.gate_eager, "mlp_gate_bytes_compiled": R.gate_comp,
+    "loss_forward_bytes_per_logit": R.loss_fwd, "loss_backward_bytes_per_logit": R.loss_bwd,
+    "loss_traffic_bytes_per_logit": R.loss_traffic, "fp8_cast_bytes_eager": R.cast_eager,
+    "fp8_cast_bytes_compiled": R.cast_comp, "tp_selective_redo_share": R.tp_redo,
+    "optimizer_bytes_per_param": R.opt_bytes, "optimizer_kernels_per_block": R.opt_kern_block,
+    "optimizer_kernels_fixed": R.opt_kern_fixed,
+}
+
+
 smax = sp.Function("smax")  # elementwise maximum (numpy.maximum); a Function keeps sympy from simplifying it
 smin = sp.Function("smin")
 

@@ -11,7 +11,7 @@ import sympy as sp
 
 from .memory import BF16, FP32, RUNTIME, ArchOptions, block_params_local, seq_share, stage_activation_bytes, tokens, \
     vocab_params_local
-from .symbols import H, K, M, pos, smax, smin
+from .symbols import H, K, M, R, pos, smax, smin
 
 
 def efficiency(x: sp.Expr, mx: sp.Symbol, half: sp.Symbol, ex: sp.Symbol) -> sp.Expr:
@@ -62,7 +62,7 @@ def fp8_cast_s() -> sp.Expr:
     for name, Kd, Nd, elig in block_linears():
         weight = M.gated if name == "w3" else 1
         total += weight * elig * (T * Kd + Kd * Nd + T * Nd)
-    return (6 * K.k + 68 * (1 - K.k)) * total / (H.hbm * H.ew_eff)
+    return (R.cast_comp * K.k + R.cast_eager * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
 def attention_flops_fwd() -> sp.Expr:
@@ -88,20 +88,20 @@ def attention_s(opts: ArchOptions = RUNTIME) -> tuple[sp.Expr, sp.Expr]:
 
 
 def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
-    """HBM bytes of one block's memory-bound forward ops (norms, RoPE, activation, residual adds).
-
-    Eager: RMSNorm r+w 4 B/elt ×2, RoPE ~22 B/elt (mul, rotate-half, mul, add), SiLU·mul 10 B/elt (GeLU 4),
-    residual adds 6 B/elt ×2. Compiled: each group fused into one read and one write."""
+    """HBM bytes of one block's memory-bound forward ops (norms, residual adds, RoPE, the MLP activation), eager
+    or compiled; bytes per element are runtime constants (profiles/runtime/loadmaster.yaml)."""
     T, q = tokens(), seq_share()
-    eager = 20 * T * M.h * q + 22 * T * (M.a + M.g) * M.dh / K.t + (4 + 6 * M.gated) * T * M.F / K.t
-    fused = 12 * T * M.h * q + 4 * T * (M.a + M.g) * M.dh / K.t + (4 + 2 * M.gated) * T * M.F / K.t
+    eager = R.normres_eager * T * M.h * q + R.rope_eager * T * (M.a + M.g) * M.dh / K.t \
+        + (R.act_eager + R.gate_eager * M.gated) * T * M.F / K.t
+    fused = R.normres_comp * T * M.h * q + R.rope_comp * T * (M.a + M.g) * M.dh / K.t \
+        + (R.act_comp + R.gate_comp * M.gated) * T * M.F / K.t
     dropout = 2 * 5 * T * M.h * q * int(opts.dropout)   # mask + scale after attention and MLP
     return (1 - K.k) * eager + K.k * fused + dropout
 
 
 def kernels_per_block_fwd() -> sp.Expr:
-    """Kernels one block launches in forward (eager ~30, compiled ~12, TP adds its collectives)."""
-    return (1 - K.k) * 30 + K.k * 12 + 8 * smin(K.t - 1, 1)
+    """Kernels one block launches in forward (eager or compiled; TP adds its collectives)."""
+    return (1 - K.k) * R.kern_eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1)
 
 
 def ring_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, lat: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
@@ -135,15 +135,17 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     host_b = K.l * (2 * kernels_per_block_fwd() * H.launch + H.hook) + K.r * kernels_per_block_fwd() * H.launch
     x["compute_fwd"] = smax(fwd_gpu + fp8_cast / 3, host_f)
     x["compute_bwd"] = smax(bwd_gpu + recompute + 2 * fp8_cast / 3, host_b)
-    # ---- embedding, output projection and loss ----
+    # ---- embedding, output projection and loss: the head GEMM forward + its two backward GEMMs, the loss's
+    # memory-bound kernels, the final RMSNorm (read + write 2 B, forward and backward); on the first stage the
+    # embedding's gather (read + write 2 B per element, both passes) and its gradient's fp32 scatter-add ----
     head_gemm = gemm_s(2 * T * M.h * M.V / K.t)
-    x["head"] = K.last * (3 * head_gemm + 42 * T * M.V / K.t / (H.hbm * H.ew_eff)
+    x["head"] = K.last * (3 * head_gemm + R.loss_traffic * T * M.V / K.t / (H.hbm * H.ew_eff)
                           + 8 * T * M.h * q / (H.hbm * H.ew_eff)) \
         + K.first * (8 * T * M.h + 4 * M.V * M.h / K.t) / (H.hbm * H.ew_eff)
     # ---- tensor parallel: 4 collectives of the b·s·h activation per block pass, exposed ----
     act_bytes = BF16 * T * M.h
     tp_pass = 2 * 2 * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
-    x["tp_comm"] = tp_pass * (2 * K.l + K.r * (1 - K.sel) + 0.5 * K.r * K.sel) \
+    x["tp_comm"] = tp_pass * (2 * K.l + K.r * (1 - K.sel) + R.tp_redo * K.r * K.sel) \
         + (K.first + K.last) * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
     # ---- pipeline: receive the activation in forward and its gradient in backward ----
     x["pp_comm"] = 2 * smin(K.pp - 1, 1) * (H.lat_pp + BF16 * T * M.h * q / H.bw_pp)
@@ -184,9 +186,9 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
                                                                             factor=1 + K.z0)
     x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out) + root
-    # ---- optimizer: fused AdamW + clipping, ~40 B per local fp32 parameter; offloaded blocks on the CPU ----
+    # ---- optimizer: fused AdamW + clipping over the local fp32 parameters; offloaded blocks on the CPU ----
     P_gpu = (K.l - K.os_) * Pb + Pv
-    gpu_opt = 40 * P_gpu / K.ds / (H.hbm * H.ew_eff) + (20 * K.l + 20) * H.launch
+    gpu_opt = R.opt_bytes * P_gpu / K.ds / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
     cpu_opt = K.os_ * Pb / K.ds / H.cpu_adam
     x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.lat_dp
     x["t_fwd"] = x["compute_fwd"] + x["fsdp_fwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
+from costmodel import GiB
+
 if TYPE_CHECKING:
     from launcher.launch import Launch
 
@@ -86,8 +88,8 @@ def describe(launch: Launch, env: dict[str, str], prediction) -> dict:
     if prediction is None:
         checks.append("memory: not predicted (no cluster: pass --cluster)")
     else:
-        checks.append(f"memory: predicted peak {prediction.peak_memory_bytes / 2**30:.1f} GiB of "
-                      f"{prediction.memory_capacity_bytes / 2**30:.1f} GiB per GPU "
+        checks.append(f"memory: predicted peak {prediction.peak_memory_bytes / GiB:.1f} GiB of "
+                      f"{prediction.memory_capacity_bytes / GiB:.1f} GiB per GPU "
                       f"({'fits' if prediction.feasible else 'DOES NOT FIT'}); predicted step "
                       f"{prediction.step_time_s:.3f} s, MFU {prediction.mfu:.1%}")
     if launch.nnodes > 1 and launch.rdzv_endpoint is None:

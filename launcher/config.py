@@ -88,19 +88,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise SpecError(src, "dp", f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but "
                         f"WORLD_SIZE is {world_size}", f"launch {plan.world_size} processes or make "
                         f"dp × tp × pp = {world_size}")
-    check_plan(plan, cfg.model, None, src)
-    if cfg.model.tie_word_embeddings and plan.num_stages > 1:
-        raise SpecError(src, "pp", f"{cfg.model.name or 'the model'} ties its output projection to its "
-                        f"embedding, which {plan.num_stages} pipeline stages would separate", "use pp: 1")
-    if (int(cfg.model.head_dim) % 2) != 0:
-        raise SpecError(cfg.model.name or "<model>", "head_dim", f"{cfg.model.head_dim} is odd",
-                        "RoPE rotates pairs: use an even head_dim")
+    check_plan(plan, cfg.model, None, src)   # every rule of the plan itself lives there
     if plan.fp8_layers and importlib.util.find_spec("torchao") is None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
-    if plan.fp8_rotation_steps and not plan.fp8_layers:
-        raise SpecError(src, "fp8_rotation_steps", f"is {plan.fp8_rotation_steps} with fp8_layers 0",
-                        "set fp8_layers or drop fp8_rotation_steps")
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:

@@ -234,17 +234,6 @@ def predict_launch(launch: Launch, *, ignore: bool = False):
     return pred
 
 
-def detect_cluster(launch: Launch) -> ClusterSpec | None:
-    """The cluster these GPUs form (when none was named), so the run has a prediction beside its measurements."""
-    import torch
-    from launcher.metrics import gpu_profile_name
-    gpu = gpu_profile_name(torch.device("cuda", 0)) if torch.cuda.is_available() else None
-    if gpu is None:
-        return None
-    return ClusterSpec(nodes=launch.nnodes, gpus_per_node=launch.nproc_per_node, gpu=gpu,
-                       name=f"{launch.nnodes}x{launch.nproc_per_node}x{gpu}")
-
-
 def job_exit_code(exitcodes: list[int]) -> int:
     """One exit code for the job from its failed ranks': user error, then timeout, then preemption, then the
     first other (a signal -N as the shell's 128 + N)."""
@@ -286,7 +275,10 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
     launch = resolve_launch(req, dry_run=dry_run or slurm is not None)
     launch.gpu = launch.gpu or slurm is not None  # an sbatch script asks for GPUs (--gpus-per-node)
     if launch.gpu and launch.cluster is None:
-        launch.cluster = detect_cluster(launch)
+        import torch
+        from launcher.metrics import detect_cluster
+        launch.cluster = detect_cluster(torch.device("cuda", 0), nodes=launch.nnodes,
+                                        gpus_per_node=launch.nproc_per_node) if torch.cuda.is_available() else None
     prediction = predict_launch(launch, ignore=req.ignore_prediction)
     env = launch_env(launch, cpu_count=os.cpu_count() or 1)
     if dry_run:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, mfu
+from costmodel.hardware import profile_name_for_gpu
 
 
 class StepTimer:
@@ -33,34 +34,29 @@ class StepTimer:
 
 
 def gpu_profile_name(device: torch.device) -> str | None:
-    """The profile of the GPU in use: H200 → h200, H100 → h100-sxm, A100 → a100-80g / a100-40g; None on CPU."""
+    """The shipped profile of the GPU in use (costmodel.hardware.profile_name_for_gpu); None on CPU."""
     if device.type != "cuda":
         return None
     props = torch.cuda.get_device_properties(device)
-    name = props.name.upper()
-    if "H200" in name:
-        return "h200"
-    if "H100" in name:
-        return "h100-sxm"
-    if "A100" in name:
-        return "a100-80g" if props.total_memory > 50 * 2**30 else "a100-40g"
-    if "B200" in name:
-        return "b200"
-    if "L4" in name:
-        return "l4"
-    return None
+    return profile_name_for_gpu(props.name, props.total_memory)
 
 
-def detect_cluster(device: torch.device, cluster: str | None) -> ClusterSpec | None:
-    """``cluster`` if given, else nodes × GPUs per node from torchrun's environment and the GPU's profile."""
+def detect_cluster(device: torch.device, cluster: str | None = None, *, nodes: int | None = None,
+                   gpus_per_node: int | None = None) -> ClusterSpec | None:
+    """``cluster`` if given, else the cluster these GPUs form: ``nodes`` × ``gpus_per_node`` (default: from
+    torchrun's environment) of the GPU's shipped profile, named ``detected-NxGxGPU`` (costmodel.runs reads it
+    back); None on a machine without a known GPU."""
     if cluster:
         return load_cluster(cluster)
     gpu = gpu_profile_name(device)
     if gpu is None:
         return None
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    return ClusterSpec(nodes=max(1, world // local), gpus_per_node=local, gpu=gpu, name=f"detected-{gpu}")
+    if nodes is None or gpus_per_node is None:
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        gpus_per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        nodes = max(1, world // gpus_per_node)
+    return ClusterSpec(nodes=nodes, gpus_per_node=gpus_per_node, gpu=gpu,
+                       name=f"detected-{nodes}x{gpus_per_node}x{gpu}")
 
 
 def peak_tflops(cluster: ClusterSpec | None) -> float | None:

@@ -6,12 +6,11 @@ assembly is tested on CPU with fabricated measurements.
 from __future__ import annotations
 
 import dataclasses
-import re
 import statistics
 from dataclasses import dataclass, field
 
 from costmodel.fit import bus_factor, curve_errors, fit_alpha_beta, fit_curve, ring_steps
-from costmodel.hardware import Curve, HardwareProfile, Link, Overlap
+from costmodel.hardware import Curve, HardwareProfile, Link, profile_name_for_gpu
 
 # Collectives whose fit sets `intra_node` (FSDP's all-gather and reduce-scatter, DDP's all-reduce);
 # point-to-point is kept in `constants` only (pipeline sends are a different, per-link pattern).
@@ -91,17 +90,11 @@ def merge_ranks(per_rank: list[Measurements]) -> Measurements:
     return out
 
 
-_BASES = [  # (pattern on the device name, profile) in order; A100 is split by memory below
-    (r"H200", "h200"), (r"H100", "h100-sxm"), (r"B200", "b200"), (r"\bL4\b", "l4"), (r"A100", "a100")]
-
-
 def base_profile_for_gpu(gpu_name: str, total_memory_bytes: float) -> str:
     """The shipped datasheet profile for a device name (what unmeasured fields are taken from)."""
-    for pattern, name in _BASES:
-        if re.search(pattern, gpu_name):
-            if name == "a100":
-                return "a100-80g" if total_memory_bytes > 60 * 2**30 else "a100-40g"
-            return name
+    name = profile_name_for_gpu(gpu_name, total_memory_bytes)
+    if name is not None:
+        return name
     raise ValueError(f"no datasheet profile for GPU {gpu_name!r}; pass --base with the closest profile in "
                      "profiles/ (its peaks normalise the efficiencies)")
 
@@ -206,27 +199,26 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
     if m.fp8_note:
         notes.append(f"fp8_gemm kept from base ({m.fp8_note})")
 
-    constants = dict(base.constants)
+    records = dict(base.records)
     intra = base.intra_node
     if m.collectives and m.world_size >= 2:
-        constants["collectives"] = {"world_size": m.world_size, **collective_fits(m.collectives, m.world_size)}
+        records["collectives"] = {"world_size": m.world_size, **collective_fits(m.collectives, m.world_size)}
         try:
             intra = link_fit(m.collectives, m.world_size)
         except ValueError as e:
             notes.append(f"intra_node kept from base ({e})")
     if m.h2d_gbps is not None and m.d2h_gbps is not None:
-        constants["host_copy"] = {"h2d_gbps": _sig(m.h2d_gbps), "d2h_gbps": _sig(m.d2h_gbps)}
+        records["host_copy"] = {"h2d_gbps": _sig(m.h2d_gbps), "d2h_gbps": _sig(m.d2h_gbps)}
     if m.cpu_adam_threads is not None:
-        constants["cpu_adam_threads"] = m.cpu_adam_threads
-    row = rowwise_slowdown(m.fp8_gemm, m.fp8_rowwise_gemm)
-    if row is not None:
-        constants["fp8_rowwise_gemm_slowdown"] = _sig(row)
-
-    ov = base.overlap
-    overlap = Overlap(
-        comm_compute_slowdown=_pick(_clamp(m.comm_compute_slowdown, 0.0, None), ov.comm_compute_slowdown),
-        comm_efficiency=_pick(_clamp(m.comm_efficiency, 0.0, 1.0), ov.comm_efficiency),
-        h2d_compute_slowdown=_pick(_clamp(m.h2d_compute_slowdown, 0.0, None), ov.h2d_compute_slowdown))
+        records["cpu_adam_threads"] = m.cpu_adam_threads
+    # each measured constant is credited to this run; the rest keep the base profile's value and source
+    how = f"measured {m.date} {m.gpu_name} torch {m.torch_version}: {m.command}"
+    measured = {"fp8_rowwise_gemm_slowdown": rowwise_slowdown(m.fp8_gemm, m.fp8_rowwise_gemm),
+                "comm_compute_slowdown": _clamp(m.comm_compute_slowdown, 0.0, 1.0),
+                "comm_efficiency": _clamp(m.comm_efficiency, 1e-3, 1.0),
+                "h2d_compute_slowdown": _clamp(m.h2d_compute_slowdown, 0.0, 1.0),
+                "kernel_launch_s": m.kernel_launch_s, "context_gib": m.context_gib}
+    measured = {k: _sig(v) for k, v in measured.items() if v is not None}
     # Offload moves both ways each step; the slower direction bounds it.
     host_link = min(m.h2d_gbps, m.d2h_gbps) if m.h2d_gbps and m.d2h_gbps else (m.h2d_gbps or m.d2h_gbps)
 
@@ -234,14 +226,13 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
               f"fields not measured from profile {base.name}")
     if notes:
         source += "; " + "; ".join(notes)
-    return dataclasses.replace(
-        base, name=name, source=source,
-        memory_gib=_pick(m.memory_gib, base.memory_gib), context_gib=_pick(m.context_gib, base.context_gib),
+    prof = dataclasses.replace(
+        base, name=name, source=source, memory_gib=_pick(m.memory_gib, base.memory_gib),
         bf16_tflops=bf16_peak, fp8_tflops=fp8_peak,
         hbm_gbps=_pick(m.hbm_gbps, base.hbm_gbps), host_link_gbps=_pick(host_link, base.host_link_gbps),
         cpu_adam_params_per_s=_pick(m.cpu_adam_params_per_s, base.cpu_adam_params_per_s),
-        kernel_launch_s=_pick(m.kernel_launch_s, base.kernel_launch_s),
-        intra_node=intra, gemm=gemm, fp8_gemm=fp8, attention=attn, overlap=overlap, constants=constants)
+        intra_node=intra, gemm=gemm, fp8_gemm=fp8, attention=attn, records=records)
+    return prof.with_constants(how, **measured) if measured else prof
 
 
 def _clamp(v: float | None, lo: float, hi: float | None) -> float | None:
@@ -285,7 +276,7 @@ def summary_lines(prof: HardwareProfile, m: Measurements, base: HardwareProfile)
             err = f"{len(rows)} pts, |err| median {med:.1%} max {worst:.1%}"
         lines.append(row(f"{key} max_eff/half_x/exp", f"{c.max_eff:.3f}/{c.half_x:.3g}/{c.exponent:.2f}",
                          f"{b.max_eff:.3f}/{b.half_x:.3g}/{b.exponent:.2f}  {err}"))
-    fits = prof.constants.get("collectives", {}) if m.collectives else {}
+    fits = prof.records.get("collectives", {}) if m.collectives else {}
     for op, fit in fits.items():
         if isinstance(fit, dict) and "latency_s" in fit:  # skip world_size and failed fits
             lines.append(row(f"{op} alpha us/call / busbw GB/s",
@@ -294,8 +285,7 @@ def summary_lines(prof: HardwareProfile, m: Measurements, base: HardwareProfile)
     lines.append(row("intra_node alpha us/step / busbw GB/s",
                      f"{ln.latency_s * 1e6:.1f} / {ln.bandwidth_gbps:.1f}",
                      f"{base.intra_node.latency_s * 1e6:.1f} / {base.intra_node.bandwidth_gbps:.1f}"))
-    o, bo = prof.overlap, base.overlap
-    lines.append(row("overlap comm_slow/comm_eff/h2d_slow",
-                     f"{o.comm_compute_slowdown:.3f}/{o.comm_efficiency:.3f}/{o.h2d_compute_slowdown:.3f}",
-                     f"{bo.comm_compute_slowdown:.3f}/{bo.comm_efficiency:.3f}/{bo.h2d_compute_slowdown:.3f}"))
+    ov = ("comm_compute_slowdown", "comm_efficiency", "h2d_compute_slowdown")
+    lines.append(row("overlap comm_slow/comm_eff/h2d_slow", "/".join(f"{prof.const(k):.3f}" for k in ov),
+                     "/".join(f"{base.const(k):.3f}" for k in ov)))
     return lines

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_model, load_plan
+from costmodel import GiB, ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_model, load_plan
+from costmodel.runs import run_summary
 from costmodel.specs import as_dict
 
 if TYPE_CHECKING:
@@ -85,16 +86,15 @@ def preempted_since(run_dir: Path, t0: float) -> bool:
 
 def summary_lines(run_dir: Path) -> list[str]:
     """Measured vs predicted step time, memory, throughput and MFU from the run directory's summary.json."""
-    path = Path(run_dir) / "summary.json"
-    if not path.is_file():
+    s = run_summary(run_dir)
+    if s is None:
         return [f"{run_dir}: no summary.json yet"]
-    s = json.loads(path.read_text())
     pred, err = s.get("predicted") or {}, s.get("error_pct") or {}
     loss = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "-"
     lines = [f"{run_dir}: steps {s.get('start_step', 0)} → {s['steps_done']}, final loss {loss}"
              f"{', preempted' if s.get('preempted') else ''}",
              f"{'':14}{'measured':>14}{'predicted':>14}{'error':>9}"]
-    fmts = {"step_time_s": lambda v: f"{v:.4f} s", "peak_memory_bytes": lambda v: f"{v / 2**30:.2f} GiB",
+    fmts = {"step_time_s": lambda v: f"{v:.4f} s", "peak_memory_bytes": lambda v: f"{v / GiB:.2f} GiB",
             "tokens_per_s_per_gpu": lambda v: f"{v:,.0f}", "mfu": lambda v: f"{v:.1%}"}
     for key, label in (("step_time_s", "step time"), ("peak_memory_bytes", "peak memory"),
                        ("tokens_per_s_per_gpu", "tokens/s/GPU"), ("mfu", "MFU")):

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
-from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, parse_plan
+from costmodel import GiB, ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
-from costmodel.plan import load_plan
+from costmodel.plan import PER_STAGE_KEYS, load_plan
 from costmodel.prediction import Prediction
 from costmodel.prediction import predict as _cost
 from costmodel.specs import resolve
@@ -25,7 +25,6 @@ from .space import SearchSpace
 if TYPE_CHECKING:
     import pandas as pd
 
-GiB = 2**30
 ModelRef = ModelSpec | str | Path
 ClusterRef = ClusterSpec | str | Path
 PlanRef = Plan | dict | str | Path
@@ -34,8 +33,7 @@ PLAN_KEYS = tuple(f.name for f in dataclasses.fields(Plan) if f.init and f.name 
 SPACE_KEYS = tuple(f.name for f in dataclasses.fields(SearchSpace))
 """Search-space pins ``plan`` accepts."""
 _TABLE_KEYS = ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "zero", "recompute",
-               "recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers", "compile",
-               "pp_schedule")
+               *PER_STAGE_KEYS, "compile", "pp_schedule")
 
 
 def model_label(m: ModelSpec) -> str:
@@ -226,14 +224,10 @@ def _check_keys(keys: Iterable[str], valid: Sequence[str], what: str) -> None:
                          f"{', '.join(valid)}")
 
 
-def _budget(prof: HardwareProfile) -> float:
-    return (prof.memory_bytes - prof.context_gib * GiB) / (1 + prof.fragmentation)
-
-
 def _evaluate(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, data: dict, *, strict: bool,
               point: dict | None = None) -> Evaluation:
     """Build the plan from ``data`` and cost it; with ``strict`` a SpecError propagates, else it is the reason."""
-    ev = Evaluation(model, cluster, None, None, point=dict(point or {}), memory_budget_bytes=_budget(prof))
+    ev = Evaluation(model, cluster, None, None, point=dict(point or {}), memory_budget_bytes=prof.usable_memory_bytes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -11,11 +11,11 @@ from costmodel import load_profile
 from costmodel.hardware import resolve_measured
 from costmodel.calibration import DEFAULT_KNOBS, Calibration, calibrate
 from costmodel.runs import read_runs
+from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_s
 
-GiB = 2**30
 
 
 def _pct(x: float | None) -> str:

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from costmodel import load_cluster, load_job, load_model, load_plan
 from costmodel.prediction import predict
+from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
@@ -16,7 +17,6 @@ from .explain import alternatives, binding_constraint
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, tune
 
-GiB = 2**30
 
 
 def _short(v) -> str:

@@ -5,10 +5,10 @@ import typer
 from rich.table import Table
 
 from costmodel.prediction import Prediction, predict
+from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 
-GiB = 2**30
 
 
 def fmt_bytes(x: float) -> str:

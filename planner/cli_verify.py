@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from costmodel import load_cluster, load_model, profile_for
+from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes
 
-GiB = 2**30
 
 
 def result_table(res, title: str) -> Table:
@@ -56,7 +56,7 @@ def rerank_verified(result, model: str, cluster: str, *, show: bool = True):
         except (ValueError, RuntimeError) as e:  # a plan it cannot trace keeps its predicted verdict
             checked.append((False, cand, " ".join(str(e).split())[:200]))
             continue
-        need = res.peak_bytes * (1 + prof.fragmentation) + prof.context_gib * GiB
+        need = prof.needed_bytes(res.peak_bytes)
         checked.append((need > prof.memory_bytes, cand, res))
     checked.sort(key=lambda x: (x[0], x[1].step_time_s))
     fitting = [cand for over, cand, _ in checked if not over]

@@ -6,10 +6,10 @@ import dataclasses
 from costmodel import ClusterSpec, ModelSpec, SpecError, parse_plan
 from costmodel.hardware import HardwareProfile
 from costmodel.prediction import Prediction, predict
+from costmodel.hardware import GiB
 
 from .space import SearchSpace, layouts, micro_batches
 
-GiB = 2**30
 
 
 def _frugal(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: SearchSpace,
@@ -40,12 +40,13 @@ def diagnose(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: 
              prof: HardwareProfile, no_layout: bool = False) -> list[str]:
     """Sentences: why no plan fits, and which single change would make one fit."""
     if no_layout:
-        lays = layouts(model, cluster, space, seq)
+        rejected: dict = {}
+        lays = layouts(model, cluster, space, seq, rejected)
         if not lays:
-            return [f"no (tp, pp, dp) with tp·pp·dp = {cluster.num_gpus} GPUs satisfies the pins and the model "
-                    f"(tp must divide {model.num_attention_heads} heads and {model.kv_heads} kv heads"
-                    f"{', and seq_len when sequence parallel' if space.sequence_parallel else ''}); "
-                    "unpin tp/pp/dp or change the GPU count"]
+            why = sorted(set(rejected.values()))
+            return [f"no (tp, pp, dp) with tp·pp·dp = {cluster.num_gpus} GPUs satisfies the pins and the plan "
+                    f"rules ({'; '.join(why[:3]) or 'the pins exclude every layout'}); unpin tp/pp/dp or change "
+                    "the GPU count"]
         ok_dp = sorted({d for _, _, d in lays})
         return [f"global batch {gbs} does not split into whole micro-batches for any data-parallel degree "
                 f"{ok_dp} (pipelines also need at least pp micro-batches); use a multiple of "

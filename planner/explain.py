@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.prediction import Prediction, predict
+from costmodel.hardware import GiB
 
-GiB = 2**30
 
 
 @dataclass

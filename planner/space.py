@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from costmodel import Plan, SpecError, check_plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
 ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), so the tuner never offers it
@@ -66,34 +68,40 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def tp_degrees(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace) -> list[int]:
-    """TP degrees that divide heads, kv heads and the MLP, inside a node unless allowed."""
-    out = []
-    for t in divisors(cluster.num_gpus):
-        if model.num_attention_heads % t or model.kv_heads % t or model.intermediate_size % t:
-            continue
-        if t > cluster.gpus_per_node and not space.cross_node_tp:
-            continue
-        if space.tp is not None and t != space.tp:
-            continue
-        out.append(t)
-    return out
+def layout_problem(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int, tp: int, pp: int,
+                   dp: int) -> str | None:
+    """Why no plan of this (tp, pp, dp) layout can run, as costmodel.check_plan words it; None if some can.
+
+    The rules live in check_plan alone: a probe plan of the layout (no per-stage knobs) goes through it."""
+    probe = Plan(global_batch_size=dp, micro_batch_size=1, seq_len=seq_len, dp=dp, tp=tp, pp=pp, zero=2,
+                 recompute="none", sequence_parallel=space.sequence_parallel)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # warnings are for plans, not for probes
+            check_plan(probe, model, cluster, "layout")
+    except SpecError as e:
+        return f"{e.key}: {e.problem}"
+    return None
 
 
-def layouts(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int) -> list[tuple[int, int, int]]:
-    """Every (tp, pp, dp) with tp·pp·dp = GPUs that the model and the pins allow."""
-    N, L = cluster.num_gpus, model.num_hidden_layers
+def layouts(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int,
+            rejected: dict | None = None) -> list[tuple[int, int, int]]:
+    """Every (tp, pp, dp) with tp·pp·dp = GPUs that the pins and the search policy allow and check_plan accepts;
+    ``rejected`` (if given) collects the layouts check_plan refuses, with its reason."""
+    N = cluster.num_gpus
     out = []
-    for t in tp_degrees(model, cluster, space):
-        if t > 1 and space.sequence_parallel and seq_len % t:
+    for t in divisors(N):
+        if (t > cluster.gpus_per_node and not space.cross_node_tp) or (space.tp is not None and t != space.tp):
             continue
         for p in divisors(N // t):
-            if p > L or (space.pp is not None and p != space.pp):
-                continue
             d = N // (t * p)
-            if space.dp is not None and d != space.dp:
+            if (space.pp is not None and p != space.pp) or (space.dp is not None and d != space.dp):
                 continue
-            out.append((t, p, d))
+            why = layout_problem(model, cluster, space, seq_len, t, p, d)
+            if why is None:
+                out.append((t, p, d))
+            elif rejected is not None:
+                rejected[(t, p, d)] = why
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from costmodel.hardware import HardwareProfile
 from costmodel.pipeline import in_flight
+from costmodel.plan import vocab_matrices
 from costmodel.specs import ClusterSpec, ModelSpec
 from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
 
@@ -85,7 +86,7 @@ def evaluate_role(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile,
     """Cost every knob combination of one stage role; keep those that fit at least one micro-batch."""
     kn = knob_grid(model, g, role, space)
     first, last = ROLES[role]
-    nV = (1 if model.tie_word_embeddings else 2) if role == "only" else first + last
+    nV = vocab_matrices(first, last, g.pp, model.tie_word_embeddings)
     inputs = knob_inputs(b=g.mbs, s=seq_len, t=g.tp, d=g.dp, pp=g.pp, zero=kn["zero"],
                          sequence_parallel=space.sequence_parallel, selective=(kn["mode"] == 2), l=kn["l"],
                          r=kn["r"], oa=kn["oa"], os=kn["os"], f=kn["f"], compile=kn["k"], m=0.0, M=g.M,
@@ -105,14 +106,14 @@ def fitting_microbatches(out: dict, prof: HardwareProfile, cluster: ClusterSpec,
 
     Memory is linear in the micro-batches in flight m; the fp32 gradient accumulators exist at the peak
     unless all M micro-batches are in flight at once (costmodel.stage.knob_inputs: acc)."""
-    cap = (prof.memory_bytes - prof.context_gib * 2**30) / (1 + prof.fragmentation)
+    cap = prof.usable_memory_bytes
     base = np.maximum(out["peak_forward"], out["peak_backward"])
     act = np.maximum(out["act_per_microbatch"], 1.0)
     ok_opt = out["peak_optimizer"] <= cap
     below_M = np.floor((cap - base - out["accumulator_bytes"]) / act)
     fits_all = base + M * act <= cap
     m = np.where(fits_all, M, np.clip(below_M, 0, M - 1))
-    host_cap = prof.host_memory_gib * 2**30 * 0.9 / cluster.gpus_per_node
+    host_cap = prof.host_budget_bytes / cluster.gpus_per_node
     host_m = np.floor((host_cap - out["host_state"]) / np.maximum(out["host_act_per_microbatch"], 1.0))
     m = np.minimum(m, np.where(out["host_state"] <= host_cap, host_m, -1))
     return np.where(ok_opt, np.maximum(m, 0), 0).astype(np.int64)

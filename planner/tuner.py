@@ -12,6 +12,7 @@ import numpy as np
 
 from costmodel import ClusterSpec, ModelSpec, Plan, load_cluster, load_model, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
+from costmodel.plan import PER_STAGE_KEYS, even_split
 from costmodel.prediction import Prediction, predict
 from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
 
@@ -101,7 +102,7 @@ def to_plan(model: ModelSpec, g: Group, options: list[StageTable], picks: list[i
     col = lambda name: [int(o.knobs[name][j]) for o, j in zip(options, picks)]  # noqa: E731
     l, r, oa, os_, f = col("l"), col("r"), col("oa"), col("os"), col("f")
     one = lambda xs: xs[0] if len(set(xs)) == 1 else xs  # noqa: E731
-    even = [model.num_hidden_layers // g.pp + (1 if i < model.num_hidden_layers % g.pp else 0) for i in range(g.pp)]
+    even = even_split(model.num_hidden_layers, g.pp)
     rec = MODE_NAME[mode] if any(r) else "none"
     partial_fp8 = any(0 < fi < li for fi, li in zip(f, l))
     data = dict(global_batch_size=global_batch_size, micro_batch_size=g.mbs, seq_len=seq_len, dp=g.dp, tp=g.tp,
@@ -129,7 +130,7 @@ def _interleaved_variant(plan: Plan, model: ModelSpec) -> Plan | None:
     half = lambda xs: [xs[i] // 2 + xs[i] % 2 for i in range(len(xs))] + [xs[i] // 2 for i in range(len(xs))]  # noqa
     chunk_layers = half(layers)
     knobs = {}
-    for key in ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers"):
+    for key in PER_STAGE_KEYS:
         vals = half(plan.per_stage(key, L))
         vals = [min(v, n) for v, n in zip(vals, chunk_layers)]
         knobs[key] = vals[0] if len(set(vals)) == 1 and key != "recompute_layers" else vals
@@ -161,12 +162,11 @@ def interleave(plan: Plan, model: ModelSpec, cluster: ClusterSpec, prof: Hardwar
         pred = predict(model, cluster, v2, profile=prof)
         if pred.feasible:
             return v2, pred
-        if v2.recompute == "none" or pred.host_memory_bytes > prof.host_memory_gib * 2**30 * 0.9:
+        if v2.recompute == "none" or pred.host_memory_bytes > prof.host_budget_bytes:
             return None
         rec, layers = v2.per_stage("recompute_layers", L), v2.stage_layers(L)
         oa = v2.per_stage("offload_activation_layers", L)
-        need = lambda r: r["peak_memory_bytes"] * (1 + prof.fragmentation) + prof.context_gib * 2**30  # noqa
-        over = [r["rank"] for r in pred.ranks if need(r) > prof.memory_bytes]  # as predict judges a rank
+        over = [r["rank"] for r in pred.ranks if not prof.fits(r["peak_memory_bytes"])]  # as predict judges
         full_now = False
         for rank in over:  # one more checkpointed block on every rank that does not fit
             chunks = [c for c in range(rank, v2.num_stages, v2.pp) if rec[c] + oa[c] < layers[c]]

@@ -39,11 +39,12 @@ def _synthetic(truth) -> list[dict]:
 
 def test_fit_recovers_the_constants_the_kernel_times_were_made_with():
     base = load_profile(ROOT / "profiles" / "h200-measured.yaml")
-    base = anatomy_fit.with_constants(base, in_training={}, elementwise_efficiency=0.8)
-    truth = anatomy_fit.with_constants(base, in_training={"gemm": 1.25, "fp8_gemm": 0.8, "attention": 0.9},
-                                       elementwise_efficiency=0.5)
+    base = base.with_constants("test", in_training_gemm=1.0, in_training_fp8_gemm=1.0, in_training_attention=1.0,
+                               elementwise_efficiency=0.8)
+    truth = base.with_constants("test", in_training_gemm=1.25, in_training_fp8_gemm=0.8, in_training_attention=0.9,
+                                elementwise_efficiency=0.5)
     fitted, lines = anatomy_fit.fit(_synthetic(truth), ENTRIES, base)
-    assert fitted["in_training"] == pytest.approx({"gemm": 1.25, "fp8_gemm": 0.8, "attention": 0.9}, abs=0.02)
+    assert [fitted[k] for k in anatomy_fit.IN_TRAINING] == pytest.approx([1.25, 0.8, 0.9], abs=0.02)
     assert fitted["elementwise_efficiency"] == pytest.approx(0.5, abs=0.01)
     assert fitted["cpu_adam_params_per_s"] == pytest.approx(2e9, rel=0.01)  # the idle beyond the plain plans'
     assert len(lines) == 2 + len(NAMES)
@@ -55,6 +56,6 @@ def test_committed_profile_holds_what_the_committed_anatomy_fits():
     import json
     results = [r for r in json.loads(anatomy_fit.ANATOMY.read_text()) if "error" not in r]
     fitted, _ = anatomy_fit.fit(results, ENTRIES, prof)
-    assert fitted["in_training"] == pytest.approx(prof.constants["in_training"], abs=0.01)
-    assert fitted["elementwise_efficiency"] == pytest.approx(prof.constants["elementwise_efficiency"], abs=0.01)
+    for k in (*anatomy_fit.IN_TRAINING, "elementwise_efficiency"):
+        assert fitted[k] == pytest.approx(prof.const(k), abs=0.01), k
     assert dataclasses.asdict(prof)["cpu_adam_params_per_s"] == pytest.approx(fitted["cpu_adam_params_per_s"])

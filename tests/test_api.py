@@ -11,6 +11,7 @@ pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
 
 import planner  # noqa: E402
+from costmodel import GiB
 from costmodel import SpecError, load_cluster, load_model, load_plan, predict as cost  # noqa: E402
 from costmodel.specs import RECIPES, ClusterSpec, ModelSpec  # noqa: E402
 from planner import plots  # noqa: E402
@@ -18,7 +19,6 @@ from planner.space import SearchSpace  # noqa: E402
 from planner.tuner import tune  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*max_position_embeddings.*")
-GiB = 2**30
 TINY = ModelSpec(name="tiny-0.5b", hidden_size=1024, intermediate_size=4096, num_hidden_layers=4,
                  num_attention_heads=16, num_key_value_heads=4, vocab_size=32000)
 FOUR_H100 = ClusterSpec(name="4xh100", nodes=1, gpus_per_node=4, gpu="h100-sxm")

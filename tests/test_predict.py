@@ -1,4 +1,5 @@
 """`predict` on every shipped model × cluster pair, and properties any sound cost model has."""
+import dataclasses
 import math
 
 import numpy as np
@@ -77,14 +78,13 @@ def test_time_knobs_move_time_the_right_way():
 
 
 def test_rowwise_float8_costs_the_profiles_measured_gemm_slowdown():
-    import dataclasses
     from costmodel.hardware import load_profile
     plan = parse_plan(dict(global_batch_size=16, micro_batch_size=2, seq_len=4096, dp=8, tp=1, pp=1, zero=3,
                            recompute="none", compile=True, fp8_layers=32))
     row = plan.replace(fp8_recipe="rowwise")
     prof = load_profile("h100-sxm")
-    same = dataclasses.replace(prof, constants={**prof.constants, "fp8_rowwise_gemm_slowdown": 1.0})
-    slow = dataclasses.replace(prof, constants={**prof.constants, "fp8_rowwise_gemm_slowdown": 1.5})
+    same = prof.with_constants("test", fp8_rowwise_gemm_slowdown=1.0)
+    slow = prof.with_constants("test", fp8_rowwise_gemm_slowdown=1.5)
     t = lambda p, pr: predict("llama3-8b", "8xh100", p, profile=pr).time_breakdown["compute_fwd"]  # noqa
     assert t(row, slow) > t(row, same)
     assert t(plan, slow) == pytest.approx(t(plan, same))             # tensorwise plans do not use it
@@ -115,7 +115,7 @@ def _pp2(**over):
 
 
 def test_gpipe_last_stage_keeps_every_micro_batchs_log_softmax():
-    m = load_model("llama3.2-1b")
+    m = dataclasses.replace(load_model("llama3.2-1b"), tie_word_embeddings=False)  # pipelines need untied
     gpipe, f1b = (predict(m, "2xh200", _pp2(pp_schedule=s)).ranks[1] for s in ("GPipe", "1F1B"))
     per_mb = 4 * 4096 * m.vocab_size                     # fp32 log-softmax output of one micro-batch
     assert f1b["memory_breakdown"]["retained_logits"] == 0
@@ -123,7 +123,7 @@ def test_gpipe_last_stage_keeps_every_micro_batchs_log_softmax():
 
 
 def test_pipeline_receive_buffers_grow_with_the_micro_batch_count():
-    m = load_model("llama3.2-1b")
+    m = dataclasses.replace(load_model("llama3.2-1b"), tie_word_embeddings=False)  # pipelines need untied
     buf = lambda gbs: predict(m, "2xh200", _pp2(global_batch_size=gbs)).ranks[0]["memory_breakdown"][  # noqa
         "pipeline_buffers"]
     assert buf(16) == pytest.approx(16 * 2 * 4096 * m.hidden_size)   # first stage: gradient buffers only

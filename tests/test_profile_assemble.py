@@ -53,7 +53,7 @@ def test_assembled_profile_parses_and_round_trips(tmp_path):
     path = tmp_path / "h200-measured.yaml"
     path.write_text(prof.to_yaml())
     assert load_profile(str(path)) == prof
-    assert len(prof.to_yaml().splitlines()) < 80  # one line per point
+    assert len(prof.to_yaml().splitlines()) < 120  # one line per point and per constant
 
 
 def test_measured_scalars_replace_the_base_and_the_rest_is_kept():
@@ -62,13 +62,14 @@ def test_measured_scalars_replace_the_base_and_the_rest_is_kept():
     assert prof.host_link_gbps == pytest.approx(51.9)  # the slower direction
     assert prof.cpu_adam_params_per_s == pytest.approx(3.1e8)
     assert prof.kernel_launch_s == pytest.approx(4.2e-6)
-    assert prof.overlap.h2d_compute_slowdown == 0.013
-    # single GPU: links, comm overlap and the rest come from the base
+    assert prof.const("h2d_compute_slowdown") == 0.013
+    assert prof.constants["h2d_compute_slowdown"].source.startswith("measured 2026-01-01 NVIDIA H200")
+    # single GPU: links, comm overlap and the rest come from the base, with the base's sources
     assert prof.intra_node == BASE.intra_node and prof.inter_node == BASE.inter_node
-    assert prof.overlap.comm_compute_slowdown == BASE.overlap.comm_compute_slowdown
+    assert prof.constants["comm_compute_slowdown"] == BASE.constants["comm_compute_slowdown"]
     assert (prof.host_memory_gib, prof.fragmentation) == (BASE.host_memory_gib, BASE.fragmentation)
     assert prof.bf16_tflops == BASE.bf16_tflops and prof.name == "h200-measured"
-    assert prof.constants["host_copy"] == {"h2d_gbps": 54.2, "d2h_gbps": 51.9}
+    assert prof.records["host_copy"] == {"h2d_gbps": 54.2, "d2h_gbps": 51.9}
 
 
 def test_source_line_says_measured_when_on_what_and_how():
@@ -93,7 +94,7 @@ def test_unmeasured_curves_and_scalars_keep_the_base():
     assert prof.fp8_gemm == BASE.fp8_gemm and prof.fp8_tflops == BASE.fp8_tflops
     assert "fp8_gemm kept from base (compute capability (8, 0) < 8.9)" in prof.source
     assert prof.hbm_gbps == BASE.hbm_gbps and prof.host_link_gbps == BASE.host_link_gbps
-    assert "host_copy" not in prof.constants
+    assert "host_copy" not in prof.records
 
 
 def test_a_curve_that_cannot_be_fit_keeps_the_base_and_says_why():
@@ -108,13 +109,13 @@ def test_collectives_fit_the_intra_node_link_per_ring_step_and_keep_the_table():
     assert prof.intra_node.latency_s == pytest.approx(LAT_S, rel=1e-3)
     assert prof.intra_node.bandwidth_gbps == pytest.approx(BUSBW, rel=1e-3)
     assert prof.inter_node == BASE.inter_node
-    coll = prof.constants["collectives"]
+    coll = prof.records["collectives"]
     assert coll["world_size"] == 4
     assert coll["send_recv"]["bandwidth_gbps"] == pytest.approx(BUSBW, rel=1e-3)
     assert (coll["all_reduce"]["steps"], coll["all_gather"]["steps"]) == (6, 3)
     assert coll["all_reduce"]["latency_s"] == pytest.approx(LAT_S, rel=1e-3)
     assert len(coll["all_reduce"]["table"]) == 8
-    assert (prof.overlap.comm_compute_slowdown, prof.overlap.comm_efficiency) == (0.07, 0.93)
+    assert (prof.const("comm_compute_slowdown"), prof.const("comm_efficiency")) == (0.07, 0.93)
     assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof
 
 
@@ -123,7 +124,7 @@ def test_collectives_that_do_not_fit_keep_their_table_and_the_base_link():
     prof = assemble_profile(fake(world_size=2, collectives=flat), BASE, name="x")
     assert prof.intra_node == BASE.intra_node
     assert "intra_node kept from base (collective time does not grow with message size" in prof.source
-    entry = prof.constants["collectives"]["all_gather"]
+    entry = prof.records["collectives"]["all_gather"]
     assert "bandwidth_gbps" not in entry and "does not grow" in entry["fit_error"] and len(entry["table"]) == 8
     assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof
 
@@ -131,8 +132,8 @@ def test_collectives_that_do_not_fit_keep_their_table_and_the_base_link():
 def test_overlap_factors_are_clamped_to_physical_ranges():
     prof = assemble_profile(fake(world_size=2, collectives=_collectives(2), comm_compute_slowdown=-0.004,
                                  comm_efficiency=1.02, h2d_compute_slowdown=-0.01), BASE, name="x")
-    assert prof.overlap == type(prof.overlap)(comm_compute_slowdown=0.0, comm_efficiency=1.0,
-                                              h2d_compute_slowdown=0.0)
+    assert [prof.const(k) for k in ("comm_compute_slowdown", "comm_efficiency", "h2d_compute_slowdown")] \
+        == [0.0, 1.0, 0.0]
 
 
 def test_a_gemm_faster_than_the_base_peak_raises_the_peak_and_says_so():
@@ -192,5 +193,6 @@ def test_rowwise_float8_slowdown_is_the_median_ratio_over_shapes_measured_both_w
     rowwise = [dict(r, seconds=r["seconds"] * f) for r, f in zip(tensorwise[:3], (1.2, 1.3, 1.5))]
     rowwise.append({"m": 7, "n": 7, "k": 7, "seconds": 1.0})  # not measured tensorwise: ignored
     prof = assemble_profile(fake(fp8_rowwise_gemm=rowwise), BASE, name="x")
-    assert prof.constants["fp8_rowwise_gemm_slowdown"] == pytest.approx(1.3)
-    assert "fp8_rowwise_gemm_slowdown" not in assemble_profile(fake(), BASE, name="x").constants
+    assert prof.const("fp8_rowwise_gemm_slowdown") == pytest.approx(1.3)
+    kept = assemble_profile(fake(), BASE, name="x").constants["fp8_rowwise_gemm_slowdown"]
+    assert kept == BASE.constants["fp8_rowwise_gemm_slowdown"]   # not measured: the base's value and source

@@ -15,7 +15,8 @@ from launcher.data import SyntheticTokens, TokenFile, sample_ids
 from launcher.model import Transformer, apply_rope, build_model, rope_tables
 from launcher.optim import lr_factor
 from launcher.parallel.ac import apply_ac
-from launcher.parallel.fp8 import Fp8Rotation, apply_fp8, torchao_would_skip
+from costmodel.fp8 import fp8_skipped
+from launcher.parallel.fp8 import Fp8Rotation, apply_fp8
 from launcher.parallel.offload import SaveOnCpuWrapper, apply_offload
 from launcher.parallel.pipeline import split_pipeline
 
@@ -132,10 +133,10 @@ def test_activation_offload_wraps_blocks_after_the_checkpointed_ones(monkeypatch
 
 
 def test_torchao_size_filter_thresholds():
-    assert torchao_would_skip(4096, 1024, "tensorwise") and not torchao_would_skip(4096, 1025, "tensorwise")
-    assert not torchao_would_skip(4097, 1024, "tensorwise")
-    assert torchao_would_skip(8192, 2048, "rowwise") and torchao_would_skip(1024, 8192, "rowwise")
-    assert torchao_would_skip(2048, 4096, "rowwise") and not torchao_would_skip(4096, 4096, "rowwise")
+    assert fp8_skipped(4096, 1024, "tensorwise") and not fp8_skipped(4096, 1025, "tensorwise")
+    assert not fp8_skipped(4097, 1024, "tensorwise")
+    assert fp8_skipped(8192, 2048, "rowwise") and fp8_skipped(1024, 8192, "rowwise")
+    assert fp8_skipped(2048, 4096, "rowwise") and not fp8_skipped(4096, 4096, "rowwise")
 
 
 def test_float8_converts_the_first_blocks_and_keeps_parameters():

@@ -122,8 +122,9 @@ def test_plan_verify_moves_a_plan_that_does_not_fit_by_traced_memory_behind(zero
     from planner.tuner import Candidate, TuneResult
     # a GPU whose memory lies between the traced peaks of the zero 2 and the zero 3 plan
     prof = load_profile("h200").to_dict()
-    prof.update(name="between", memory_gib=(zero2.peak_bytes + zero3.peak_bytes) / 2 / 2**30, context_gib=0.0,
-                fragmentation=0.0)
+    prof.update(name="between", memory_gib=(zero2.peak_bytes + zero3.peak_bytes) / 2 / 2**30)
+    for key in ("context_gib", "fragmentation"):
+        prof["constants"][key] = {"value": 0.0, "source": "a GPU made up for this test"}
     (tmp_path / "between.yaml").write_text(yaml.safe_dump(prof))
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(yaml.safe_dump({"nodes": 1, "gpus_per_node": 2, "gpu": str(tmp_path / "between.yaml")}))

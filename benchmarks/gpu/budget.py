@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from costmodel import GiB
+
 # Seconds, per launcher.bench process: python + torch + CUDA context + process group (+ NCCL for 2 GPUs).
 PROCESS_START_S = 20.0
 # Calibrated on the first H200 runs of plans_1gpu.yaml (23 plans, benchmarks/data/h200-1gpu-sweep-*.jsonl;
@@ -32,7 +34,6 @@ OOM_S = 2.0
 SAFETY = 1.2
 # A group must finish well inside the device's 10-minute command limit.
 GROUP_LIMIT_S = 480.0
-GiB = 2**30
 
 
 def read_entries(path: str | Path) -> list[dict]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-GiB = 2**30
+from costmodel import GiB
+
 
 
 def read_jsonl(path: Path) -> list[dict]:

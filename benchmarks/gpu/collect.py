@@ -40,7 +40,7 @@ from campaign_report import read_jsonl  # noqa: E402
 
 MERGED = {"bench.jsonl", "plain.jsonl", "status.json"}
 STATE_RANK = {"done": 3, "failed": 2, "partial": 1, "cut": 1, "running": 0, "pending": 0}
-TWO_GPU_MARK = " | 2-GPU fields (intra_node, overlap.comm_*, constants.collectives) from: "
+TWO_GPU_MARK = " | 2-GPU fields (intra_node, constants.comm_*, records.collectives) from: "
 
 
 def _better(old: dict | None, new: dict) -> dict:
@@ -123,10 +123,10 @@ def merge_two_gpu_fields(full: dict, two: dict) -> dict:
     from costmodel.hardware import parse_profile
     out = copy.deepcopy(full)
     out["intra_node"] = two["intra_node"]
-    out["overlap"] = {**full.get("overlap", {}), **{k: v for k, v in two.get("overlap", {}).items()
-                                                    if k.startswith("comm_")}}
-    if "collectives" in two.get("constants", {}):
-        out.setdefault("constants", {})["collectives"] = two["constants"]["collectives"]
+    for k in ("comm_compute_slowdown", "comm_efficiency"):
+        out["constants"][k] = two["constants"][k]
+    if "collectives" in two.get("records", {}):
+        out.setdefault("records", {})["collectives"] = two["records"]["collectives"]
     out["source"] = " ".join(str(full["source"]).split(TWO_GPU_MARK)[0].split()) + TWO_GPU_MARK + \
         " ".join(str(two["source"]).split())
     parse_profile(out, "<merged profile>")  # the result must load

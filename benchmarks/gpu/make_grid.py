@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from costmodel import GiB
+
 HERE = Path(__file__).resolve().parent
-GiB = 2**30
 
 # (name suffix, plan knobs besides global batch and sequence length)
 GRID_1GPU = [

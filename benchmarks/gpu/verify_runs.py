@@ -13,9 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from costmodel import GiB
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-GIB = 2**30
+
 
 
 def trace_all(entries: list[dict], cluster: str, budget_s: float, out: Path | None) -> list[dict]:
@@ -58,14 +60,14 @@ def compare(traced_path: Path, measured_paths: list[Path]) -> str:
             continue
         if t.get("superseded"):
             why = t["superseded"][:60]
-            rows.append(f"| {name} | {m['peak_memory_bytes'] / GIB:.2f} | | | | | superseded: {why}… |")
+            rows.append(f"| {name} | {m['peak_memory_bytes'] / GiB:.2f} | | | | | superseded: {why}… |")
             continue
         mb, tb, pb = m["peak_memory_bytes"], t["peak_memory_bytes"], t["predicted_peak_memory_bytes"]
         note = "; ".join(n.split(":")[0] for n in t.get("notes", []))
         compiled = bool(m.get("plan", {}).get("compile"))
         if not compiled:
             errs.append(abs(tb / mb - 1))
-        rows.append(f"| {name} | {mb / GIB:.2f} | {tb / GIB:.2f} | {100 * (tb / mb - 1):+.1f}% | {pb / GIB:.2f} | "
+        rows.append(f"| {name} | {mb / GiB:.2f} | {tb / GiB:.2f} | {100 * (tb / mb - 1):+.1f}% | {pb / GiB:.2f} | "
                     f"{100 * (pb / mb - 1):+.1f}% | {note} |")
     if errs:
         rows.append(f"\n{len(errs)} eager plans: traced peak median |err| {100 * statistics.median(errs):.1f}%, "

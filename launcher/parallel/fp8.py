@@ -8,15 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from costmodel.fp8 import fp8_skipped
 from launcher.model import Transformer
-
-
-def torchao_would_skip(in_features: int, out_features: int, recipe: str) -> bool:
-    """torchao's size filter (H100 microbenchmarks, DESIGN.md): Linears too small for float8 to pay."""
-    k, n = in_features, out_features
-    if recipe == "tensorwise":
-        return k <= 4096 and n <= 1024
-    return n <= 2048 or k <= 1024 or (n <= 4096 and k <= 2048)
 
 
 def _switchable_class():
@@ -66,7 +59,7 @@ def apply_fp8(model: Transformer, *, num_blocks: int, recipe: Literal["tensorwis
         for child_name, child in list(block.named_modules()):
             if type(child) is not nn.Linear:
                 continue
-            if skip_small and torchao_would_skip(child.in_features, child.out_features, recipe):
+            if skip_small and fp8_skipped(child.in_features, child.out_features, recipe):
                 continue
             new = cls.from_float(child, config=config)
             parent_name, _, attr = child_name.rpartition(".")

@@ -1,0 +1,144 @@
+"""The named constants the cost formulas stand on, and where each is stated: every one is data with a source.
+
+Two kinds, two homes:
+- **hardware constants** (of a GPU, its host and its links) are stated in each hardware profile's
+  ``constants:`` block (profiles/*.yaml);
+- **runtime constants** (of loadmaster's trainer: kernels a block launches, bytes its memory-bound ops move)
+  are the same on every GPU and stated once, in profiles/runtime/loadmaster.yaml.
+
+Each entry is ``name: {value: X, source: "..."}`` where the source says how the number was obtained (measured:
+date, GPU, command; datasheet; derived: from what; assumed: why). A file that misses a constant, adds an unknown
+one or gives one without a source is a load error naming the key: nothing falls back to a value in the code.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SpecError, read_yaml, require
+from .specs import PROFILES
+
+
+@dataclass(frozen=True)
+class ConstantDef:
+    """What a named constant means and the range a file may give it."""
+
+    doc: str
+    """One line: what it measures, in which unit."""
+    lo: float
+    """Smallest legal value."""
+    hi: float
+    """Largest legal value."""
+
+
+@dataclass(kw_only=True, frozen=True)
+class Constant:
+    """One stated constant: its value and where it comes from."""
+
+    value: float
+    """The number the formulas use."""
+    source: str
+    """How it was obtained (measured / datasheet / derived / assumed, with the details)."""
+
+
+HARDWARE: dict[str, ConstantDef] = {
+    "kernel_launch_s": ConstantDef("host seconds per launched eager kernel (bounds small blocks)", 0.0, 1e-3),
+    "fsdp_hook_s": ConstantDef("host seconds of FSDP2's pre/post hooks per block per pass", 0.0, 1e-2),
+    "elementwise_efficiency": ConstantDef("memory-bound kernels' share of the device-copy bandwidth (0-1]",
+                                          1e-3, 1.0),
+    "fp8_rowwise_gemm_slowdown": ConstantDef("rowwise / tensorwise float8 GEMM time", 0.5, 4.0),
+    "in_training_gemm": ConstantDef("bf16 GEMM throughput inside a training step / the isolated curve", 0.2, 2.0),
+    "in_training_fp8_gemm": ConstantDef("float8 GEMM throughput inside a step / the isolated curve", 0.2, 2.0),
+    "in_training_attention": ConstantDef("SDPA throughput inside a step / the isolated curve", 0.2, 2.0),
+    "comm_compute_slowdown": ConstantDef("fractional slowdown of compute while a collective runs beside it",
+                                         0.0, 1.0),
+    "comm_efficiency": ConstantDef("share of a link's bandwidth a collective reaches beside compute", 1e-3, 1.0),
+    "h2d_compute_slowdown": ConstantDef("fractional slowdown of compute while a host copy runs beside it", 0.0, 1.0),
+    "context_gib": ConstantDef("device memory outside PyTorch's allocator (CUDA context, NCCL, cuBLAS), GiB",
+                               0.0, 64.0),
+    "fragmentation": ConstantDef("caching allocator's reserved / allocated - 1 at the peak", 0.0, 1.0),
+    "host_memory_usable_fraction": ConstantDef("share of a node's CPU memory offloaded state may take", 0.05, 1.0),
+}
+
+RUNTIME: dict[str, ConstantDef] = {
+    "kernels_per_block_eager": ConstantDef("kernels an eager block launches in forward", 1, 1000),
+    "kernels_per_block_compiled": ConstantDef("kernels a torch.compile'd block launches in forward", 1, 1000),
+    "kernels_per_block_tp_extra": ConstantDef("extra forward kernels of a tensor-parallel block", 0, 1000),
+    "norm_residual_bytes_eager": ConstantDef("HBM bytes per hidden element of a block's norms and residual "
+                                             "adds, eager", 0, 1000),
+    "norm_residual_bytes_compiled": ConstantDef("the same, compiled (fused)", 0, 1000),
+    "rope_bytes_eager": ConstantDef("HBM bytes per q/k element of eager RoPE", 0, 1000),
+    "rope_bytes_compiled": ConstantDef("HBM bytes per q/k element of RoPE, compiled", 0, 1000),
+    "mlp_act_bytes_eager": ConstantDef("HBM bytes per MLP-width element of the activation, eager, plain MLP",
+                                       0, 1000),
+    "mlp_act_bytes_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "mlp_gate_bytes_eager": ConstantDef("extra bytes per MLP-width element of a gated (SwiGLU) activation, eager",
+                                        0, 1000),
+    "mlp_gate_bytes_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "loss_forward_bytes_per_logit": ConstantDef("live bytes per logit in the loss's forward (bf16 logits, fp32 "
+                                                "copy, log-softmax)", 0, 1000),
+    "loss_backward_bytes_per_logit": ConstantDef("live bytes per logit in the loss's backward", 0, 1000),
+    "loss_traffic_bytes_per_logit": ConstantDef("HBM bytes per logit the loss's memory-bound kernels move "
+                                                "(forward + backward)", 0, 1000),
+    "fp8_cast_bytes_eager": ConstantDef("HBM bytes per element of torchao's two dynamic casts, eager", 0, 1000),
+    "fp8_cast_bytes_compiled": ConstantDef("the same, compiled (amax fused into the producer)", 0, 1000),
+    "tp_selective_redo_share": ConstantDef("share of a block pass's TP collectives selective recompute redoes",
+                                           0.0, 1.0),
+    "optimizer_bytes_per_param": ConstantDef("HBM bytes per local fp32 parameter of fused AdamW + clipping",
+                                             0, 1000),
+    "optimizer_kernels_per_block": ConstantDef("optimizer-step kernels per block", 0, 1000),
+    "optimizer_kernels_fixed": ConstantDef("optimizer-step kernels per stage besides the blocks'", 0, 1000),
+}
+
+
+def parse_constants(data: object, source: str | Path, defs: dict[str, ConstantDef],
+                    key: str = "constants") -> dict[str, Constant]:
+    """Read a ``constants:`` mapping: every defined name present, with a finite value in range and a source."""
+    import difflib
+    require(isinstance(data, dict), source, key, f"is {data!r}", "give a mapping name: {value: X, source: '...'}")
+    out = {}
+    for name, entry in data.items():
+        if name not in defs:
+            close = difflib.get_close_matches(str(name), list(defs), n=1)
+            raise SpecError(source, f"{key}.{name}", "unknown constant",
+                            f"did you mean `{close[0]}`?" if close else f"known: {', '.join(defs)}")
+        where = f"{key}.{name}"
+        require(isinstance(entry, dict) and set(entry) == {"value", "source"}, source, where,
+                f"is {entry!r}", "write {value: X, source: 'measured/datasheet/derived/assumed: ...'}")
+        value, src = entry["value"], entry["source"]
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                source, where, f"value {value!r} is not a number", "give a finite number")
+        d = defs[name]
+        require(d.lo <= value <= d.hi, source, where, f"value {value} is outside [{d.lo}, {d.hi}]",
+                f"it is {d.doc}")
+        require(isinstance(src, str) and len(src.strip()) >= 8, source, where, f"source {src!r} says nothing",
+                "say how the number was obtained")
+        out[name] = Constant(value=float(value), source=src.strip())
+    missing = [n for n in defs if n not in out]
+    require(not missing, source, f"{key}.{missing[0] if missing else ''}", "missing",
+            f"state every constant with its source (missing: {', '.join(missing)})")
+    return out
+
+
+RUNTIME_FILE = PROFILES / "runtime" / "loadmaster.yaml"
+
+
+@functools.lru_cache(maxsize=4)
+def _runtime_cached(path: str, mtime: float) -> dict[str, Constant]:
+    data = read_yaml(path)
+    require(set(data) == {"name", "source", "constants"}, path, "<file>", f"has keys {sorted(data)}",
+            "a runtime file has name, source and constants")
+    return parse_constants(data["constants"], path, RUNTIME)
+
+
+def runtime_constants(path: str | Path = RUNTIME_FILE) -> dict[str, Constant]:
+    """The runtime constants of loadmaster's trainer (profiles/runtime/loadmaster.yaml)."""
+    p = Path(path)
+    return _runtime_cached(str(p), p.stat().st_mtime)
