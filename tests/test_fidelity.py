@@ -69,15 +69,17 @@ def test_scoreboard_reports_known_errors_and_out_of_memory_calls(tmp_path):
     assert fidelity.misses(s) == ["mem max |error| 20.0% > 15%"]
 
 
-def test_published_table_replays_the_torchtitan_rows():
+def test_published_table_replays_every_row():
     rows = fidelity.published()
-    assert [r.name for r in rows] == ["torchtitan-llama3.1-8b-fsdp-sac", "torchtitan-llama3.1-8b-fsdp-sac-compile",
-                                      "torchtitan-llama3.1-8b-fsdp-sac-compile-fp8"]
-    assert [r.tokens_meas for r in rows] == [5762, 6667, 8532]
-    assert rows[0].mem_meas_gib == 82.4 and rows[0].mem_kind == "reserved"
+    assert len(rows) >= 30
     assert all(math.isfinite(r.tokens_err) and r.tokens_pred > 0 for r in rows)
+    by = {r.name: r for r in rows}
+    tt = [by[n] for n in ("torchtitan-llama3.1-8b-fsdp-sac", "torchtitan-llama3.1-8b-fsdp-sac-compile",
+                          "torchtitan-llama3.1-8b-fsdp-sac-compile-fp8")]
+    assert [r.tokens_meas for r in tt] == [5762, 6667, 8532]
+    assert tt[0].mem_meas_gib == 82.4 and tt[0].mem_kind == "reserved"
     # compile and float8 make the prediction faster, as they made the measurement
-    assert rows[0].tokens_pred < rows[1].tokens_pred < rows[2].tokens_pred
+    assert tt[0].tokens_pred < tt[1].tokens_pred < tt[2].tokens_pred
     assert load_cluster("8xh100").num_gpus == 8
 
 
