@@ -13,6 +13,7 @@ A second table replays published numbers (benchmarks/data/published.yaml) — re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -26,6 +27,7 @@ import yaml
 from costmodel import GiB
 from costmodel import load_cluster, load_model, load_profile, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
+from costmodel.memory import ENGINES
 from costmodel.prediction import predict
 from costmodel.runs import MeasuredRun, read_runs
 
@@ -118,20 +120,44 @@ class PublishedRow:
 
     name: str
     reference: str
+    split: str
+    engine: str
     tokens_meas: float
     tokens_pred: float
     mem_meas_gib: float | None
     mem_kind: str
     mem_pred_gib: float
     notes: str
+    unsupported: list[str]
 
     @property
     def tokens_err(self) -> float:
-        return self.tokens_pred / self.tokens_meas - 1
+        """Relative error of the predicted step time (measured tokens/s over predicted, less 1)."""
+        return self.tokens_meas / self.tokens_pred - 1
 
     @property
     def mem_err(self) -> float | None:
         return self.mem_pred_gib / self.mem_meas_gib - 1 if self.mem_meas_gib else None
+
+
+# Engines that keep a tied embedding's copy on the last pipeline stage (its gradient all-reduced with the first
+# stage's): the cost of two vocabulary matrices, as an untied model has. loadmaster's trainer refuses the case.
+_COPIES_TIED_EMBEDDINGS = {"megatron", "nemo", "deepspeed"}
+
+
+def replay(entry: dict, path: str | Path = PUBLISHED, profile: str | Path | None = None):
+    """(prediction, profile) of one published row under its engine's conventions (costmodel.memory.ENGINES),
+    on its GPU variant's profile (profiles/variants) when the row names one."""
+    model = load_model(entry["model"])
+    plan = parse_plan(entry["plan"], f"{path}:{entry['name']}")
+    engine = entry.get("engine", "loadmaster")
+    if model.tie_word_embeddings and plan.num_stages > 1 and engine in _COPIES_TIED_EMBEDDINGS:
+        model = dataclasses.replace(model, tie_word_embeddings=False)
+    cluster = load_cluster(entry["cluster"])
+    if profile is None and entry.get("gpu_variant"):
+        profile = entry["gpu_variant"]
+    prof = _profile(cluster, profile)
+    return predict(model, cluster, plan, profile=prof, opts=ENGINES.get(engine, ENGINES["loadmaster"])), prof
 
 
 def published(path: str | Path = PUBLISHED, profile: str | Path | None = None) -> list[PublishedRow]:
@@ -140,18 +166,23 @@ def published(path: str | Path = PUBLISHED, profile: str | Path | None = None) -
     fragmentation))."""
     rows = []
     for e in yaml.safe_load(Path(path).read_text()):
-        cluster = load_cluster(e["cluster"])
-        prof = _profile(cluster, profile)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pred = predict(load_model(e["model"]), cluster, parse_plan(e["plan"], f"{path}:{e['name']}"),
-                           profile=prof)
+            pred, prof = replay(e, path, profile)
         m = e["measured"]
         kind = m.get("memory_kind", "allocated")
         mem = pred.peak_memory_bytes * ((1 + prof.fragmentation) if kind == "reserved" else 1) / GiB
-        rows.append(PublishedRow(e["name"], e["reference"], float(m["tokens_per_s_per_gpu"]),
-                                 pred.tokens_per_s_per_gpu, m.get("memory_gib"), kind, mem, e.get("notes", "")))
+        rows.append(PublishedRow(e["name"], e["reference"], e.get("split", "fit"), e.get("engine", "other"),
+                                 float(m["tokens_per_s_per_gpu"]), pred.tokens_per_s_per_gpu, m.get("memory_gib"),
+                                 kind, mem, e.get("notes", ""), list(e.get("unsupported", []))))
     return rows
+
+
+def published_summary(rows: list[PublishedRow], split: str) -> dict:
+    """Step-time error of the scored rows of one split (rows with a parallelism the schema lacks are left out)."""
+    errs = [abs(r.tokens_err) for r in rows if r.split == split and not r.unsupported]
+    return {"rows": len(errs), "median": statistics.median(errs) if errs else math.nan,
+            "max": max(errs, default=math.nan)}
 
 
 def _print_measured(rows: list[Row], s: dict) -> None:
@@ -186,14 +217,20 @@ def anatomy_names() -> set[str]:
 
 
 def _print_published(rows: list[PublishedRow]) -> None:
-    print("\n| published | tokens/s/GPU meas | pred | err | memory meas (GiB) | pred (GiB) | err |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| published | split | engine | tokens/s/GPU meas | pred | step-time err | memory meas (GiB) | pred (GiB) "
+          "| err |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mem = (f"{r.mem_meas_gib:.1f} ({r.mem_kind}) | {r.mem_pred_gib:.1f} | {r.mem_err:+.1%}" if r.mem_meas_gib
                else f"- | {r.mem_pred_gib:.1f} | ")
-        print(f"| {r.name} | {r.tokens_meas:,.0f} | {r.tokens_pred:,.0f} | {r.tokens_err:+.1%} | {mem} |")
-    for r in rows:
-        print(f"- {r.name}: {r.reference}" + (f" — {r.notes}" if r.notes else ""))
+        split = r.split + (f" (not scored: {', '.join(r.unsupported)})" if r.unsupported else "")
+        print(f"| {r.name} | {split} | {r.engine} | {r.tokens_meas:,.0f} | {r.tokens_pred:,.0f} | "
+              f"{r.tokens_err:+.1%} | {mem} |")
+    print()
+    for split in ("fit", "holdout"):
+        s = published_summary(rows, split)
+        label = "hold-out" if split == "holdout" else "fit"
+        print(f"published {label}: {s['rows']} rows, step time median |err| {s['median']:.1%}, max {s['max']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     pub = published(args.published, args.profile) if args.published else []
     if args.json:
         print(json.dumps({"summary": s, "rows": [asdict(r) for r in rows],
-                          "published": [dict(asdict(r), tokens_err=r.tokens_err, mem_err=r.mem_err) for r in pub]},
+                          "published": [dict(asdict(r), tokens_err=r.tokens_err, mem_err=r.mem_err) for r in pub],
+                          "published_summary": {k: published_summary(pub, k) for k in ("fit", "holdout")}},
                          indent=1))
         return 0
     if s is None:

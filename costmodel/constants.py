@@ -88,6 +88,10 @@ RUNTIME: dict[str, ConstantDef] = {
                                            0.0, 1.0),
     "optimizer_bytes_per_param": ConstantDef("HBM bytes per local fp32 parameter of fused AdamW + clipping",
                                              0, 1000),
+    "optimizer_foreach_bytes_per_param": ConstantDef("HBM bytes per local fp32 parameter of foreach AdamW + "
+                                                     "clipping (each foreach op a pass of its own)", 0, 1000),
+    "optimizer_foreach_temp_bytes_per_param": ConstantDef("bytes per local fp32 parameter foreach AdamW allocates "
+                                                          "during the step", 0, 100),
     "optimizer_kernels_per_block": ConstantDef("optimizer-step kernels per block", 0, 1000),
     "optimizer_kernels_fixed": ConstantDef("optimizer-step kernels per stage besides the blocks'", 0, 1000),
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from .comm import Tier, parse_tier, tier_dict
 from .constants import HARDWARE, Constant, parse_constants
 from .errors import SpecError, build_dataclass, read_yaml, require
 from .specs import ClusterSpec, resolve
@@ -36,16 +37,6 @@ class Curve:
 
 
 @dataclass(kw_only=True, frozen=True)
-class Link:
-    """One tier of interconnect, seen by one GPU, for the alpha-beta model of a ring collective."""
-
-    bandwidth_gbps: float
-    """Bus bandwidth per GPU at large messages, GB/s (NCCL's busbw)."""
-    latency_s: float
-    """Cost of one step of a ring collective, seconds (alpha; a ring over n ranks takes n - 1 steps)."""
-
-
-@dataclass(kw_only=True, frozen=True)
 class HardwareProfile:
     """One GPU type and its links. ``source`` says where the numbers come from."""
 
@@ -67,10 +58,10 @@ class HardwareProfile:
     """Parameters per second one GPU's share of the host CPU updates with AdamW (offloaded state)."""
     host_memory_gib: float
     """CPU memory per node, GiB."""
-    intra_node: Link
-    """NVLink / NVSwitch (or PCIe) between GPUs of one node."""
-    inter_node: Link
-    """Network between nodes, per GPU."""
+    intra_node: Tier
+    """Collective curves between GPUs of one node (NVLink / NVSwitch or PCIe), costmodel.comm."""
+    inter_node: Tier
+    """Collective curves of groups spanning nodes, with the GPUs per node they were measured with."""
     gemm: Curve
     """bf16 GEMM efficiency (of bf16_tflops) by GEMM FLOPs (2mnk)."""
     fp8_gemm: Curve
@@ -133,20 +124,31 @@ class HardwareProfile:
         return self.memory_gib * GiB
 
     def with_cluster(self, cluster: ClusterSpec) -> "HardwareProfile":
-        """This profile with the cluster's link overrides applied."""
+        """This profile with the cluster's link overrides applied: each tier's curves scaled so that their
+        largest-size all-reduce bus bandwidth (inside a node), or that bandwidth per NIC (between nodes), is the
+        cluster's stated one."""
         p = self
-        if cluster.intra_node_bandwidth_gbps:
-            p = dataclasses.replace(p, intra_node=dataclasses.replace(
-                p.intra_node, bandwidth_gbps=cluster.intra_node_bandwidth_gbps))
-        if cluster.inter_node_bandwidth_gbps:
-            p = dataclasses.replace(p, inter_node=dataclasses.replace(
-                p.inter_node, bandwidth_gbps=cluster.inter_node_bandwidth_gbps))
+        for key, per_nic in (("intra_node", False), ("inter_node", True)):
+            want = getattr(cluster, f"{key}_bandwidth_gbps")
+            if want:
+                tier = getattr(p, key)
+                have = max(pts[-1][1] for pts in tier.curves["all_reduce"].values()) * tier.scale
+                if per_nic:
+                    have /= tier.members_per_node or 1
+                p = dataclasses.replace(p, **{key: dataclasses.replace(tier, scale=tier.scale * want / have)})
         if cluster.host_memory_gib:
             p = dataclasses.replace(p, host_memory_gib=cluster.host_memory_gib)
         return p
 
     def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, v in out.items():
+            if isinstance(v, Tier):
+                out[key] = tier_dict(v)
+            elif dataclasses.is_dataclass(v):
+                out[key] = dataclasses.asdict(v)
+            elif key == "constants":
+                out[key] = {k: dataclasses.asdict(c) for k, c in v.items()}
         if not self.records:
             out.pop("records")
         return out
@@ -157,7 +159,7 @@ class HardwareProfile:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, width=120, default_flow_style=None)
 
 
-_NESTED = {"intra_node": Link, "inter_node": Link, "gemm": Curve, "fp8_gemm": Curve, "attention": Curve}
+_NESTED = {"gemm": Curve, "fp8_gemm": Curve, "attention": Curve}
 
 
 def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
@@ -172,6 +174,9 @@ def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
                 raise SpecError(source, f"{key}.{e.key}", e.problem, e.fix) from None
     if "constants" in data:
         data["constants"] = parse_constants(data["constants"], source, HARDWARE)
+    for key in ("intra_node", "inter_node"):
+        if key in data:
+            data[key] = parse_tier(data[key], str(source), key)
     prof = build_dataclass(HardwareProfile, data, source, what="profile")
     for key in ("memory_gib", "bf16_tflops", "fp8_tflops", "hbm_gbps", "host_link_gbps", "cpu_adam_params_per_s"):
         v = getattr(prof, key)
@@ -180,10 +185,8 @@ def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
         c = getattr(prof, key)
         require(0 < c.max_eff <= 1, source, f"{key}.max_eff", f"is {c.max_eff}", "it must be in (0, 1]")
         require(c.half_x > 0 and c.exponent > 0, source, f"{key}.half_x", "half_x and exponent must be positive")
-    for key in ("intra_node", "inter_node"):
-        ln = getattr(prof, key)
-        require(ln.bandwidth_gbps > 0 and ln.latency_s >= 0, source, key,
-                f"bandwidth {ln.bandwidth_gbps}, latency {ln.latency_s}", "bandwidth > 0 and latency >= 0")
+    require(prof.inter_node.members_per_node is not None, source, "inter_node.members_per_node", "missing",
+            "say how many GPUs of each node the inter-node curves were measured with")
     return prof
 
 
@@ -192,10 +195,50 @@ def _load_cached(path: str, mtime: float) -> HardwareProfile:
     return parse_profile(read_yaml(path), path)
 
 
+@dataclass(kw_only=True, frozen=True)
+class Variant:
+    """A GPU part that differs from a shipped profile in power limit, memory size or HBM (profiles/variants/)."""
+
+    name: str
+    """Variant name (file stem)."""
+    base: str
+    """The profile it is derived from."""
+    source: str
+    """Where the part's figures come from."""
+    power_limit_w: float
+    """The part's power limit, W."""
+    base_power_limit_w: float
+    """The base profile's power limit, W."""
+    memory_gib: float
+    """The part's device memory PyTorch can allocate, GiB."""
+    hbm_datasheet_gbps: float
+    """The part's datasheet HBM bandwidth, GB/s."""
+    base_hbm_datasheet_gbps: float
+    """The base part's datasheet HBM bandwidth, GB/s."""
+
+
+def derive_variant(base: HardwareProfile, v: Variant) -> HardwareProfile:
+    """The variant by one stated rule: compute peaks scale with (power limit / base power limit)^(1/3) (dynamic
+    power ~ f·V² with V ~ f, so the sustained clock goes as P^(1/3)); achievable HBM bandwidth with the datasheet
+    ratio; memory is the part's; curves, links and constants are the base's."""
+    clock = min(1.0, (v.power_limit_w / v.base_power_limit_w) ** (1 / 3))
+    return dataclasses.replace(
+        base, name=v.name, memory_gib=v.memory_gib, bf16_tflops=base.bf16_tflops * clock,
+        fp8_tflops=base.fp8_tflops * clock, hbm_gbps=base.hbm_gbps * v.hbm_datasheet_gbps / v.base_hbm_datasheet_gbps,
+        source=f"{v.source}; derived from {base.name} (costmodel.hardware.derive_variant: compute x {clock:.3f} "
+               f"= ({v.power_limit_w:g} W / {v.base_power_limit_w:g} W)^(1/3), HBM x "
+               f"{v.hbm_datasheet_gbps:g}/{v.base_hbm_datasheet_gbps:g})")
+
+
 def load_profile(ref: str | Path | HardwareProfile) -> HardwareProfile:
-    """A profile from an object, a path or a name in profiles/."""
+    """A profile from an object, a path, a name in profiles/ or a variant in profiles/variants/."""
     if isinstance(ref, HardwareProfile):
         return ref
+    from .specs import PROFILES
+    variant = PROFILES / "variants" / f"{ref}.yaml"
+    if isinstance(ref, str) and not Path(ref).exists() and variant.is_file():
+        v = build_dataclass(Variant, read_yaml(variant), variant, what="variant")
+        return derive_variant(load_profile(v.base), v)
     path = resolve(ref, "profiles")
     return _load_cached(str(path), path.stat().st_mtime)
 

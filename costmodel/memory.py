@@ -29,9 +29,10 @@ class ArchOptions:
     sp_saves_sharded: bool = False
     """Under sequence parallelism, the all-gathered input of QKV/MLP is saved sharded and re-gathered in
     backward (Megatron-LM); DTensor saves the gathered tensor (False)."""
-    selective: Literal["matmuls", "attention_core"] = "matmuls"
+    selective: Literal["matmuls", "every_other_matmul", "attention_core"] = "matmuls"
     """What selective checkpointing keeps: every matmul and attention output, recomputing elementwise ops
-    (the trainer); or everything but the attention core, which is recomputed (Korthikanti's selective)."""
+    (the trainer); the attention output and every second matmul output, recomputing the other matmuls
+    (TorchTitan's per-op policy); or everything but the attention core, which is recomputed (Korthikanti's)."""
     pipeline_recv_buffers: bool = True
     """Pipeline stages keep one input and one gradient receive buffer per micro-batch across steps
     (torch.distributed.pipelining); Megatron-LM allocates them per transfer (False)."""
@@ -42,6 +43,20 @@ class ArchOptions:
 
 
 RUNTIME = ArchOptions()
+MEGATRON = ArchOptions(attention="materialized", dropout=True, norm_stats=False, sp_saves_sharded=True,
+                       selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False)
+"""Megatron-LM as Korthikanti et al. 2022 ran it: LayerNorm (statistics not counted), materialised softmax with
+dropout, sequence parallelism saving the gathered QKV/MLP inputs sharded, selective = recompute the attention core,
+receive buffers allocated per transfer, gradients accumulated in the weight-gradient GEMM (no FSDP2 copies)."""
+ENGINES = {
+    "loadmaster": RUNTIME,
+    "torchtitan": ArchOptions(selective="every_other_matmul"),
+    "megatron": MEGATRON,
+    # NeMo and Megatron-Bridge run Megatron-core with Transformer Engine's flash attention and no dropout
+    "nemo": ArchOptions(selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False,
+                        sp_saves_sharded=True),
+}
+"""Each engine's implementation facts, for replaying its published runs (benchmarks/fidelity.py)."""
 
 
 def tokens() -> sp.Expr:
@@ -60,9 +75,15 @@ def block_params_local() -> sp.Expr:
     return (attn + mlp) / K.t + 2 * M.h
 
 
+def vocab_share() -> sp.Expr:
+    """Share of the vocabulary a TP rank holds: 1/t when the embedding, output and loss are sharded over TP
+    (vocab_parallel), all of it when they are replicated."""
+    return K.vp / K.t + 1 - K.vp
+
+
 def vocab_params_local() -> sp.Expr:
-    """Embedding / output projection weights on this stage (vocab-sharded by TP), plus the final norm."""
-    return K.nV * M.V * M.h / K.t + K.last * M.h
+    """Embedding / output projection weights on this stage, plus the final norm."""
+    return K.nV * M.V * M.h * vocab_share() + K.last * M.h
 
 
 def saved_activation_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -122,9 +143,10 @@ def selective_checkpoint_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr
         terms = saved_activation_terms(opts)
         return sp.Add(*(v for k, v in terms.items() if k not in ("softmax", "softmax_lse")))
     T, t = tokens(), K.t
-    return (full_checkpoint_bytes_per_block() + BF16 * T * (M.a + 2 * M.g) * M.dh / t
-            + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t + (1 + M.gated) * BF16 * T * M.F / t
-            + 2 * BF16 * T * M.h)
+    matmul_outputs = BF16 * T * (M.a + 2 * M.g) * M.dh / t + (1 + M.gated) * BF16 * T * M.F / t + 2 * BF16 * T * M.h
+    share = sp.Rational(1, 2) if opts.selective == "every_other_matmul" else 1
+    return (full_checkpoint_bytes_per_block() + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t
+            + share * matmul_outputs)
 
 
 def stage_activation_bytes(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -144,36 +166,32 @@ def logits_bytes(phase: Literal["forward", "backward"]) -> sp.Expr:
     """The cross-entropy's working set on the last stage, per logit: bf16 logits + fp32 copy + log-softmax output
     in forward; log-softmax output + its gradient + the input gradient in backward (runtime constants)."""
     per_logit = R.loss_fwd if phase == "forward" else R.loss_bwd
-    return K.last * per_logit * tokens() * M.V / K.t
+    return K.last * per_logit * tokens() * M.V * vocab_share()
 
 
-_STATIC = ("master_params", "optimizer_state", "pipeline_buffers")
-_IN_STEP = ("unsharded_params", "grad_accumulators", "activations", "retained_logits")
+_STATIC = {k: k for k in ("master_params", "optimizer_state", "pipeline_buffers")}
+_IN_STEP = {k: k for k in ("grad_accumulators", "activations", "retained_logits")}
 PHASE_TERMS = {
-    "peak_forward": _STATIC + _IN_STEP + ("logits", "fp8_weight_copies"),
-    "peak_backward": _STATIC + _IN_STEP + ("root_grads", "logits", "grad_buffers", "recompute_buffer"),
-    "peak_optimizer": _STATIC + ("gradients",),
+    # forward: the blocks' saved activations, the loss's forward working set, a float8 block's weight copies
+    "peak_forward": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params", "logits": "logits_forward",
+                     "fp8_weight_copies": "fp8_weight_copies"},
+    # the loss's backward (last stage): the output projection's gradient is not made yet, and under zero 3 the
+    # root's parameters are re-gathered only when backward reaches it (one block, the last, is still unsharded)
+    "peak_loss": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params_at_loss",
+                  "logits": "logits_backward"},
+    # the blocks' backward: the root's gradients live, one block's gradient buffers and a recomputed block
+    "peak_backward": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params", "root_grads": "root_grads",
+                      "grad_buffers": "grad_buffers", "recompute_buffer": "recompute_buffer"},
+    "peak_optimizer": {**_STATIC, "gradients": "gradients", "optimizer_temporaries": "optimizer_temporaries"},
 }
-"""Which memory terms are alive at each phase's peak of a step (the one list predict's breakdown reads too)."""
-EITHER = {"peak_backward": (("logits",), ("grad_buffers", "recompute_buffer"))}
-"""Terms of a phase that are alive at different moments: only the larger group counts at the peak (the loss's
-backward working set is freed before the first block's gradient buffers and recomputation)."""
+"""What is alive at each phase's peak of a step: breakdown name -> memory term (the one list predict reads)."""
+IN_STEP_PHASES = ("peak_forward", "peak_loss", "peak_backward")
+"""The phases whose activations grow with the micro-batches in flight (the optimizer's does not)."""
 
 
 def phase_peak(terms: dict, phase: str):
-    """A phase's peak from its terms (sympy expressions or numbers): the sum of the terms alive then, the larger
-    of its either-or groups, and the loss's working set of that phase."""
-    def value(name):
-        if name == "logits" and isinstance(terms[name], sp.Expr):
-            return logits_bytes("forward" if phase == "peak_forward" else "backward")
-        return terms[name]
-    groups = EITHER.get(phase, ())
-    grouped = {n for g in groups for n in g}
-    total = sum(value(n) for n in PHASE_TERMS[phase] if n not in grouped)
-    if groups:
-        sums = [sum(value(n) for n in g) for g in groups]
-        total += smax(*sums) if isinstance(total, sp.Expr) else max(sums)
-    return total
+    """A phase's peak: the sum of the terms alive then (sympy expressions or numbers)."""
+    return sum(terms[key] for key in PHASE_TERMS[phase].values())
 
 
 def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -182,19 +200,22 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     P_gpu = (K.l - K.os_) * Pb + Pv                      # parameters whose fp32 state lives on the GPU
     P_all = K.l * Pb + Pv
     acts = stage_activation_bytes(opts)
-    log_softmax = K.last * FP32 * tokens() * M.V / K.t    # one micro-batch's fp32 log-softmax output
+    log_softmax = K.last * FP32 * tokens() * M.V * vocab_share()  # one micro-batch's fp32 log-softmax output
+    reshard = K.z3 * (1 - K.keep)                         # bf16 parameters re-sharded after each forward
     t = {
         "master_params": FP32 * P_gpu / K.ds,
         "optimizer_state": 2 * FP32 * P_gpu / K.ds,       # AdamW exp_avg + exp_avg_sq
         "gradients": FP32 * P_gpu / K.ds,                 # sharded fp32 grads, end of backward to step
+        "optimizer_temporaries": K.fe * R.opt_fe_temp * P_gpu / K.ds,   # foreach AdamW's buffers in the step
         # zero 3 keeps the block being computed and the prefetched one; otherwise all blocks between forward
         # and backward (zero 2/0) or across micro-batches (pipeline stages skip the reshard)
-        "unsharded_params": BF16 * Pb * (2 * K.z3 * (1 - K.keep) + (1 - K.z3 * (1 - K.keep)) * K.l)
-                            + BF16 * Pv,
+        "unsharded_params": BF16 * Pb * (2 * reshard + (1 - reshard) * K.l) + BF16 * Pv,
+        "unsharded_params_at_loss": BF16 * Pb * (reshard + (1 - reshard) * K.l) + (1 - reshard) * BF16 * Pv,
         # grads of earlier micro-batches: unsharded fp32 while sync is off, else the sharded fp32 grads
         "grad_accumulators": FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync)) * K.acc,
         "activations": K.m * acts["gpu"],
-        "logits": smax(logits_bytes("forward"), logits_bytes("backward")),
+        "logits_forward": logits_bytes("forward"),
+        "logits_backward": logits_bytes("backward"),
         # the fp32 log-softmax output each other micro-batch in flight on the last stage keeps until its
         # backward: all of them under GPipe, none under 1F1B or without a pipeline (m = 1)
         "retained_logits": (K.m - 1) * log_softmax,
@@ -215,7 +236,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     }
     for phase in PHASE_TERMS:
         t[phase] = phase_peak(t, phase)
-    t["peak"] = smax(smax(t["peak_forward"], t["peak_backward"]), t["peak_optimizer"])
+    t["peak"] = smax(smax(smax(t["peak_forward"], t["peak_loss"]), t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
     t["act_per_microbatch"] = acts["gpu"] + log_softmax

@@ -81,6 +81,15 @@ class Plan:
     """Stages per pipeline rank (2 or more only with Interleaved1F1B)."""
     sequence_parallel: bool = True
     """With tp > 1: shard norms and residuals along the sequence (Korthikanti's sequence parallelism)."""
+    vocab_parallel: bool = True
+    """With tp > 1: shard the embedding, the output projection and the loss over the vocabulary (TorchTitan's
+    loss parallel, Megatron's vocab-parallel embedding); false replicates them on every TP rank."""
+    optimizer_impl: Literal["fused", "foreach"] = "fused"
+    """AdamW implementation: fused (one kernel per parameter group) or foreach (several passes, with a
+    temporary copy of the local fp32 parameters during the step)."""
+    pp_reshard_after_forward: bool = False
+    """With pp > 1 and zero 3: re-shard bf16 parameters after every micro-batch's forward (all-gathered again for
+    each forward and backward) instead of keeping them unsharded across the step's micro-batches."""
     compile: bool = False
     """torch.compile each transformer block (after AC, before FSDP)."""
     grad_reduce: Literal["last", "every"] = "last"
@@ -238,9 +247,10 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
             f"{plan.tp} does not divide intermediate_size {model.intermediate_size}",
             f"use tp in {tp_choices(model)}")
     # the embedding and the output projection are sharded over the vocabulary (launcher apply_tp)
-    require(model.vocab_size % plan.tp == 0, source, "tp",
+    require(not plan.vocab_parallel or model.vocab_size % plan.tp == 0, source, "tp",
             f"{plan.tp} does not divide vocab_size {model.vocab_size} (the embedding and output projection are "
-            "sharded over the vocabulary)", f"use tp in {tp_choices(model)} or pad the vocabulary")
+            "sharded over the vocabulary)", f"use tp in {tp_choices(model)}, pad the vocabulary or set "
+            "vocab_parallel: false")
     require(int(model.head_dim) % 2 == 0, source, "head_dim", f"{model.name}'s head_dim {model.head_dim} is odd",
             "RoPE rotates pairs of features: the trainer needs an even head_dim")
     require(not (model.tie_word_embeddings and plan.num_stages > 1), source, "pp",

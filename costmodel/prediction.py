@@ -9,11 +9,11 @@ import numpy as np
 
 from .flops import mfu
 from .hardware import GiB, HardwareProfile, profile_for
-from .memory import EITHER, PHASE_TERMS, RUNTIME, ArchOptions
+from .memory import PHASE_TERMS, RUNTIME, ArchOptions
 from .pipeline import bubble_time, in_flight, step_time
 from .plan import Plan, check_plan, load_plan, vocab_matrices
 from .specs import ClusterSpec, ModelSpec, load_cluster, load_model
-from .stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
+from .stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
 MEMORY_TERMS = tuple(dict.fromkeys(n for terms in PHASE_TERMS.values() for n in terms))
 PHASES = tuple(PHASE_TERMS)
@@ -48,22 +48,8 @@ class Prediction:
 
 
 def _phase_memory(out: dict, chunks: list[int], phase: str) -> dict[str, float]:
-    """The terms a rank (its virtual-stage ``chunks``) holds at ``phase``'s peak, summing to that peak.
-
-    Of a phase's either-or groups (memory.EITHER) only the larger counts; ``logits`` is the loss's working set
-    of that phase (the phase total less its other terms)."""
-    mem = {k: float(sum(out[k][c] for c in chunks)) for k in PHASE_TERMS[phase]}
-    total = float(sum(out[phase][c] for c in chunks))
-    groups = EITHER.get(phase, ())
-    if groups:
-        larger = max(groups, key=lambda g: sum(mem[n] for n in g))
-        for g in groups:
-            if g is not larger:
-                for n in g:
-                    mem[n] = 0.0
-    if "logits" in mem:
-        mem["logits"] = max(0.0, total - (sum(mem.values()) - mem["logits"]))
-    return mem
+    """The terms a rank (its virtual-stage ``chunks``) holds at ``phase``'s peak, by name; they sum to it."""
+    return {name: float(sum(out[key][c] for c in chunks)) for name, key in PHASE_TERMS[phase].items()}
 
 
 def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: HardwareProfile) -> dict:
@@ -81,9 +67,9 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
         oa=plan.per_stage("offload_activation_layers", L), os=plan.per_stage("offload_state_layers", L),
         f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
         m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV,
-        reduce_every=float(plan.grad_reduce == "every"))
-    return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof),
-            **link_inputs(prof, cluster.gpus_per_node, plan.tp, plan.dp, pp), **knobs}
+        reduce_every=float(plan.grad_reduce == "every"), vocab_parallel=float(plan.vocab_parallel),
+        foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward))
+    return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **knobs}
 
 
 def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, plan: Plan | str | Path | dict,
@@ -96,7 +82,7 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     check_plan(plan, model, cluster)
     prof = profile or profile_for(cluster)
     S, pp, v = plan.num_stages, plan.pp, plan.virtual_stages
-    out = stage_model(None, opts)(**stage_inputs(model, cluster, plan, prof))
+    out = evaluate(None, stage_inputs(model, cluster, plan, prof), prof, cluster.gpus_per_node, opts)
     out = {k: np.broadcast_to(np.asarray(val, dtype=float), (S,)) for k, val in out.items()}
     # a pipeline rank hosts stages rank, rank + pp, ... (virtual stages)
     by_rank = lambda x: np.asarray(x).reshape(v, pp).sum(axis=0)  # noqa: E731

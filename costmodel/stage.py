@@ -15,6 +15,7 @@ import sympy as sp
 from .hardware import HardwareProfile
 from .memory import RUNTIME, ArchOptions, memory_terms
 from .specs import ModelSpec
+from .comm import group_time_s
 from .constants import runtime_constants
 from .fp8 import fp8_eligible
 from .symbols import RUNTIME_SYMBOLS, H, K, M, R
@@ -51,21 +52,66 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
     }
 
 
-def link_inputs(p: HardwareProfile, gpus_per_node: int, t, d, pp) -> dict[str, np.ndarray]:
-    """Bus bandwidth (B/s) and per-step latency of the tp, dp and pp groups for the rank layout (pp, dp, tp),
-    tp innermost. A group inside one node uses NVLink; one that spans nodes is held to the network bandwidth
-    per GPU (the profile's inter_node, one NIC per GPU), the usual analytical assumption: NCCL can spread a
-    ring over several NICs of a node, but measured multi-node bus bandwidth stays far below that sum."""
-    t, d, pp = (np.asarray(x, dtype=float) for x in (t, d, pp))
-    intra_bw, inter_bw = p.intra_node.bandwidth_gbps * 1e9, p.inter_node.bandwidth_gbps * 1e9
-    intra_lat, inter_lat = p.intra_node.latency_s, p.inter_node.latency_s
+COMM_SYMBOLS = ("bw_tp", "bw_tp_rs", "bw_ag", "bw_rs", "bw_rag", "bw_rrs", "bw_pp", "t_tiny")
 
-    def pick(span_over_node):
-        return np.where(span_over_node, inter_bw, intra_bw), np.where(span_over_node, inter_lat, intra_lat)
-    bw_tp, lat_tp = pick(t > gpus_per_node)
-    bw_dp, lat_dp = pick(t * d > gpus_per_node)
-    bw_pp, lat_pp = pick((t * d >= gpus_per_node) & (pp > 1))
-    return {"bw_tp": bw_tp, "lat_tp": lat_tp, "bw_dp": bw_dp, "lat_dp": lat_dp, "bw_pp": bw_pp, "lat_pp": lat_pp}
+
+def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict) -> dict[str, np.ndarray]:
+    """The effective bus bandwidth (B/s) of every collective of a stage, looked up on the profile's measured
+    curves (costmodel.comm) at that collective's own size and group, for the rank layout (pp, dp, tp), tp
+    innermost: a TP group is the t consecutive ranks, a DP group the d ranks t apart, pipeline neighbours t·d
+    apart. A group spanning nodes has min(n, GPUs per node / stride) members on each of its nodes."""
+    t, d, pp = (np.asarray(knobs[k], dtype=float) for k in ("t", "d", "pp"))
+    sp_on, z0 = np.asarray(knobs["sp"], dtype=float), np.asarray(knobs["z0"], dtype=float)
+    n = max(np.size(x) for x in (t, d, pp, sp_on, z0, *msgs.values()))
+    t, d, pp, sp_on, z0 = (np.broadcast_to(x, (n,)) for x in (t, d, pp, sp_on, z0))
+    G = gpus_per_node
+    out = {k: np.ones(n) for k in COMM_SYMBOLS}
+    out["t_tiny"] = np.zeros(n)
+
+    def each(group, stride, nbytes, op, factor, key, p2p=False):
+        """Fill ``out[key]`` with factor·(n-1)/n·size / time (the form timing.coll_s divides by)."""
+        size = np.maximum(np.broadcast_to(np.asarray(nbytes, dtype=float), (n,)), 1.0)   # 0 bytes: any bw
+        ops = np.broadcast_to(np.asarray(op), (n,))
+        for g, st, o in set(zip(group.tolist(), stride.tolist(), ops.tolist())):
+            idx = (group == g) & (stride == st) & (ops == o)
+            g = int(g)
+            if g <= 1:
+                continue
+            members = max(1, min(g, G // int(st))) if st < G else 1
+            nodes = max(1, -(-g // members))
+            if p2p:   # a send of s bytes takes what a 2-rank all-gather of 2s does (costmodel.comm)
+                secs = group_time_s(p.intra_node, p.inter_node, "all_gather", 2, 1 if nodes > 1 else 2, nodes,
+                                    2 * size[idx])
+                out[key][idx] = size[idx] / np.maximum(secs, 1e-12)
+                continue
+            secs = group_time_s(p.intra_node, p.inter_node, o, g, members, nodes, size[idx])
+            f = (2.0 if o == "all_reduce" else 1.0) * (g - 1) / g
+            out[key][idx] = f * size[idx] / np.maximum(secs, 1e-12)
+            if key == "bw_ag":   # the gradient norm's all-reduce of one number over the same group
+                out["t_tiny"][idx] = group_time_s(p.intra_node, p.inter_node, "all_reduce", g, members, nodes,
+                                                  np.full(int(idx.sum()), 8.0))
+    tp_op = np.where(sp_on > 0, "all_gather", "all_reduce")
+    each(t, np.ones(n), msgs["msg_tp"], tp_op, None, "bw_tp")
+    each(t, np.ones(n), msgs["msg_tp"], np.where(sp_on > 0, "reduce_scatter", "all_reduce"), None, "bw_tp_rs")
+    grad_op = np.where(z0 > 0, "all_reduce", "reduce_scatter")
+    each(d, t, msgs["msg_ag"], "all_gather", None, "bw_ag")
+    each(d, t, msgs["msg_rs"], grad_op, None, "bw_rs")
+    each(d, t, msgs["msg_root_ag"], "all_gather", None, "bw_rag")
+    each(d, t, msgs["msg_root_rs"], grad_op, None, "bw_rrs")
+    each(np.where(pp > 1, 2.0, 1.0), t * d, msgs["msg_pp"], "all_gather", None, "bw_pp", p2p=True)
+    return out
+
+
+MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp")
+
+
+def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfile, gpus_per_node: int,
+             opts: ArchOptions = RUNTIME) -> dict[str, np.ndarray]:
+    """The stage model at ``inputs`` (model, hardware and knob inputs): first the size of every collective, then
+    their bandwidth on the profile's curves at those sizes, then ``outputs`` (None: every term)."""
+    dummy = {k: 1.0 for k in COMM_SYMBOLS}
+    msgs = stage_model(MESSAGES, opts)(**inputs, **dummy)
+    return stage_model(outputs, opts)(**inputs, **comm_inputs(prof, gpus_per_node, inputs, msgs))
 
 
 def _printer_modules():
@@ -156,14 +202,15 @@ def names(outputs: Iterable[str]) -> tuple[str, ...]:
 
 
 def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
-                last, nV, reduce_every=0) -> dict[str, np.ndarray]:
+                last, nV, reduce_every=0, vocab_parallel=1, foreach=0, pp_reshard=0) -> dict[str, np.ndarray]:
     """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
 
     zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
     unsharded from forward to backward; 3 also reshards after forward. Pipelined stages keep the bf16 params
     and fp32 gradient accumulators across micro-batches (torch.distributed.pipelining turns resharding and
     gradient sync off until the last backward); so does gradient accumulation without pipelining unless
-    ``reduce_every`` (grad_reduce: every) reduce-scatters after each micro-batch.
+    ``reduce_every`` (grad_reduce: every) reduce-scatters after each micro-batch, and a pipeline under zero 3
+    re-shards after each forward when ``pp_reshard`` (pp_reshard_after_forward).
     """
     arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
@@ -172,7 +219,9 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
         "b": arr(b), "s": arr(s), "t": t, "d": d, "pp": pp,
         "sp": ((t > 1) & arr(sequence_parallel).astype(bool)).astype(float),
         "ds": np.where(zero >= 1, d, 1.0), "z3": (zero >= 3).astype(float), "z0": (zero == 0).astype(float),
-        "keep": (pp > 1).astype(float), "nosync": nosync, "acc": (M > m).astype(float),
+        "keep": ((pp > 1) & ~((zero >= 3) & arr(pp_reshard).astype(bool))).astype(float), "nosync": nosync,
+        "acc": (M > m).astype(float), "fe": arr(foreach),
         "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
         "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
+        "vp": arr(vocab_parallel),
     }

@@ -45,6 +45,8 @@ class K:
     first, last = _syms("first last", nonnegative=True)       # stage holds the embedding / the loss
     nV = sp.Symbol("nV", nonnegative=True)                    # vocab x hidden matrices held (0, 1 or 2)
     pp = sp.Symbol("pp", positive=True)                       # pipeline degree (1: no sends)
+    vp = sp.Symbol("vp", nonnegative=True)                    # embedding, output and loss sharded over TP (1)
+    fe = sp.Symbol("fe", nonnegative=True)                    # foreach AdamW (1) instead of fused (0)
 
 
 class H:
@@ -53,7 +55,13 @@ class H:
     ge_max, ge_half, ge_exp = _syms("ge_max ge_half ge_exp", positive=True)
     f8_max, f8_half, f8_exp = _syms("f8_max f8_half f8_exp", positive=True)
     at_max, at_half, at_exp = _syms("at_max at_half at_exp", positive=True)
-    bw_tp, lat_tp, bw_dp, lat_dp, bw_pp, lat_pp = _syms("bw_tp lat_tp bw_dp lat_dp bw_pp lat_pp", positive=True)
+    # effective bus bandwidth (B/s) of each collective at its own message size and group, from the profile's
+    # measured curves (costmodel.comm): TP all-gather (all-reduce without sequence parallelism) and
+    # reduce-scatter; FSDP's per-block all-gather and gradient reduce-scatter (all-reduce under zero 0); the
+    # root's; pipeline sends; and the time of a tiny all-reduce over the data-parallel group (gradient norm)
+    bw_tp, bw_tp_rs, bw_ag, bw_rs, bw_rag, bw_rrs, bw_pp = _syms("bw_tp bw_tp_rs bw_ag bw_rs bw_rag bw_rrs bw_pp",
+                                                                 positive=True)
+    t_tiny = sp.Symbol("t_tiny", nonnegative=True)
     slow_comm, comm_eff, slow_h2d = _syms("slow_comm comm_eff slow_h2d", nonnegative=True)
     launch = sp.Symbol("launch", nonnegative=True)            # host seconds per eager kernel
     hook = sp.Symbol("hook", nonnegative=True)                # host seconds of FSDP2 hooks per block per pass
@@ -71,6 +79,7 @@ class R:
     cast_eager, cast_comp = _syms("cast_eager cast_comp", nonnegative=True)
     tp_redo = sp.Symbol("tp_redo", nonnegative=True)
     opt_bytes, opt_kern_block, opt_kern_fixed = _syms("opt_bytes opt_kern_block opt_kern_fixed", nonnegative=True)
+    opt_fe_bytes, opt_fe_temp = _syms("opt_fe_bytes opt_fe_temp", nonnegative=True)
 
 
 RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
@@ -83,6 +92,7 @@ RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol
     "loss_traffic_bytes_per_logit": R.loss_traffic, "fp8_cast_bytes_eager": R.cast_eager,
     "fp8_cast_bytes_compiled": R.cast_comp, "tp_selective_redo_share": R.tp_redo,
     "optimizer_bytes_per_param": R.opt_bytes, "optimizer_kernels_per_block": R.opt_kern_block,
+    "optimizer_foreach_bytes_per_param": R.opt_fe_bytes, "optimizer_foreach_temp_bytes_per_param": R.opt_fe_temp,
     "optimizer_kernels_fixed": R.opt_kern_fixed,
 }
 

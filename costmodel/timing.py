@@ -10,7 +10,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .memory import BF16, FP32, RUNTIME, ArchOptions, block_params_local, seq_share, stage_activation_bytes, tokens, \
-    vocab_params_local
+    vocab_params_local, vocab_share
 from .symbols import H, K, M, R, pos, smax, smin
 
 
@@ -104,10 +104,17 @@ def kernels_per_block_fwd() -> sp.Expr:
     return (1 - K.k) * R.kern_eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1)
 
 
-def ring_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, lat: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
-    """Ring collective over n ranks: (n-1) steps of latency ``lat`` each, and factor·(n-1)/n·bytes over the
-    bus bandwidth (B/s); 0 for n = 1. All-reduce is factor 2 (reduce-scatter then all-gather)."""
-    return factor * (n - 1) * (lat + nbytes / (n * bw))
+def coll_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
+    """A collective over n ranks in nccl-tests' terms: factor·(n-1)/n·size over the bus bandwidth ``bw`` at that
+    size (costmodel.comm: factor 2 for all-reduce, 1 for all-gather and reduce-scatter); 0 for n = 1."""
+    return factor * (n - 1) / n * nbytes / bw
+
+
+def message_bytes() -> dict[str, sp.Expr]:
+    """The size of each collective the trainer issues (nccl-tests' size), for the curve lookup."""
+    Pb, Pv = block_params_local(), vocab_params_local()
+    return {"msg_tp": BF16 * tokens() * M.h, "msg_ag": BF16 * Pb, "msg_rs": FP32 * Pb, "msg_root_ag": BF16 * Pv,
+            "msg_root_rs": FP32 * Pv, "msg_pp": BF16 * tokens() * M.h * seq_share()}
 
 
 def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -124,7 +131,8 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # ---- compute of the blocks (per micro-batch) ----
     fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew)
     bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew)
-    selective_redo = ew if opts.selective == "matmuls" else att_f
+    selective_redo = {"matmuls": ew, "attention_core": att_f,
+                      "every_other_matmul": ew + (nb * g_bf16 + nf * g_fp8) / (2 * K.l)}[opts.selective]
     cast = fp8_cast_s()
     fp8_cast = nf * cast
     # a recomputed float8 block redoes its forward in float8, casts included (float8 blocks spread evenly)
@@ -138,23 +146,32 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # ---- embedding, output projection and loss: the head GEMM forward + its two backward GEMMs, the loss's
     # memory-bound kernels, the final RMSNorm (read + write 2 B, forward and backward); on the first stage the
     # embedding's gather (read + write 2 B per element, both passes) and its gradient's fp32 scatter-add ----
-    head_gemm = gemm_s(2 * T * M.h * M.V / K.t)
-    x["head"] = K.last * (3 * head_gemm + R.loss_traffic * T * M.V / K.t / (H.hbm * H.ew_eff)
+    vs = vocab_share()
+    head_gemm = gemm_s(2 * T * M.h * M.V * vs)
+    x["head"] = K.last * (3 * head_gemm + R.loss_traffic * T * M.V * vs / (H.hbm * H.ew_eff)
                           + 8 * T * M.h * q / (H.hbm * H.ew_eff)) \
-        + K.first * (8 * T * M.h + 4 * M.V * M.h / K.t) / (H.hbm * H.ew_eff)
-    # ---- tensor parallel: 4 collectives of the b·s·h activation per block pass, exposed ----
-    act_bytes = BF16 * T * M.h
-    tp_pass = 2 * 2 * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
-    x["tp_comm"] = tp_pass * (2 * K.l + K.r * (1 - K.sel) + R.tp_redo * K.r * K.sel) \
-        + (K.first + K.last) * ring_s(act_bytes, K.t, H.bw_tp, H.lat_tp)
+        + K.first * (8 * T * M.h + 4 * M.V * M.h * vs) / (H.hbm * H.ew_eff)
+    # ---- tensor parallel, exposed, as the trainer issues it (launcher apply_tp). Per block, sequence parallel:
+    # an all-gather before attention and before the MLP and a reduce-scatter after each, in forward and again in
+    # backward. Without it: an all-reduce after wo and after w2 in forward; in backward one after each column
+    # module, wq, wk, wv, w1 and w3 (five). The embedding (row-wise over the vocabulary) reduces its output in
+    # forward and the output projection gathers its input (reduce in backward); replicated (vocab_parallel
+    # off) they only gather the sequence: the embedding's gradient in backward, the head's input in forward ----
+    act = message_bytes()["msg_tp"]
+    ag_t, rs_t, ar_t = coll_s(act, K.t, H.bw_tp), coll_s(act, K.t, H.bw_tp_rs), coll_s(act, K.t, H.bw_tp, 2)
+    tp_fwd = K.sp_ * (2 * ag_t + 2 * rs_t) + (1 - K.sp_) * 2 * ar_t
+    tp_bwd = K.sp_ * (2 * ag_t + 2 * rs_t) + (1 - K.sp_) * 5 * ar_t
+    vocab_tp = K.vp * (K.sp_ * (ag_t + rs_t) + (1 - K.sp_) * ar_t) + (1 - K.vp) * K.sp_ * ag_t
+    recomputed = K.r * (1 - K.sel) + R.tp_redo * K.r * K.sel            # forward passes redone in backward
+    x["tp_comm"] = K.l * (tp_fwd + tp_bwd) + recomputed * tp_fwd + (K.first + K.last) * vocab_tp
     # ---- pipeline: receive the activation in forward and its gradient in backward ----
-    x["pp_comm"] = 2 * smin(K.pp - 1, 1) * (H.lat_pp + BF16 * T * M.h * q / H.bw_pp)
+    x["pp_comm"] = 2 * smin(K.pp - 1, 1) * message_bytes()["msg_pp"] / H.bw_pp
     # ---- activation offload: saved tensors copied to and from pinned host memory on the compute stream ----
     x["offload_activations"] = 2 * acts["host"] / H.host
     # ---- FSDP2: all-gather bf16 params per block, reduce-scatter (all-reduce for zero 0) fp32 grads ----
     h2d = FP32 * Pb / K.ds / H.host                    # an offloaded block's fp32 shard, each way
-    ag = ring_s(BF16 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp)
-    rs = ring_s(FP32 * Pb, K.d, H.bw_dp * H.comm_eff, H.lat_dp, factor=1 + K.z0)
+    ag = coll_s(BF16 * Pb, K.d, H.bw_ag * H.comm_eff)
+    rs = coll_s(FP32 * Pb, K.d, H.bw_rs * H.comm_eff, factor=1 + K.z0)
     blk_f = x["compute_fwd"] / K.l
     blk_b = x["compute_bwd"] / K.l
     nos = K.l - K.os_
@@ -183,18 +200,19 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, (K.z3 + 1) * h2d, blk_b)
                                          - exposed(K.z3 * ag, K.z3 * h2d, blk_b) + rs) \
         + K.keep * (nos * rs + K.os_ * (rs + h2d))
-    root = ring_s(BF16 * Pv, K.d, H.bw_dp, H.lat_dp) * (2 - K.keep) + ring_s(FP32 * Pv, K.d, H.bw_dp, H.lat_dp,
-                                                                            factor=1 + K.z0)
+    root = coll_s(BF16 * Pv, K.d, H.bw_rag) * (2 - K.keep) + coll_s(FP32 * Pv, K.d, H.bw_rrs, factor=1 + K.z0)
     x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out) + root
     # ---- optimizer: fused AdamW + clipping over the local fp32 parameters; offloaded blocks on the CPU ----
     P_gpu = (K.l - K.os_) * Pb + Pv
-    gpu_opt = R.opt_bytes * P_gpu / K.ds / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
+    opt_bytes = (1 - K.fe) * R.opt_bytes + K.fe * R.opt_fe_bytes
+    gpu_opt = opt_bytes * P_gpu / K.ds / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
     cpu_opt = K.os_ * Pb / K.ds / H.cpu_adam
-    x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.lat_dp
+    x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.t_tiny   # the gradient norm's all-reduces
     x["t_fwd"] = x["compute_fwd"] + x["fsdp_fwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
         + x["offload_activations"] / 2 + x["head"] / 3
     x["t_bwd"] = x["compute_bwd"] + x["fsdp_bwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
         + x["offload_activations"] / 2 + 2 * x["head"] / 3
     x["t_mb"] = x["t_fwd"] + x["t_bwd"]
+    x.update(message_bytes())
     x["delta"] = x["fsdp_step"] + x["optimizer"]
     return x

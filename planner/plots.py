@@ -31,7 +31,7 @@ TIME_GROUPS: dict[str, tuple[str, ...]] = {
 }
 _TIME_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#937860", "#55a868", "#b0b0b0")
 INFEASIBLE_MARK = "✗"
-_PHASE = {"peak_forward": "fwd", "peak_backward": "bwd", "peak_optimizer": "opt"}
+_PHASE = {"peak_forward": "fwd", "peak_loss": "loss", "peak_backward": "bwd", "peak_optimizer": "opt"}
 
 
 class WhatIfFigure(Figure):

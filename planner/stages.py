@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from costmodel.hardware import HardwareProfile
+from costmodel.memory import IN_STEP_PHASES
 from costmodel.pipeline import in_flight
 from costmodel.plan import vocab_matrices
 from costmodel.specs import ClusterSpec, ModelSpec
-from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
+from costmodel.stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
 from .space import SearchSpace, layer_counts, levels
 
-OUTPUTS = ("t_mb", "delta", "peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch",
+OUTPUTS = ("t_mb", "delta", *IN_STEP_PHASES, "peak_optimizer", "act_per_microbatch",
            "accumulator_bytes", "host_state", "host_act_per_microbatch")
 KNOBS = ("zero", "mode", "k", "rev", "l", "r", "oa", "os", "f")  # mode: 0 none, 1 full, 2 selective;
 # rev: gradients reduced after every micro-batch (grad_reduce: every; only without pipelining)
@@ -93,7 +94,7 @@ def evaluate_role(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile,
                          first=first, last=last, nV=nV, reduce_every=kn["rev"])
     inputs["acc"] = np.zeros(1)
     fixed = fixed or {**model_inputs(model), **hardware_inputs(prof)}
-    out = stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, g.tp, g.dp, g.pp), **inputs)
+    out = evaluate(OUTPUTS, {**fixed, **inputs}, prof, cluster.gpus_per_node)
     n = len(kn["l"])
     out = {k: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for k, v in out.items()}
     m_fit = fitting_microbatches(out, prof, cluster, g.M)
@@ -107,7 +108,7 @@ def fitting_microbatches(out: dict, prof: HardwareProfile, cluster: ClusterSpec,
     Memory is linear in the micro-batches in flight m; the fp32 gradient accumulators exist at the peak
     unless all M micro-batches are in flight at once (costmodel.stage.knob_inputs: acc)."""
     cap = prof.usable_memory_bytes
-    base = np.maximum(out["peak_forward"], out["peak_backward"])
+    base = np.max([out[ph] for ph in IN_STEP_PHASES], axis=0)
     act = np.maximum(out["act_per_microbatch"], 1.0)
     ok_opt = out["peak_optimizer"] <= cap
     below_M = np.floor((cap - base - out["accumulator_bytes"]) / act)

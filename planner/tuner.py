@@ -14,7 +14,7 @@ from costmodel import ClusterSpec, ModelSpec, Plan, load_cluster, load_model, pa
 from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.plan import PER_STAGE_KEYS, even_split
 from costmodel.prediction import Prediction, predict
-from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
+from costmodel.stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
 from .milp import Choice, solve, split_dp
 from .space import SearchSpace, layouts, micro_batches
@@ -68,8 +68,7 @@ def _ideal_rate(model, cluster, prof, seq_len, groups: list[Group], space: Searc
                           sequence_parallel=space.sequence_parallel, selective=0, l=l, r=0, oa=0, os=0,
                           f=np.floor(f_frac * l), compile=k, m=1, M=col(lambda g, z: g.M), first=0, last=0, nV=0,
                           reduce_every=every)
-        return np.asarray(stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, t, d, pp),
-                                               **inp)["t_mb"])
+        return np.asarray(evaluate(OUTPUTS, {**fixed, **inp}, prof, cluster.gpus_per_node)["t_mb"])
     big = float(model.num_hidden_layers)
 
     def marginal(every):  # either way of reducing gradients may be the cheaper one

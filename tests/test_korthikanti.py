@@ -2,18 +2,13 @@
 import pytest
 import sympy as sp
 
-from costmodel.memory import ArchOptions, activation_bytes_per_block, full_checkpoint_bytes_per_block, \
+from costmodel.memory import MEGATRON, activation_bytes_per_block, full_checkpoint_bytes_per_block, \
     selective_checkpoint_bytes_per_block
 from costmodel.plan import parse_plan
 from costmodel.prediction import predict
 from costmodel.specs import ClusterSpec, ModelSpec
 from costmodel.symbols import K, M
 
-# Megatron-LM 2022: LayerNorm (statistics not counted), materialised softmax with dropout, sequence parallelism
-# saving the gathered QKV/MLP inputs sharded, selective = recompute the attention core only, pipeline receive
-# buffers allocated per transfer, gradients accumulated in the weight-gradient GEMM (no FSDP2 copies).
-MEGATRON = ArchOptions(attention="materialized", dropout=True, norm_stats=False, sp_saves_sharded=True,
-                       selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False)
 s, b, h, a, t = K.s, K.b, M.h, M.a, K.t
 GPT = {M.F: 4 * h, M.gated: 0, M.g: a, M.dh: h / a}   # GPT block: plain 4h MLP, multi-head attention
 

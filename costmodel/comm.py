@@ -1,0 +1,156 @@
+"""Collective times from measured curves: NCCL bus bandwidth against message size, per collective and group size,
+for the links inside a node and between nodes (a profile's ``collectives`` section).
+
+Conventions are nccl-tests': ``size`` is the all-reduce buffer, the all-gather output and the reduce-scatter
+input; ``busbw = size / time × f`` with ``f = 2(n-1)/n`` for all-reduce and ``(n-1)/n`` for all-gather and
+reduce-scatter. So a collective of ``size`` bytes over ``n`` ranks takes ``f · size / busbw(size)``.
+
+Rules where nothing was measured (each stated once, here):
+- **sizes**: time is interpolated log-log between measured sizes; below the smallest it stays at that size's time
+  (latency-bound), above the largest it grows linearly at the largest size's bus bandwidth;
+- **group sizes**: a group of ``n`` ranks uses the curve of the largest measured group not above ``n`` (the
+  smallest if none is), with bus bandwidth kept and ``steps(n) - steps(n')`` more ring steps of the curve's
+  per-step latency (its time at the smallest size over its steps) — a ring's bandwidth term does not grow with n;
+- **collectives**: an unmeasured all-gather or reduce-scatter uses the all-reduce curve (NCCL's ring reaches
+  the same bus bandwidth for all three), all-to-all the all-gather curve, and a point-to-point send of ``s``
+  bytes takes what a 2-rank all-gather of ``2s`` takes (each rank sends its half once);
+- **between nodes**: the inter-node curve was measured with ``members_per_node`` GPUs of each node in the group;
+  NCCL gives each of them a NIC (rail), so a group with ``m`` members per node gets ``m / members_per_node`` of
+  that bus bandwidth, and never more than the same collective inside a node.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SpecError, require
+
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+_FALLBACK = {"all_gather": "all_reduce", "reduce_scatter": "all_reduce", "all_to_all": "all_gather"}
+
+
+def bus_factor(op: str, n) -> np.ndarray:
+    """nccl-tests' busbw / algbw: 2(n-1)/n for all-reduce, (n-1)/n for all-gather, reduce-scatter, all-to-all."""
+    n = np.asarray(n, dtype=float)
+    return (2.0 if op == "all_reduce" else 1.0) * (n - 1) / n
+
+
+def ring_steps(op: str, n) -> np.ndarray:
+    """Latency steps of a ring collective over n ranks: 2(n-1) for all-reduce, n-1 otherwise."""
+    n = np.asarray(n, dtype=float)
+    return (2.0 if op == "all_reduce" else 1.0) * (n - 1)
+
+
+@dataclass(kw_only=True, frozen=True)
+class Tier:
+    """One tier of links: measured bus-bandwidth curves per collective and group size."""
+
+    source: str
+    """Where the curves come from (measured: date, GPUs, command; or a publication)."""
+    curves: dict[str, dict[int, list[list[float]]]]
+    """{collective: {ranks: [[size_bytes, busbw_GBps], ...]}} with collective in all_reduce, all_gather,
+    reduce_scatter, all_to_all (all_reduce is required)."""
+    members_per_node: int | None = None
+    """Between nodes: GPUs of each node in the measured groups (the NICs the curve had); None inside a node."""
+    scale: float = 1.0
+    """Multiplier of every bus bandwidth: a link faster or slower than the measured one (the profile's NIC rate
+    over the curve's, a cluster's stated link speed), said in ``source``."""
+    _cache: dict = field(default_factory=dict, init=False, compare=False, repr=False, hash=False)
+
+    def _curve(self, op: str, n: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(measured ranks n', log sizes, log times at n') of the curve that stands for ``op`` over ``n`` ranks."""
+        key = (op, n)
+        if key not in self._cache:
+            cur = op
+            while cur not in self.curves:
+                cur = _FALLBACK.get(cur, "all_reduce")
+            by_n = self.curves[cur]
+            below = [m for m in by_n if m <= n]
+            m = max(below) if below else min(by_n)
+            pts = np.asarray(sorted(by_n[m]), dtype=float)
+            sizes, busbw = pts[:, 0], pts[:, 1] * 1e9 * self.scale
+            times = bus_factor(cur, m) * sizes / busbw if m > 1 else sizes / busbw
+            self._cache[key] = (m, np.log(sizes), np.log(times), cur)
+        m, ls, lt, cur = self._cache[key]
+        return m, ls, lt, cur
+
+    def time_s(self, op: str, n: int, nbytes) -> np.ndarray:
+        """Seconds of ``op`` over ``n`` ranks on this tier for sizes ``nbytes`` (array); 0 for n = 1."""
+        nbytes = np.maximum(np.asarray(nbytes, dtype=float), 1.0)
+        if n <= 1:
+            return np.zeros_like(nbytes)
+        m, ls, lt, cur = self._curve(op, n)
+        x = np.log(nbytes)
+        t = np.exp(np.interp(x, ls, lt))
+        # past the largest size, and below a curve of one point (no latency measured), time grows with size
+        linear = (x > ls[-1]) | (len(ls) == 1)
+        t = np.where(linear, np.exp(lt[-1]) * nbytes / np.exp(ls[-1]), t)
+        # a curve measured on m ranks stands for n: bandwidth term rescaled by the bus factor, extra ring steps
+        ratio = bus_factor(cur, n) / bus_factor(cur, m) if m > 1 else 1.0
+        alpha = math.exp(lt[0]) / max(float(ring_steps(cur, m)), 1.0)
+        return t * ratio + np.maximum(ring_steps(cur, n) - ring_steps(cur, m), 0.0) * alpha
+
+
+def parse_tier(data: object, source: str, key: str) -> Tier:
+    """A tier from its profile mapping, with one-line errors naming the key."""
+    require(isinstance(data, dict), source, key, f"is {data!r}", "give source, curves (and members_per_node)")
+    unknown = set(data) - {"source", "curves", "members_per_node", "scale"}
+    require(not unknown, source, f"{key}.{sorted(unknown)[0] if unknown else ''}", "unknown key",
+            "a tier has source, curves, members_per_node and scale")
+    scale = data.get("scale", 1.0)
+    require(isinstance(scale, (int, float)) and scale > 0, source, f"{key}.scale", f"is {scale!r}",
+            "a positive multiplier of the curves' bus bandwidth (say why in source)")
+    require(isinstance(data.get("source"), str) and len(data["source"]) >= 8, source, f"{key}.source",
+            "missing or empty", "say where the curves come from")
+    curves = data.get("curves")
+    require(isinstance(curves, dict) and "all_reduce" in curves, source, f"{key}.curves",
+            "needs at least an all_reduce curve", "give {all_reduce: {ranks: [[bytes, busbw_GBps], ...]}}")
+    out: dict[str, dict[int, list[list[float]]]] = {}
+    for op, by_n in curves.items():
+        require(op in OPS, source, f"{key}.curves.{op}", "unknown collective", f"use one of {', '.join(OPS)}")
+        require(isinstance(by_n, dict) and by_n, source, f"{key}.curves.{op}", "is empty",
+                "give {ranks: [[bytes, busbw_GBps], ...]}")
+        out[op] = {}
+        for n, pts in by_n.items():
+            where = f"{key}.curves.{op}.{n}"
+            require(isinstance(n, int) and n >= 2, source, where, "ranks must be an integer >= 2", "fix the key")
+            ok = isinstance(pts, list) and len(pts) >= 1 and all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and v > 0 for v in p)
+                for p in pts)
+            require(ok, source, where, "is not a list of [bytes, busbw_GBps] pairs > 0", "fix the points")
+            sizes = [p[0] for p in pts]
+            require(len(set(sizes)) == len(sizes), source, where, "repeats a size", "one point per size")
+            out[op][n] = sorted([int(a) if float(a).is_integer() else float(a), float(b)] for a, b in pts)
+    m = data.get("members_per_node")
+    require(m is None or (isinstance(m, int) and m >= 1), source, f"{key}.members_per_node", f"is {m!r}",
+            "a positive integer (GPUs of each node in the measured groups)")
+    return Tier(source=data["source"], curves=out, members_per_node=m, scale=float(scale))
+
+
+def tier_dict(t: Tier) -> dict:
+    out = {"source": t.source, "curves": {op: {n: [list(p) for p in pts] for n, pts in by_n.items()}
+                                          for op, by_n in t.curves.items()}}
+    if t.members_per_node is not None:
+        out["members_per_node"] = t.members_per_node
+    if t.scale != 1.0:
+        out["scale"] = t.scale
+    return out
+
+
+def group_time_s(intra: Tier, inter: Tier, op: str, n: int, members_per_node: int, nodes: int, nbytes) -> np.ndarray:
+    """Seconds of ``op`` over a group of ``n`` ranks laid out as ``members_per_node`` GPUs on each of ``nodes``
+    nodes (one node: the intra-node curve; several: the slower of the intra-node curve and the NICs the group's
+    members of a node drive, module docstring)."""
+    t_in = intra.time_s(op, n, nbytes)
+    if nodes <= 1:
+        return t_in
+    if inter.members_per_node is None:
+        raise SpecError("profile", "collectives.inter_node.members_per_node", "missing",
+                        "say how many GPUs of each node the inter-node curves had")
+    share = members_per_node / inter.members_per_node
+    t_out = inter.time_s(op, n, nbytes)
+    m, ls, lt, cur = inter._curve(op, n)
+    lat = np.maximum(ring_steps(cur, n) - ring_steps(cur, m), 0.0) * math.exp(lt[0]) / max(float(ring_steps(cur, m)), 1)
+    return np.maximum(t_in, (t_out - lat) / share + lat)
