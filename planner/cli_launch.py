@@ -1,4 +1,4 @@
-"""`loadmaster launch`: torchrun on this node or many, an sbatch script, or a dry run (launcher/launch.py)."""
+"""`loadmaster launch`: torchrun on this node or many, an sbatch script, or a dry run (launcher/launch/request.py)."""
 from __future__ import annotations
 
 import typer
@@ -53,11 +53,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Launch a plan with torchrun (one node, many nodes, or SLURM) into a run directory, or resume one.
 
-        Flags after `--` go to the trainer (python -m launcher.train), e.g. `-- --optimizer sgd --lr 0.1`.
+        Flags after `--` go to the trainer (python -m launcher.runtime.train), e.g. `-- --optimizer sgd --lr 0.1`.
         Exit codes: 0 done, 2 user error, 3 collective or rendezvous timeout, 75 preempted (resume with
         `loadmaster launch RUN_DIR`).
         """
-        from launcher.launch import LaunchRequest, run_launch
+        from launcher.launch.request import LaunchRequest, run_launch
         req = LaunchRequest(target=target, model=model, cluster=cluster, steps=steps, data=data, out=out,
                             nnodes=nnodes, node_rank=node_rank, nproc_per_node=nproc_per_node,
                             rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id, join_timeout_s=join_timeout_s,

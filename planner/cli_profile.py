@@ -1,4 +1,4 @@
-"""`loadmaster profile`: measure this node's GPUs into a hardware profile (runs launcher.profile)."""
+"""`loadmaster profile`: measure this node's GPUs into a hardware profile (runs launcher.gputools.profile)."""
 from __future__ import annotations
 
 import subprocess
@@ -26,9 +26,9 @@ def profile_command(*, gpus: int, output: str | None, quick: bool, base: str | N
              *(["--base", base] if base else []), *(["--name", name] if name else []),
              *(["--json"] if as_json else [])]
     if gpus == 1:
-        return [sys.executable, "-m", "launcher.profile", *flags]
+        return [sys.executable, "-m", "launcher.gputools.profile", *flags]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-            "-m", "launcher.profile", *flags]
+            "-m", "launcher.gputools.profile", *flags]
 
 
 def register(app: typer.Typer) -> None:

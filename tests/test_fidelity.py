@@ -20,7 +20,8 @@ from costmodel.prediction import predict  # noqa: E402
 def _committed():
     files = fidelity.measured_files()
     if not files:
-        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.bench *.jsonl from the GPU campaign)")
+        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.runtime.bench *.jsonl from the GPU "
+                    "campaign)")
     rows, s = fidelity.table(files)
     assert s["runs"] >= 15
     return s

@@ -11,13 +11,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trainer_harness import TINY, plan_of
 
 from costmodel import ModelSpec, SpecError
-from launcher.data import SyntheticTokens, TokenFile, sample_ids
-from launcher.model import Transformer, apply_rope, build_model, rope_tables
-from launcher.optim import lr_factor
-from launcher.parallel.ac import apply_ac
-from launcher.parallel.fp8 import Fp8Rotation, apply_fp8, torchao_would_skip
-from launcher.parallel.offload import SaveOnCpuWrapper, apply_offload
-from launcher.parallel.pipeline import split_pipeline
+from launcher.runtime.data import SyntheticTokens, TokenFile, sample_ids
+from launcher.runtime.model import Transformer, apply_rope, build_model, rope_tables
+from launcher.runtime.optim import lr_factor
+from launcher.runtime.parallel.ac import apply_ac
+from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8, torchao_would_skip
+from launcher.runtime.parallel.offload import SaveOnCpuWrapper, apply_offload
+from launcher.runtime.parallel.pipeline import split_pipeline
 
 aten = torch.ops.aten
 
@@ -248,7 +248,7 @@ def test_save_on_cpu_wrapper_is_invisible_in_state_dict():
 
 
 def test_clip_grad_norm_matches_torch_and_really_clips():
-    from launcher.optim import clip_grad_norm_
+    from launcher.runtime.optim import clip_grad_norm_
     a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     for p, q in zip(a, b):
@@ -265,7 +265,8 @@ def test_clip_grad_norm_matches_torch_and_really_clips():
 def test_trainer_imports_nothing_gpu_nodes_may_lack():
     import subprocess
     import sys
-    code = ("import sys, launcher.train, launcher.bench, launcher.trainer, costmodel; costmodel.predict; "
+    code = ("import sys, launcher.runtime.train, launcher.runtime.bench, launcher.runtime.trainer, costmodel; "
+            "costmodel.predict; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pulp', 'highspy', 'typer', 'rich', "
             "'planner', 'torchao'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -273,7 +274,7 @@ def test_trainer_imports_nothing_gpu_nodes_may_lack():
 
 
 def test_activation_offload_copies_activations_not_the_blocks_weights():
-    from launcher.parallel.offload import SaveOnCpuWrapper
+    from launcher.runtime.parallel.offload import SaveOnCpuWrapper
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
     x = torch.randn(4, 256, requires_grad=True)
@@ -293,7 +294,7 @@ def test_activation_offload_tells_activations_from_weights_under_fake_tensors_to
     # activation for a weight and the trace kept them all on the device
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from launcher.parallel.offload import SaveOnCpuWrapper
+    from launcher.runtime.parallel.offload import SaveOnCpuWrapper
     with FakeTensorMode():
         block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
         wrapped = SaveOnCpuWrapper(block, pin_memory=False)

@@ -16,10 +16,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from costmodel import ModelSpec, parse_plan
-from launcher.config import TrainConfig
-from launcher.data import SyntheticTokens, TokenFile
-from launcher.model import Transformer
-from launcher.optim import lr_factor
+from launcher.runtime.config import TrainConfig
+from launcher.runtime.data import SyntheticTokens, TokenFile
+from launcher.runtime.model import Transformer
+from launcher.runtime.optim import lr_factor
 
 torch.set_num_threads(1)
 
@@ -52,7 +52,7 @@ def _worker(rank: int, world: int, store_path: str, fn, args, results) -> None:
         store = dist.FileStore(store_path, world)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
         out = fn(rank, *args)
-        from launcher.trainer import close_distributed
+        from launcher.runtime.trainer import close_distributed
         close_distributed()
         results.put((rank, "ok", out))
     except BaseException:  # report everything, including SystemExit, to the parent
@@ -95,7 +95,7 @@ def spawn(fn, world: int, *args, timeout_s: float = 90.0) -> list:
 
 def run_plan(rank: int, cfg: TrainConfig) -> dict:
     """Worker body: the in-process trainer API on this rank."""
-    from launcher.trainer import run
+    from launcher.runtime.trainer import run
     return run(cfg)
 
 
@@ -112,7 +112,7 @@ def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: 
     model_.init_weights(seed=SEED)
     rotation = None
     if fp8_layers:
-        from launcher.parallel.fp8 import Fp8Rotation, apply_fp8
+        from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
         groups = apply_fp8(model_, num_blocks=fp8_layers, recipe="tensorwise", emulate=True,
                            rotating=fp8_rotation_steps > 0, skip_small=False)
         rotation = Fp8Rotation(groups, num_blocks=fp8_layers, rotation_steps=fp8_rotation_steps)

@@ -9,7 +9,7 @@ that folder to the next call (run_campaign.sh resumes from .campaign/results).
 
 ``--commit`` writes each job's result to its ``Job.committed`` path (campaign.py; the campaign then counts it
 as measured), under ``--dest`` (the repository root by default):
-  benchmarks/data/h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl   launcher.bench lines (what fidelity.py replays),
+  benchmarks/data/h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl   launcher.runtime.bench lines (what fidelity.py replays),
                                         crash lines completed with model, plan and cluster from the job's plans
   benchmarks/data/plain/h200-{1,2}gpu-plain.jsonl              plain FSDP2 runs (benchmarks/trainer_gpu.py)
   benchmarks/data/loss/{bf16,fp8}_{metrics.jsonl,summary.json}, the two loss runs, and their plot
@@ -94,7 +94,7 @@ def merge(inputs: list[str], into: Path) -> list[str]:
 
 def completed_lines(job_dir: Path, job) -> list[dict]:
     """bench.jsonl lines of one job, each with model, plan, cluster and world_size (from the job's plans.yaml where
-    launcher.bench or a crash record left them out), in plan-file order."""
+    launcher.runtime.bench or a crash record left them out), in plan-file order."""
     entries = {e["name"]: e for e in yaml.safe_load((job_dir / "plans.yaml").read_text())} \
         if (job_dir / "plans.yaml").is_file() else {}
     out = []
@@ -188,7 +188,7 @@ def merge_profile(two_gpu: Path, dest: Path) -> str:
     from costmodel.hardware import parse_profile
     merged = merge_two_gpu_fields(yaml.safe_load(base.read_text()), yaml.safe_load(two_gpu.read_text()))
     prof = parse_profile(merged, "<merged profile>")
-    target.parent.mkdir(parents=True, exist_ok=True)  # the profiler's own layout (launcher.profile_assemble)
+    target.parent.mkdir(parents=True, exist_ok=True)  # the profiler's own layout (launcher.gputools.profile_assemble)
     target.write_text(yaml.safe_dump(prof.to_dict(), sort_keys=False, width=120, default_flow_style=None))
     return f"{target} (2-GPU link, collective and overlap fields merged in)"
 

@@ -19,7 +19,7 @@ from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, loa
 from costmodel.specs import as_dict
 
 if TYPE_CHECKING:
-    from launcher.launch import Launch
+    from launcher.launch.request import Launch
 
 
 def read_run_dir(run_dir: Path) -> tuple[Plan, ModelSpec, ClusterSpec | None, dict]:
@@ -70,7 +70,7 @@ def write_run_dir(launch: Launch, *, command: list[str], env: dict[str, str], pr
 def steps_done(run_dir: Path) -> int:
     """Optimizer steps in the newest complete checkpoint (0 without one); torn ones are passed over quietly
     here (the trainer warns about them when it resumes)."""
-    from launcher.checkpoint import MARKER, is_complete
+    from launcher.runtime.checkpoint import MARKER, is_complete
     ckpts = run_dir / "checkpoints"
     for path in sorted(ckpts.glob("step-*"), reverse=True) if ckpts.is_dir() else []:
         if path.is_dir() and is_complete(path)[0]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from costmodel.plan import Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
-from .export_common import (ExportResult, StageView, common_warnings, offloaded_param_fraction, per_stage_text,
+from launcher.export.common import (ExportResult, StageView, common_warnings, offloaded_param_fraction, per_stage_text,
                             stage_view, torchrun_line)
 
 ARGS_FILE = "megatron_args.sh"

@@ -1,6 +1,6 @@
 """Exit codes, preemption (SIGTERM), collective timeouts and test-only fault injection.
 
-Exit codes of ``python -m launcher.train`` (and ``launcher.bench``):
+Exit codes of ``python -m launcher.runtime.train`` (and ``launcher.runtime.bench``):
   0   finished
   2   user error (bad plan, model, flags or data): one line on every rank, before any collective
   3   a collective timed out (``--collective-timeout-s``): another rank died, hung or diverged

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
-from launcher.model import Transformer
+from launcher.runtime.model import Transformer
 
 
 def _storage_key(t: torch.Tensor) -> int:

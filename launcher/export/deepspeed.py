@@ -10,7 +10,7 @@ from __future__ import annotations
 from costmodel.plan import Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
-from .export_common import (ExportResult, common_warnings, dumps_json, offloaded_param_fraction, per_stage_text,
+from launcher.export.common import (ExportResult, common_warnings, dumps_json, offloaded_param_fraction, per_stage_text,
                             stage_view)
 
 CONFIG_FILE = "ds_config.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 from costmodel.plan import Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
-from .export_common import ExportResult, StageView, common_warnings, per_stage_text, stage_view, torchrun_line
+from launcher.export.common import ExportResult, StageView, common_warnings, per_stage_text, stage_view, torchrun_line
 
 MODULE = "loadmaster_torchtitan"
 FUNCTION = "loadmaster_plan"

@@ -1,7 +1,7 @@
 """`loadmaster verify`: peak memory per pipeline rank from PyTorch's own FSDP2 memory tracker, beside the
 symbolic prediction.
 
-The plan's real model (launcher.model, parallelised by the same ``parallelize_part`` the trainer uses) is built
+The plan's real model (launcher.runtime.model, parallelised by the same ``parallelize_part`` the trainer uses) is built
 on the meta device under a fake process group (one rank per pipeline stage; data- and tensor-parallel ranks
 are symmetric), materialised inside ``FakeTensorMode`` — tensors have shapes, dtypes and storages but no memory
 and no kernels run — and one training step (every micro-batch, gradient clipping, the optimizer step) is
@@ -180,9 +180,9 @@ def _preload() -> None:
     import torch.distributed._tools.fsdp2_mem_tracker  # noqa: F401
     import torch.testing._internal.distributed.fake_pg  # noqa: F401
 
-    import launcher.optim  # noqa: F401
-    import launcher.parallel  # noqa: F401
-    import launcher.trainer  # noqa: F401
+    import launcher.runtime.optim  # noqa: F401
+    import launcher.runtime.parallel  # noqa: F401
+    import launcher.runtime.trainer  # noqa: F401
 
 
 def _forget_dtensor_caches() -> None:
@@ -213,7 +213,7 @@ def fake_process_group(rank: int, world_size: int):
     import torch.testing._internal.distributed.fake_pg  # noqa: F401  registers the "fake" backend
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from launcher.parallel.mesh import clear_mesh_cache
+    from launcher.runtime.parallel.mesh import clear_mesh_cache
     dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
     try:
         yield
@@ -227,7 +227,7 @@ def trace_rank(spec: ModelSpec, plan: Plan, *, rank: int, device: torch.device) 
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
-    from launcher.optim import build_optimizer, clip_grad_norm_
+    from launcher.runtime.optim import build_optimizer, clip_grad_norm_
     with fake_process_group(rank, plan.world_size), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stage, part, meshes, offloaded = _build_part(spec, plan, device)
@@ -264,9 +264,9 @@ def trace_rank(spec: ModelSpec, plan: Plan, *, rank: int, device: torch.device) 
 
 def _build_part(spec: ModelSpec, plan: Plan, device: torch.device):
     """This rank's stage module on the meta device, parallelised exactly as the trainer does."""
-    from launcher.model import build_model
-    from launcher.parallel import PartOptions, build_meshes, parallelize_part
-    from launcher.parallel.pipeline import split_pipeline
+    from launcher.runtime.model import build_model
+    from launcher.runtime.parallel import PartOptions, build_meshes, parallelize_part
+    from launcher.runtime.parallel.pipeline import split_pipeline
     meshes = build_meshes(plan, device.type)
     options = PartOptions(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, pin_memory=False,
                           loss_parallel=True, fp8_emulate=device.type != "cuda", fp8_skip_small=True)
@@ -308,8 +308,8 @@ def _loss_context(tp: int):
 
 
 def replay_step(part, plan: Plan, tokens: torch.Tensor, labels: torch.Tensor, tracker, *, tp: int) -> None:
-    """Forward and backward of every micro-batch as launcher.trainer.forward_backward runs them."""
-    from launcher.trainer import cross_entropy_fp32
+    """Forward and backward of every micro-batch as launcher.runtime.trainer.forward_backward runs them."""
+    from launcher.runtime.trainer import cross_entropy_fp32
     M, b = plan.num_microbatches, plan.micro_batch_size
     for m in range(M):
         tracker.reset_mod_stats()  # the tracker refuses a second root forward otherwise
@@ -345,7 +345,7 @@ def schedule_order(schedule: str, num_stages: int, stage: int, num_microbatches:
 def replay_pipeline_stage(part, plan: Plan, stage: int, tokens: torch.Tensor, labels: torch.Tensor, tracker,
                           device: torch.device) -> None:
     """One step of one pipeline stage in its schedule's order, holding what ``PipelineStage`` holds."""
-    from launcher.trainer import cross_entropy_fp32
+    from launcher.runtime.trainer import cross_entropy_fp32
     M, b, h = plan.num_microbatches, plan.micro_batch_size, part.spec.hidden_size
     first, last = stage == 0, stage == plan.pp - 1
     # PipelineStage allocates one activation receive buffer (not first) and one gradient receive buffer (not

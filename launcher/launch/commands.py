@@ -1,12 +1,12 @@
 """What a launch runs: the torchrun command of each node, the trainer's flags, the environment, and the dry
-run's description of them. Pure functions of a checked ``Launch`` (launcher/launch.py)."""
+run's description of them. Pure functions of a checked ``Launch`` (launcher/launch/request.py)."""
 from __future__ import annotations
 
 import shlex
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from launcher.launch import Launch
+    from launcher.launch.request import Launch
 
 DEFAULT_PORT = 29500
 # Dry runs list every node up to this many, else the first and the last (the others differ only in rank).
@@ -17,7 +17,7 @@ SHUTDOWN_TIMEOUT_S = 300
 
 
 def train_flags(launch: Launch) -> list[str]:
-    """launcher.train's flags: everything from the run directory, then the user's extra trainer flags."""
+    """launcher.runtime.train's flags: everything from the run directory, then the user's extra trainer flags."""
     rd = launch.run_dir.resolve()
     flags = ["--plan", str(rd / "plan.yaml"), "--model", str(rd / "model.yaml"), "--out", str(rd),
              "--steps", str(launch.steps)]
@@ -47,7 +47,7 @@ def torchrun_argv(launch: Launch, *, node_rank: int | str, rdzv_endpoint: str | 
         argv += ["--rdzv-conf", f"join_timeout={launch.join_timeout_s}"]
     argv += ["--max-restarts", str(launch.max_restarts),
              "--log-dir", f"{launch.run_dir.resolve() / 'logs'}/node{node_rank}",
-             "--tee" if console else "--redirects", "3", "-m", "launcher.train", *train_flags(launch)]
+             "--tee" if console else "--redirects", "3", "-m", "launcher.runtime.train", *train_flags(launch)]
     return argv
 
 

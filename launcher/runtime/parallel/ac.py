@@ -8,7 +8,7 @@ import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from launcher.model import Transformer
+from launcher.runtime.model import Transformer
 
 _aten = torch.ops.aten
 # Ops whose outputs selective AC saves: every matmul and every SDPA backend (names vary by device and version).

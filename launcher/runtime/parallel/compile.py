@@ -1,8 +1,8 @@
 """torch.compile per transformer block (after AC and offload wrappers, before FSDP)."""
 from __future__ import annotations
 
-from launcher.model import Transformer
-from launcher.parallel.offload import SaveOnCpuWrapper
+from launcher.runtime.model import Transformer
+from launcher.runtime.parallel.offload import SaveOnCpuWrapper
 
 
 def apply_compile(model: Transformer, *, backend: str = "inductor") -> None:

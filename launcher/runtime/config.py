@@ -11,7 +11,7 @@ from costmodel import ModelSpec, Plan, SpecError, check_plan
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """One run of one plan. Built by ``launcher.train`` from flags or directly by a benchmark driver."""
+    """One run of one plan. Built by ``launcher.runtime.train`` from flags or directly by a benchmark driver."""
 
     plan: Plan
     """The plan to execute (costmodel.Plan)."""
@@ -112,7 +112,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if cfg.checkpoint_every and cfg.out is None:
         raise SpecError("<flags>", "checkpoint_every", "needs a run directory", "pass --out RUN_DIR")
     if cfg.data is not None:
-        from launcher.data import TokenFile
+        from launcher.runtime.data import TokenFile
         TokenFile(cfg.data, dtype=cfg.token_dtype, vocab_size=cfg.model.vocab_size,
                   seq_len=plan.seq_len).validate()
 

@@ -11,9 +11,9 @@ import re
 import shlex
 from pathlib import Path
 
-from launcher.faults import EXIT_PREEMPTED
-from launcher.commands import DEFAULT_PORT, torchrun_argv
-from launcher.launch import Launch
+from launcher.runtime.faults import EXIT_PREEMPTED
+from launcher.launch.commands import DEFAULT_PORT, torchrun_argv
+from launcher.launch.request import Launch
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Seconds before the time limit at which SLURM sends SIGTERM, leaving time for the preemption checkpoint.

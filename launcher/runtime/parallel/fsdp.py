@@ -7,7 +7,7 @@ import torch
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
-from launcher.model import Transformer
+from launcher.runtime.model import Transformer
 
 
 def reshard_after_forward_for(zero: int) -> bool:

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 import torch
 
 from costmodel import Plan
-from launcher.model import Transformer
-from launcher.parallel.ac import apply_ac
-from launcher.parallel.compile import apply_compile
-from launcher.parallel.fp8 import Fp8Rotation, apply_fp8
-from launcher.parallel.fsdp import apply_fsdp
-from launcher.parallel.mesh import Meshes, build_meshes
-from launcher.parallel.offload import apply_offload
-from launcher.parallel.pipeline import build_schedule, split_pipeline
-from launcher.parallel.tp import apply_tp
+from launcher.runtime.model import Transformer
+from launcher.runtime.parallel.ac import apply_ac
+from launcher.runtime.parallel.compile import apply_compile
+from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
+from launcher.runtime.parallel.fsdp import apply_fsdp
+from launcher.runtime.parallel.mesh import Meshes, build_meshes
+from launcher.runtime.parallel.offload import apply_offload
+from launcher.runtime.parallel.pipeline import build_schedule, split_pipeline
+from launcher.runtime.parallel.tp import apply_tp
 
 __all__ = ["apply_ac", "apply_compile", "apply_fp8", "apply_fsdp", "apply_offload", "apply_tp", "split_pipeline",
            "build_schedule", "build_meshes", "Meshes", "Fp8Rotation", "PartOptions", "parallelize_part"]

@@ -14,8 +14,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .profile_shapes import AttentionShape, GemmShape
-from .profile_timing import TimingConfig, host_time_per_call, is_cuda, rotation_count, synchronize, time_per_call
+from launcher.gputools.profile_shapes import AttentionShape, GemmShape
+from launcher.gputools.profile_timing import (TimingConfig, host_time_per_call, is_cuda, rotation_count, synchronize,
+                                              time_per_call)
 
 Log = Callable[[str], None]
 

@@ -1,4 +1,4 @@
-"""Measure many plans in one process group: ``torchrun --nproc-per-node G -m launcher.bench --plans plans.yaml
+"""Measure many plans in one process group: ``torchrun --nproc-per-node G -m launcher.runtime.bench --plans plans.yaml
 --out DIR --steps N --warmup W``.
 
 plans.yaml is a list (or ``{plans: [...]}``) of ``{name, model, plan: {...}}`` entries for this world size.
@@ -23,10 +23,10 @@ import torch.distributed as dist
 
 from costmodel import SpecError, load_model, parse_plan
 from costmodel.errors import read_yaml
-from launcher.config import TrainConfig
-from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_USER_ERROR, is_timeout, timeout_message
-from launcher.metrics import detect_cluster
-from launcher.trainer import close_distributed, init_distributed, release_memory, run
+from launcher.runtime.config import TrainConfig
+from launcher.runtime.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_USER_ERROR, is_timeout, timeout_message
+from launcher.runtime.metrics import detect_cluster
+from launcher.runtime.trainer import close_distributed, init_distributed, release_memory, run
 
 _KEEP = ("step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_bytes", "peak_reserved_bytes", "final_loss",
          "losses", "steps_measured", "predicted", "error_pct", "prediction_error", "cluster", "world_size")
@@ -82,7 +82,7 @@ def measure(entry: dict, *, steps: int, warmup: int, cluster: str | None, timeou
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="launcher.bench", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="launcher.runtime.bench", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--plans", required=True, help="YAML list of {name, model, plan} entries")
     p.add_argument("--out", required=True, help="directory for bench.jsonl")
     p.add_argument("--steps", type=int, default=10, help="steps per plan")

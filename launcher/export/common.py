@@ -118,11 +118,11 @@ def dumps_json(obj: dict) -> str:
 def export_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None, target: str) -> ExportResult:
     """Render a checked plan for one engine (``TARGETS``)."""
     if target == "torchtitan":
-        from .export_torchtitan import export_torchtitan as fn
+        from launcher.export.torchtitan import export_torchtitan as fn
     elif target == "megatron":
-        from .export_megatron import export_megatron as fn
+        from launcher.export.megatron import export_megatron as fn
     elif target == "deepspeed":
-        from .export_deepspeed import export_deepspeed as fn
+        from launcher.export.deepspeed import export_deepspeed as fn
     else:
         raise ValueError(f"--to {target!r} is not an export target; use one of {', '.join(TARGETS)}")
     return fn(plan, model, cluster)

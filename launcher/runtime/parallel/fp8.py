@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from launcher.model import Transformer
+from launcher.runtime.model import Transformer
 
 
 def torchao_would_skip(in_features: int, out_features: int, recipe: str) -> bool:

@@ -1,12 +1,12 @@
 """Start a plan with torchrun on one node or many, from a run directory that alone reproduces and resumes it.
 
-The request (flags) is checked against the plan, the model and the cluster; launcher/commands.py builds the
-torchrun command and environment, launcher/rundir.py the run directory, launcher/slurm.py the sbatch script.
+The request (flags) is checked against the plan, the model and the cluster; commands.py (beside this file) builds
+the torchrun command and environment, rundir.py the run directory, slurm.py the sbatch script.
 ``launch RUN_DIR`` rebuilds the command from the directory's launch.json, and the trainer resumes from its
 newest complete checkpoint. This process runs torchrun's agent itself (its API), to read each rank's exit code.
 
 Entry without typer or pulp (GPU nodes): ``python -m launcher.launch PLAN_OR_RUN_DIR [flags] [-- trainer flags]``.
-Exit codes are the trainer's (launcher/faults.py): 0 done, 2 user error, 3 collective or rendezvous timeout,
+Exit codes are the trainer's (launcher/runtime/faults.py): 0 done, 2 user error, 3 collective or rendezvous timeout,
 75 preempted (checkpoint saved; launch the run directory again to resume).
 """
 from __future__ import annotations
@@ -26,12 +26,12 @@ from pathlib import Path
 
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, load_plan
 from costmodel.specs import resolve
-from launcher.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
-from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
-from launcher.rundir import (preempted_since, read_run_dir, steps_done, summary_lines, write_atomic,
+from launcher.launch.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
+from launcher.runtime.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
+from launcher.launch.rundir import (preempted_since, read_run_dir, steps_done, summary_lines, write_atomic,
                              write_run_dir)
 
-# launcher.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
+# launcher.runtime.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
 _OWNED_FLAGS = ("--plan", "--model", "--out", "--steps", "--data", "--checkpoint-every", "--cluster")
 
 
@@ -68,7 +68,7 @@ class LaunchRequest:
     checkpoint_every: int | None = None
     """Checkpoint every K steps (default 0: only at the end and on preemption)."""
     train_args: list[str] = field(default_factory=list)
-    """Further launcher.train flags (given after ``--``)."""
+    """Further launcher.runtime.train flags (given after ``--``)."""
     ignore_prediction: bool = False
     """Launch even when the cost model predicts the plan does not fit in memory."""
 
@@ -130,15 +130,15 @@ def _check_flag_values(req: LaunchRequest) -> None:
         if arg.split("=", 1)[0] in _OWNED_FLAGS:
             raise SpecError("<flags>", arg.split("=", 1)[0], "is set by launch from the run directory",
                             "pass it to launch itself, before --")
-    from launcher.train import parse_args
+    from launcher.runtime.train import parse_args
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             parse_args(["--plan", "-", *req.train_args])
     except SystemExit:
         lines = [x for x in err.getvalue().splitlines() if x.strip()] or ["--help is not a trainer flag"]
-        raise SpecError("<flags>", "-- (trainer flags)", lines[-1].removeprefix("launcher.train: error: "),
-                        "see python -m launcher.train --help") from None
+        raise SpecError("<flags>", "-- (trainer flags)", lines[-1].removeprefix("launcher.runtime.train: error: "),
+                        "see python -m launcher.runtime.train --help") from None
 
 
 def _from_run_dir(req: LaunchRequest, run_dir: Path) -> tuple[Plan, ModelSpec, ClusterSpec | None, dict]:
@@ -237,7 +237,7 @@ def predict_launch(launch: Launch, *, ignore: bool = False):
 def detect_cluster(launch: Launch) -> ClusterSpec | None:
     """The cluster these GPUs form (when none was named), so the run has a prediction beside its measurements."""
     import torch
-    from launcher.metrics import gpu_profile_name
+    from launcher.runtime.metrics import gpu_profile_name
     gpu = gpu_profile_name(torch.device("cuda", 0)) if torch.cuda.is_available() else None
     if gpu is None:
         return None
@@ -294,7 +294,7 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
         print(json.dumps(d, indent=2) if as_json else format_description(d), flush=True)
         return 0
     if slurm is not None:
-        from launcher.slurm import sbatch_script
+        from launcher.launch.slurm import sbatch_script
         script = sbatch_script(launch, env)
         write_run_dir(launch, command=["sbatch", str(slurm)], env=env, prediction=prediction)
         write_atomic(Path(slurm), script)
@@ -326,7 +326,7 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
 
 
 def parse_args(argv: list[str]) -> tuple[LaunchRequest, argparse.Namespace]:
-    """Flags before ``--`` are launch's; after it, launcher.train's."""
+    """Flags before ``--`` are launch's; after it, launcher.runtime.train's."""
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="launcher.launch", description=__doc__.splitlines()[0], allow_abbrev=False,
@@ -357,6 +357,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
 
-
-if __name__ == "__main__":
-    sys.exit(main())

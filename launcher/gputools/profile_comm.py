@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .profile_timing import TimingConfig, prefill_stream, time_per_call
+from launcher.gputools.profile_timing import TimingConfig, prefill_stream, time_per_call
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
 

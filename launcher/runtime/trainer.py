@@ -21,16 +21,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from launcher.checkpoint import Checkpointer
-from launcher.config import TrainConfig, validate
-from launcher.data import local_batch, make_source, samples_consumed
-from launcher.faults import Preemption, inject_fault
-from launcher.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
+from launcher.runtime.checkpoint import Checkpointer
+from launcher.runtime.config import TrainConfig, validate
+from launcher.runtime.data import local_batch, make_source, samples_consumed
+from launcher.runtime.faults import Preemption, inject_fault
+from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
                               step_record, summarize)
-from launcher.model import Transformer, build_model
-from launcher.optim import build_optimizer, build_scheduler, clip_grad_norm_
-from launcher.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
-from launcher.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
+from launcher.runtime.model import Transformer, build_model
+from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
+from launcher.runtime.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
+from launcher.runtime.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -84,7 +84,7 @@ def _restart_safe_store(timeout: timedelta) -> dict:
 
 def close_distributed() -> None:
     """Barrier, then destroy the group (gloo can abort at exit otherwise)."""
-    from launcher.parallel.mesh import clear_mesh_cache
+    from launcher.runtime.parallel.mesh import clear_mesh_cache
     if dist.is_initialized():
         clear_mesh_cache()
         dist.barrier()

@@ -1,7 +1,7 @@
 """Measure this node's GPUs and write a loadmaster hardware profile (`loadmaster profile` runs this).
 
-    python -m launcher.profile [-o profiles/NAME.yaml] [--quick] [--name NAME] [--base PROFILE] [--json]
-    torchrun --standalone --nproc-per-node N -m launcher.profile ...   # adds NCCL collectives and overlap
+    python -m launcher.gputools.profile [-o profiles/NAME.yaml] [--quick] [--name NAME] [--base PROFILE] [--json]
+    torchrun --standalone --nproc-per-node N -m launcher.gputools.profile ...   # adds NCCL collectives and overlap
 
 A single process measures compute (GEMMs, float8 GEMMs, attention), copies, CPU AdamW, launch overhead,
 memory and the host-copy interference; under torchrun every rank runs the same measurements at once (as in
@@ -27,11 +27,13 @@ import yaml
 from costmodel.hardware import load_profile, parse_profile
 from costmodel.specs import PROFILES, load_model
 
-from . import profile_comm as comm
-from . import profile_compute as compute
-from .profile_assemble import Measurements, assemble_profile, base_profile_for_gpu, merge_ranks, summary_lines
-from .profile_shapes import model_attention_shapes, model_gemm_shapes, recipe_models, spread, square_shapes
-from .profile_timing import TimingConfig, is_cuda
+from launcher.gputools import profile_comm as comm
+from launcher.gputools import profile_compute as compute
+from launcher.gputools.profile_assemble import (Measurements, assemble_profile, base_profile_for_gpu, merge_ranks,
+                                                summary_lines)
+from launcher.gputools.profile_shapes import (model_attention_shapes, model_gemm_shapes, recipe_models, spread,
+                                              square_shapes)
+from launcher.gputools.profile_timing import TimingConfig, is_cuda
 
 NO_GPU = "profile needs a CUDA GPU; run it on a GPU node"
 
@@ -91,7 +93,7 @@ class ProfileConfig:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m launcher.profile", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m launcher.gputools.profile", description=__doc__.split("\n")[0])
     p.add_argument("-o", "--output", help="profile YAML to write (default: profiles/<name>.yaml)")
     p.add_argument("--quick", action="store_true", help="fewer shapes and repeats (< 2 minutes)")
     p.add_argument("--name", help="profile name (default: <base>-measured, which clusters of that GPU pick up)")
@@ -174,8 +176,8 @@ def measure_collectives(cfg: ProfileConfig, device: torch.device, m: Measurement
 def _command_line(argv: list[str], world: int) -> str:
     args = " ".join(argv)
     if world > 1:
-        return f"torchrun --standalone --nproc-per-node {world} -m launcher.profile {args}".strip()
-    return f"python -m launcher.profile {args}".strip()
+        return f"torchrun --standalone --nproc-per-node {world} -m launcher.gputools.profile {args}".strip()
+    return f"python -m launcher.gputools.profile {args}".strip()
 
 
 def _setup_distributed() -> tuple[torch.device, int, int]:

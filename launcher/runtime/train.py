@@ -1,7 +1,7 @@
-"""Train one plan on every rank: ``torchrun --nproc-per-node G -m launcher.train --plan plan.yaml --model M``.
+"""Train one plan on every rank: ``torchrun --nproc-per-node G -m launcher.runtime.train --plan plan.yaml --model M``.
 
 Flags are long and distinct from torchrun's own (torchrun rejects script flags that prefix its flags).
-Exit codes (launcher/faults.py): 0 done, 2 user error (one line on every rank, before any collective),
+Exit codes (launcher/runtime/faults.py): 0 done, 2 user error (one line on every rank, before any collective),
 3 a collective timed out, 75 preempted by SIGTERM (checkpoint saved, RUN/preempted written; rerun to resume).
 """
 from __future__ import annotations
@@ -13,12 +13,13 @@ import sys
 import warnings
 
 from costmodel import SpecError, load_model, load_plan
-from launcher.config import TrainConfig, validate, world_size_from_env
-from launcher.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR, is_timeout, timeout_message
+from launcher.runtime.config import TrainConfig, validate, world_size_from_env
+from launcher.runtime.faults import (EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR, is_timeout,
+                                     timeout_message)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="launcher.train", description=__doc__.splitlines()[0], allow_abbrev=False)
+    p = argparse.ArgumentParser(prog="launcher.runtime.train", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--plan", required=True, help="plan YAML (costmodel.Plan keys)")
     p.add_argument("--model", help="model recipe name or path (default: the plan's model)")
     p.add_argument("--steps", type=int, default=10, help="optimizer steps to reach")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    from launcher.trainer import close_distributed, init_distributed, run
+    from launcher.runtime.trainer import close_distributed, init_distributed, run
     init_distributed(cfg.collective_timeout_s)
     try:
         summary = run(cfg)
