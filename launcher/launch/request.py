@@ -11,9 +11,6 @@ Exit codes are the trainer's (launcher/runtime/faults.py): 0 done, 2 user error,
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import os
 import re
@@ -25,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, load_plan
+from costmodel.flags import FlagError, FlagParser, add_flags, from_namespace
 from costmodel.specs import resolve
 from launcher.launch.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
-from launcher.runtime.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
 from launcher.launch.rundir import (preempted_since, read_run_dir, steps_done, summary_lines, write_atomic,
-                             write_run_dir)
+                                    write_run_dir)
+from launcher.runtime.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 # launcher.runtime.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
 _OWNED_FLAGS = ("--plan", "--model", "--out", "--steps", "--data", "--checkpoint-every", "--cluster")
@@ -37,19 +35,21 @@ _OWNED_FLAGS = ("--plan", "--model", "--out", "--steps", "--data", "--checkpoint
 
 @dataclass(kw_only=True)
 class LaunchRequest:
-    """The flags of ``loadmaster launch`` (None: taken from the plan, the cluster, the run directory or the host)."""
+    """The flags of ``loadmaster launch`` and ``python -m launcher.launch``, generated from these fields (their
+    docstrings are the help; costmodel/flags.py). None: taken from the plan, the cluster, the run directory or the
+    host."""
 
-    target: str
-    """Plan YAML (path or shipped name under recipes/plans) or an existing run directory."""
-    model: str | None = None
-    """Model recipe or path; default: the plan's ``model``."""
-    cluster: str | None = None
-    """Cluster recipe or path; default: the plan's ``cluster``, else the GPUs found here."""
+    target: str = field(metadata={"positional": True, "metavar": "PLAN_OR_RUN_DIR"})
+    """Plan YAML (path or shipped name under recipes/plans) or an existing run directory to resume."""
+    model: str | None = field(default=None, metadata={"aliases": ("-m",), "metavar": "MODEL"})
+    """Model recipe or path; default: the plan's model key."""
+    cluster: str | None = field(default=None, metadata={"aliases": ("-c",), "metavar": "CLUSTER"})
+    """Cluster recipe or path; default: the plan's cluster key, else the GPUs found here."""
     steps: int | None = None
     """Optimizer steps to reach (default 10; a run directory keeps its own)."""
-    data: str | None = None
+    data: str | None = field(default=None, metadata={"metavar": "PATH"})
     """Flat binary token file; default: synthetic tokens."""
-    out: str | None = None
+    out: str | None = field(default=None, metadata={"aliases": ("-o",), "metavar": "DIR"})
     """Run directory to create or continue; default runs/<plan>-<time> (required with several nodes)."""
     nnodes: int | None = None
     """Nodes; default: the cluster's, else 1."""
@@ -57,20 +57,26 @@ class LaunchRequest:
     """This node's label (logs/node<R>; node 0 writes launch.json). c10d assigns the global ranks itself."""
     nproc_per_node: int | None = None
     """Processes per node; default: the cluster's GPUs per node, the GPUs here, or (CPU) world size / nodes."""
-    rdzv_endpoint: str | None = None
+    rdzv_endpoint: str | None = field(default=None, metadata={"metavar": "HOST:PORT"})
     """HOST:PORT of the c10d rendezvous (needed with several nodes); single node: localhost:0."""
-    rdzv_id: str | None = None
+    rdzv_id: str | None = field(default=None, metadata={"metavar": "ID"})
     """Rendezvous id shared by all nodes; default: the run directory's name."""
     join_timeout_s: int | None = None
     """Seconds a rendezvous waits for all nodes (torchrun's join_timeout; default 600)."""
     max_restarts: int | None = None
     """Restarts of the whole group after a rank fails (default 0)."""
     checkpoint_every: int | None = None
-    """Checkpoint every K steps (default 0: only at the end and on preemption)."""
-    train_args: list[str] = field(default_factory=list)
+    """Checkpoint every N steps (default 0: only at the end and on preemption)."""
+    train_args: list[str] = field(default_factory=list, metadata={"flag": False})
     """Further launcher.runtime.train flags (given after ``--``)."""
     ignore_prediction: bool = False
     """Launch even when the cost model predicts the plan does not fit in memory."""
+    dry_run: bool = False
+    """Print the checks, the environment and each node's torchrun command; start and write nothing."""
+    slurm: str | None = field(default=None, metadata={"metavar": "FILE"})
+    """Write an sbatch script here (and the run directory) instead of running."""
+    as_json: bool = field(default=False, metadata={"name": "--json"})
+    """Print one JSON object (rank output goes to the logs only)."""
 
 
 @dataclass(kw_only=True)
@@ -130,15 +136,11 @@ def _check_flag_values(req: LaunchRequest) -> None:
         if arg.split("=", 1)[0] in _OWNED_FLAGS:
             raise SpecError("<flags>", arg.split("=", 1)[0], "is set by launch from the run directory",
                             "pass it to launch itself, before --")
-    from launcher.runtime.train import parse_args
-    err = io.StringIO()
+    from launcher.runtime.train import parser
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            parse_args(["--plan", "-", *req.train_args])
-    except SystemExit:
-        lines = [x for x in err.getvalue().splitlines() if x.strip()] or ["--help is not a trainer flag"]
-        raise SpecError("<flags>", "-- (trainer flags)", lines[-1].removeprefix("launcher.runtime.train: error: "),
-                        "see python -m launcher.runtime.train --help") from None
+        parser(add_help=False).parse_args(["--plan", "-", *req.train_args])
+    except FlagError as e:
+        raise SpecError("<flags>", "-- (trainer flags)", e.problem, f"see {e.prog} --help") from None
 
 
 def _from_run_dir(req: LaunchRequest, run_dir: Path) -> tuple[Plan, ModelSpec, ClusterSpec | None, dict]:
@@ -280,9 +282,9 @@ def execute(launch: Launch, argv: list[str], env: dict[str, str]) -> int:
     return EXIT_PREEMPTED if preempted_since(launch.run_dir, t0) else 0
 
 
-def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None = None, as_json: bool = False
-               ) -> int:
+def run_launch(req: LaunchRequest) -> int:
     """``loadmaster launch`` (and ``python -m launcher.launch``): dry run, sbatch script, or run this node."""
+    dry_run, slurm, as_json = req.dry_run, req.slurm, req.as_json
     launch = resolve_launch(req, dry_run=dry_run or slurm is not None)
     launch.gpu = launch.gpu or slurm is not None  # an sbatch script asks for GPUs (--gpus-per-node)
     if launch.gpu and launch.cluster is None:
@@ -325,35 +327,23 @@ def run_launch(req: LaunchRequest, *, dry_run: bool = False, slurm: str | None =
     return code
 
 
-def parse_args(argv: list[str]) -> tuple[LaunchRequest, argparse.Namespace]:
+def parser() -> FlagParser:
+    """``python -m launcher.launch``'s flags: LaunchRequest's fields (``parse_args`` raises FlagError)."""
+    p = FlagParser(prog="python -m launcher.launch", description=__doc__.splitlines()[0],
+                   epilog="Trainer flags follow `--` (python -m launcher.runtime.train --help lists them).")
+    add_flags(p, LaunchRequest)
+    return p
+
+
+def parse_args(argv: list[str]) -> LaunchRequest:
     """Flags before ``--`` are launch's; after it, launcher.runtime.train's."""
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[:argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="launcher.launch", description=__doc__.splitlines()[0], allow_abbrev=False,
-                                epilog="The flags mean what they mean for `loadmaster launch` (see its --help; "
-                                "LaunchRequest documents each). Trainer flags follow `--`.")
-    p.add_argument("target", metavar="PLAN_OR_RUN_DIR")
-    for name in ("model", "cluster", "data", "out", "rdzv-endpoint", "rdzv-id", "slurm"):
-        p.add_argument(f"--{name}")
-    for name in ("steps", "nnodes", "node-rank", "nproc-per-node", "join-timeout-s", "max-restarts",
-                 "checkpoint-every"):
-        p.add_argument(f"--{name}", type=int)
-    for name in ("dry-run", "json", "ignore-prediction"):
-        p.add_argument(f"--{name}", action="store_true")
-    a = p.parse_args(own)
-    req = LaunchRequest(target=a.target, model=a.model, cluster=a.cluster, steps=a.steps, data=a.data, out=a.out,
-                        nnodes=a.nnodes, node_rank=a.node_rank or 0, nproc_per_node=a.nproc_per_node,
-                        rdzv_endpoint=a.rdzv_endpoint, rdzv_id=a.rdzv_id, join_timeout_s=a.join_timeout_s,
-                        max_restarts=a.max_restarts, checkpoint_every=a.checkpoint_every, train_args=extra,
-                        ignore_prediction=a.ignore_prediction)
-    return req, a
+    own, extra = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    return from_namespace(LaunchRequest, parser().parse_args(own), train_args=extra)
 
 
 def main(argv: list[str] | None = None) -> int:
-    req, a = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        return run_launch(req, dry_run=a.dry_run, slurm=a.slurm, as_json=a.json)
+        return run_launch(parse_args(sys.argv[1:] if argv is None else argv))
     except (SpecError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-

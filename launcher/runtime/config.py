@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from costmodel import ModelSpec, Plan, SpecError, check_plan
@@ -11,12 +11,15 @@ from costmodel import ModelSpec, Plan, SpecError, check_plan
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    """One run of one plan. Built by ``launcher.runtime.train`` from flags or directly by a benchmark driver."""
+    """One run of one plan. Built by ``launcher.runtime.train`` from flags or directly by a benchmark driver.
 
-    plan: Plan
-    """The plan to execute (costmodel.Plan)."""
-    model: ModelSpec
-    """The model to build."""
+    Every field but ``plan``, ``model`` and ``plan_source`` is a trainer flag (costmodel/flags.py): its docstring
+    is the flag's help."""
+
+    plan: Plan = field(metadata={"flag": False})
+    """The plan to execute (costmodel.Plan); the trainer's ``--plan`` is its YAML file."""
+    model: ModelSpec = field(metadata={"flag": False})
+    """The model to build; the trainer's ``--model`` is its recipe name or path."""
     steps: int = 10
     """Optimizer steps to reach (a resumed run continues up to this total)."""
     seed: int = 0
@@ -33,11 +36,11 @@ class TrainConfig:
     """Gradient clipping threshold (global L2 norm over all ranks and stages); 0 disables clipping."""
     optimizer: Literal["adamw", "sgd"] = "adamw"
     """adamw, or plain sgd (no momentum) for exactness checks: Adam would hide a constant gradient-scale error."""
-    data: str | None = None
+    data: str | None = field(default=None, metadata={"metavar": "PATH"})
     """Flat binary token file (memory-mapped); None = synthetic tokens."""
     data_dtype: Literal["uint16", "uint32"] | None = None
     """Token width in ``data``; None = uint16 when vocab_size < 65536, else uint32."""
-    out: str | None = None
+    out: str | None = field(default=None, metadata={"metavar": "DIR"})
     """Run directory (metrics.jsonl, summary.json, checkpoints/); None writes nothing."""
     checkpoint_every: int = 0
     """Save a checkpoint every this many steps (0: only at the end); needs ``out``."""
@@ -57,7 +60,7 @@ class TrainConfig:
     """Gradient reduction dtype."""
     loss_parallel: bool = True
     """With tp > 1: cross-entropy on vocabulary-sharded logits (no rank holds the full logits)."""
-    compile_backend: str = "inductor"
+    compile_backend: str = field(default="inductor", metadata={"metavar": "BACKEND"})
     """torch.compile backend when the plan compiles (aot_eager in CPU tests keeps them fast)."""
     fp8_emulate: bool | None = None
     """torchao float8 emulation; None = emulate exactly when no CUDA GPU is present."""
@@ -65,7 +68,7 @@ class TrainConfig:
     """Leave Linears torchao's size filter would skip in bf16 (False only for tiny test models)."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
-    plan_source: str | None = None
+    plan_source: str | None = field(default=None, metadata={"flag": False})
     """Where the plan came from, for error messages; None = the plan's own ``source``."""
 
     @property

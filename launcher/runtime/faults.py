@@ -14,8 +14,6 @@ import signal
 import threading
 import time
 
-import torch.distributed as dist
-
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_COLLECTIVE_TIMEOUT = 3
@@ -46,11 +44,13 @@ class Preemption:
 
 def is_timeout(error: BaseException) -> bool:
     """Whether ``error`` is a collective that ran past the process-group timeout (gloo or NCCL wording)."""
+    import torch.distributed as dist  # here, not above: launch imports the exit codes without torch
     text = str(error).lower()
     return isinstance(error, (RuntimeError, dist.DistError)) and ("timed out" in text or "timeout" in text)
 
 
 def timeout_message(error: BaseException, timeout_s: float) -> str:
+    import torch.distributed as dist
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     return (f"rank {rank}: a collective did not complete within --collective-timeout-s {timeout_s:g} s "
@@ -64,6 +64,7 @@ def inject_fault(step: int) -> None:
     spec = os.environ.get("LOADMASTER_FAULT")
     if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
+    import torch.distributed as dist
     kind, rank, at = spec.split(":")
     if int(rank) != dist.get_rank() or int(at) != step:
         return

@@ -1,6 +1,7 @@
 """Train one plan on every rank: ``torchrun --nproc-per-node G -m launcher.runtime.train --plan plan.yaml --model M``.
 
-Flags are long and distinct from torchrun's own (torchrun rejects script flags that prefix its flags).
+Every flag but --plan and --model is a TrainConfig field (its docstring is the help; costmodel/flags.py builds
+them). Flags are long and distinct from torchrun's own (torchrun rejects script flags that prefix its flags).
 Exit codes (launcher/runtime/faults.py): 0 done, 2 user error (one line on every rank, before any collective),
 3 a collective timed out, 75 preempted by SIGTERM (checkpoint saved, RUN/preempted written; rerun to resume).
 """
@@ -13,30 +14,20 @@ import sys
 import warnings
 
 from costmodel import SpecError, load_model, load_plan
+from costmodel.flags import FlagParser, add_flags, from_namespace
 from launcher.runtime.config import TrainConfig, validate, world_size_from_env
 from launcher.runtime.faults import (EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR, is_timeout,
                                      timeout_message)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="launcher.runtime.train", description=__doc__.splitlines()[0], allow_abbrev=False)
-    p.add_argument("--plan", required=True, help="plan YAML (costmodel.Plan keys)")
-    p.add_argument("--model", help="model recipe name or path (default: the plan's model)")
-    p.add_argument("--steps", type=int, default=10, help="optimizer steps to reach")
-    p.add_argument("--data", help="flat binary token file (default: synthetic tokens)")
-    p.add_argument("--data-dtype", choices=["uint16", "uint32"], help="token width in --data")
-    p.add_argument("--out", help="run directory (metrics.jsonl, summary.json, checkpoints/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, help="linear LR warm-up steps (default: steps // 10)")
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every K steps (and at the end)")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="complete checkpoints to keep")
-    p.add_argument("--collective-timeout-s", type=float, default=600.0, help="fail a collective stuck this long")
-    p.add_argument("--cluster", help="cluster recipe for the prediction (default: detected from the GPUs)")
-    p.add_argument("--timing-warmup-steps", type=int, default=2, help="steps left out of the summary medians")
-    p.add_argument("--param-dtype", choices=["bfloat16", "float32"], help="compute dtype (default: bf16 on GPU)")
-    return p.parse_args(argv)
+def parser(*, add_help: bool = True) -> FlagParser:
+    """The trainer's flags: ``--plan`` and ``--model`` here, every other one generated from TrainConfig's fields.
+    Its ``parse_args`` raises FlagError on a bad command line."""
+    p = FlagParser(prog="python -m launcher.runtime.train", description=__doc__.splitlines()[0], add_help=add_help)
+    p.add_argument("--plan", required=True, metavar="PATH", help="Plan YAML (costmodel.Plan keys).")
+    p.add_argument("--model", metavar="MODEL", help="Model recipe name or path (default: the plan's model).")
+    add_flags(p, TrainConfig)
+    return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -45,21 +36,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     model_ref = args.model or plan.model
     if not model_ref:
         raise SpecError(args.plan, "model", "the plan names no model and --model is missing", "pass --model")
-    cfg = TrainConfig(plan=plan, model=load_model(model_ref), steps=args.steps, seed=args.seed, lr=args.lr,
-                      warmup_steps=args.warmup_steps, optimizer=args.optimizer, data=args.data,
-                      data_dtype=args.data_dtype, out=args.out, checkpoint_every=args.checkpoint_every,
-                      keep_checkpoints=args.keep_checkpoints, collective_timeout_s=args.collective_timeout_s,
-                      cluster=args.cluster, timing_warmup_steps=args.timing_warmup_steps,
-                      param_dtype=args.param_dtype, plan_source=str(args.plan))
+    cfg = from_namespace(TrainConfig, args, plan=plan, model=load_model(model_ref), plan_source=str(args.plan))
     validate(cfg, world_size_from_env())
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(parser().parse_args(argv))
     except (SpecError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
