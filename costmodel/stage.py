@@ -83,7 +83,8 @@ def link_inputs(p: HardwareProfile, gpus_per_node: int, t, d, pp) -> dict[str, n
     return {"bw_tp": bw_tp, "lat_tp": lat_tp, "bw_dp": bw_dp, "lat_dp": lat_dp, "bw_pp": bw_pp, "lat_pp": lat_pp}
 
 
-def _printer_modules():
+def lambdify_modules() -> list:
+    """sympy.lambdify's modules for the cost expressions: numpy, with smax/smin as elementwise max/min."""
     return [{"smax": np.maximum, "smin": np.minimum}, "numpy"]
 
 
@@ -150,7 +151,7 @@ def stage_model(outputs: tuple[str, ...] | None = None, opts: ArchOptions = RUNT
         except Exception:  # a torn or stale cache entry: rebuild it
             fn = None
     if fn is None:
-        fn = sp.lambdify(args, list(exprs.values()), modules=_printer_modules(), cse=True)
+        fn = sp.lambdify(args, list(exprs.values()), modules=lambdify_modules(), cse=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")

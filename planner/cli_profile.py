@@ -11,7 +11,7 @@ from .cli import fail, guarded
 NO_GPU = "profile needs a CUDA GPU; run it on a GPU node"
 
 
-def _cuda_devices() -> int:
+def cuda_devices() -> int:
     """Visible CUDA devices (0 without a GPU or with a CPU-only torch build)."""
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON (summary on stderr)."),
     ) -> None:
         """Measure GEMM, attention, memory, copy, CPU AdamW and NCCL speeds on this node (a GPU node)."""
-        visible = _cuda_devices()
+        visible = cuda_devices()
         if visible == 0:
             fail(NO_GPU)
         if gpus > visible:

@@ -2,19 +2,16 @@
 scoring itself on runs whose errors are known, and the published-number table."""
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+from benchmarks import fidelity
+from costmodel import load_cluster, parse_plan
+from costmodel.prediction import predict
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import fidelity  # noqa: E402
-
-from costmodel import load_cluster, parse_plan  # noqa: E402
-from costmodel.prediction import predict  # noqa: E402
 
 
 def _committed():

@@ -12,14 +12,14 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behav
 
 
 def test_cli_without_a_gpu_prints_one_line_and_exits_2(run_cli, monkeypatch):
-    monkeypatch.setattr(cli_profile, "_cuda_devices", lambda: 0)
+    monkeypatch.setattr(cli_profile, "cuda_devices", lambda: 0)
     code, out, err = run_cli("profile", "--quick", "-o", "x.yaml")
     assert code == 2
     assert err.strip() == f"error: {NO_GPU}"
 
 
 def test_cli_refuses_more_gpus_than_visible(run_cli, monkeypatch):
-    monkeypatch.setattr(cli_profile, "_cuda_devices", lambda: 2)
+    monkeypatch.setattr(cli_profile, "cuda_devices", lambda: 2)
     code, out, err = run_cli("profile", "--gpus", "4")
     assert code == 2
     assert "--gpus 4 but only 2 CUDA device(s) are visible; pass --gpus 2 or fewer" in " ".join(err.split())
@@ -30,7 +30,7 @@ def test_cli_passes_the_profiler_exit_code_through(run_cli, monkeypatch):
 
     class Done:
         returncode = 3
-    monkeypatch.setattr(cli_profile, "_cuda_devices", lambda: 1)
+    monkeypatch.setattr(cli_profile, "cuda_devices", lambda: 1)
     monkeypatch.setattr(cli_profile.subprocess, "run", lambda cmd: started.append(cmd) or Done())
     code, out, err = run_cli("profile", "-o", "p.yaml", "--base", "h100-sxm")
     assert code == 3

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from trainer_harness import TINY, plan_of
+from trainer_harness import TINY, config, needs_torchao, plan_of
 
 from costmodel import ModelSpec, SpecError
 from launcher.runtime.data import SyntheticTokens, TokenFile, sample_ids
@@ -138,6 +138,7 @@ def test_torchao_size_filter_thresholds():
     assert torchao_would_skip(2048, 4096, "rowwise") and not torchao_would_skip(4096, 4096, "rowwise")
 
 
+@needs_torchao
 def test_float8_converts_the_first_blocks_and_keeps_parameters():
     model = real_model()
     before = {n: p for n, p in model.named_parameters()}
@@ -155,11 +156,13 @@ def test_float8_converts_the_first_blocks_and_keeps_parameters():
     assert (y8 - y).abs().max() > 1e-4 * y.abs().max()  # float8 really quantises
 
 
+@needs_torchao
 def test_float8_size_filter_leaves_small_linears_alone():
     model = real_model()
     assert apply_fp8(model, num_blocks=4, recipe="tensorwise", emulate=True, rotating=False) == [[]] * 4
 
 
+@needs_torchao
 @pytest.mark.parametrize("n,k,expected", [
     (1, 2, [[0], [0], [1], [1], [2], [2], [3], [3], [0]]),
     (2, 1, [[0, 1], [2, 3], [0, 1]]),
@@ -173,6 +176,22 @@ def test_float8_rotation_window(n, k, expected):
     for step, window in enumerate(expected):
         assert rot.set_step(step) == window
         assert [all(m.float8_enabled for m in g) for g in groups] == [i in window for i in range(4)]
+
+
+def test_without_torchao_a_float8_plan_is_a_user_error(monkeypatch):
+    import importlib.util
+    import sys
+
+    from launcher.runtime.config import validate
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else find_spec(name, *a))
+    with pytest.raises(SpecError, match="fp8_layers: needs torchao, which is not installed; pip install torchao"):
+        validate(config(plan_of(fp8_layers=1)), world_size=1)
+    for name in ("torchao", "torchao.float8"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now fails, as where it is not installed
+    with pytest.raises(ValueError, match="fp8_layers > 0 needs torchao"):
+        apply_fp8(real_model(), num_blocks=1, recipe="tensorwise", emulate=True, rotating=False)
 
 
 def test_sample_ids_partition_the_global_batch():

@@ -2,6 +2,7 @@
 single-process reference loop (plain module, plain autograd, plain SGD — no DTensor, FSDP or pipelining)."""
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 import queue
@@ -11,6 +12,7 @@ import traceback
 import warnings
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -22,6 +24,9 @@ from launcher.runtime.model import Transformer
 from launcher.runtime.optim import lr_factor
 
 torch.set_num_threads(1)
+
+# float8 layers are torchao's: tests that build them skip where it is not installed (it is in the `test` extra)
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="float8 needs torchao")
 
 TINY = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, name="tiny")

@@ -1,6 +1,6 @@
 """The GPU measurement campaign: a queue of jobs, run on one or two GPUs within a deadline, resumable.
 
-    python3 benchmarks/gpu/campaign.py PART... [--budget-s 560] [--resume-from DIR] [--skip JOB,...] [--cpu-smoke]
+    python3 -m benchmarks.gpu.campaign PART... [--budget-s 560] [--resume-from DIR] [--skip JOB,...] [--cpu-smoke]
 
 (run_campaign.sh is the entry point on the device machine.) PART is a job name or one of PARTS. Jobs start
 in JOBS order: a job starts when enough GPUs are free (one-GPU jobs run side by side, one per GPU); when the
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.gpu import budget
+from benchmarks.gpu import campaign_report as report
+from benchmarks.gpu.campaign_smoke import smoke_entries
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-import budget  # noqa: E402  (benchmarks/gpu/budget.py)
-import campaign_report as report  # noqa: E402  (benchmarks/gpu/campaign_report.py)
-from campaign_smoke import smoke_entries  # noqa: E402
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -86,8 +86,8 @@ ANATOMY = ["g1-l8b8l-bf16-eager", "g1-l8b8l-fp8-eager", "g1-l8b8l-bf16-cmp", "g1
 # Queue order = priority: what the issues need most comes first, so a short campaign loses the least.
 # Bench jobs' estimates are computed from the cost model (budget.py).
 JOBS = [
-    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.gputools.profile", "--quick", "--name", "h200-measured-2gpu",
-                                            "-o", "{dir}/h200-measured-2gpu.yaml"],
+    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.gputools.profile", "--quick",
+                                            "--name", "h200-measured-2gpu", "-o", "{dir}/h200-measured-2gpu.yaml"],
         committed=f"{DATA}/profiles/h200-measured-2gpu.yaml", exclusive=True),
     Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"],
         committed=f"{DATA}/h200-sdpa-gqa.json", light=True),
@@ -232,7 +232,8 @@ class Campaign:
         if job.bench:
             steps, warmup = (2, 1) if self.smoke else (job.steps, job.warmup)
             bench = ["-m", "launcher.runtime.bench", "--plans", str(d / "plans.yaml"), "--out", str(d),
-                     "--steps", str(steps), "--warmup", str(warmup), "--cluster", job.cluster, "--collective-timeout-s", "180"]
+                     "--steps", str(steps), "--warmup", str(warmup), "--cluster", job.cluster,
+                     "--collective-timeout-s", "180"]
             return (TORCHRUN + bench) if job.gpus == 2 else [PY] + bench
         if job.plain:
             runner = TORCHRUN if job.gpus == 2 else [PY]

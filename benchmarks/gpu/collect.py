@@ -1,7 +1,7 @@
 """Merge the results the device calls sent back, and write the files to commit.
 
-    python benchmarks/gpu/collect.py FILES_AT/results.tgz [...] [--into .campaign/results]   # after each call
-    python benchmarks/gpu/collect.py --commit [--into .campaign/results] [--dest .]            # at the end
+    python -m benchmarks.gpu.collect FILES_AT/results.tgz [...] [--into .campaign/results]   # after each call
+    python -m benchmarks.gpu.collect --commit [--into .campaign/results] [--dest .]            # at the end
 
 Each call's results.tgz holds WORK/<job>/ (campaign.py). Merging keeps, per bench plan, a real measurement
 over a crash record, and the newest otherwise, so ``--into`` always holds everything measured so far; carry
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.gpu.campaign_report import read_jsonl
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-from campaign_report import read_jsonl  # noqa: E402
 
 MERGED = {"bench.jsonl", "plain.jsonl", "status.json"}
 STATE_RANK = {"done": 3, "failed": 2, "partial": 1, "cut": 1, "running": 0, "pending": 0}
@@ -135,7 +135,7 @@ def merge_two_gpu_fields(full: dict, two: dict) -> dict:
 
 def commit(into: Path, dest: Path, allow_smoke: bool) -> list[str]:
     """Write every job's result found in ``into`` to its committed path under ``dest``; returns what was written."""
-    from campaign import JOBS
+    from benchmarks.gpu.campaign import JOBS
     written = []
     for job in JOBS:
         src, dst = into / job.name, dest / job.committed
@@ -171,7 +171,7 @@ def commit(into: Path, dest: Path, allow_smoke: bool) -> list[str]:
             for v in ("bf16", "fp8"):
                 (Path(tmp) / v).mkdir()
                 shutil.copy2(loss / f"{v}_metrics.jsonl", Path(tmp) / v / "metrics.jsonl")
-            import plot_loss_curves
+            from benchmarks import plot_loss_curves
             png = dest / "benchmarks" / "loss_curves_fp8_vs_bf16.png"
             plot_loss_curves.main([tmp, "-o", str(png)])
             written.append(f"{png} (+ .csv)")
@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         jobs = merge(args.inputs, into)
         print(f"merged {len(jobs)} job folders into {into}: {', '.join(sorted(set(jobs)))}")
     if args.commit:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         for w in commit(into, Path(args.dest), args.allow_smoke):
             print(f"wrote {w}")
     if not args.inputs and not args.commit:

@@ -18,7 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 # (category, substrings of the lower-cased kernel name); the first match wins
 # (the first sessions' files named a "gemm fp8" category that in fact caught float8 cast kernels: their
