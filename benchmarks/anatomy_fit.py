@@ -36,15 +36,14 @@ import numpy as np
 import sympy as sp
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from costmodel import load_cluster, load_model, parse_plan, predict
+from costmodel.hardware import HardwareProfile, load_profile
+from costmodel.prediction import stage_inputs
+from costmodel.stage import lambdify_modules  # smax/smin as numpy
+from costmodel.symbols import K, M
+from costmodel.timing import attention_s, block_gemm_s, block_linears, gemm_s, tokens
 
-from costmodel import load_cluster, load_model, parse_plan, predict  # noqa: E402
-from costmodel.hardware import HardwareProfile, load_profile  # noqa: E402
-from costmodel.prediction import stage_inputs  # noqa: E402
-from costmodel.stage import _printer_modules  # noqa: E402  (smax/smin as numpy)
-from costmodel.symbols import K, M  # noqa: E402
-from costmodel.timing import attention_s, block_gemm_s, block_linears, gemm_s, tokens  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ANATOMY = ROOT / "benchmarks" / "data" / "h200-1gpu-anatomy.json"
 PLANS = ROOT / "benchmarks" / "gpu" / "plans_1gpu.yaml"
@@ -67,7 +66,7 @@ def _part_functions() -> dict[str, tuple[list[str], object]]:
     out = {}
     for name, ex in exprs.items():
         syms = sorted(ex.free_symbols, key=str)
-        fn = sp.lambdify(syms, ex, modules=_printer_modules())
+        fn = sp.lambdify(syms, ex, modules=lambdify_modules())
         out[name] = ([str(s) for s in syms], fn)
     return out
 

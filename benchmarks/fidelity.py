@@ -2,7 +2,7 @@
 
     python benchmarks/fidelity.py [RUNS...] [--profile PROFILE] [--published FILE] [--json]
 
-RUNS default to benchmarks/data/*.jsonl (launcher.bench lines: the model, the plan, the cluster it ran on,
+RUNS default to benchmarks/data/*.jsonl (launcher.runtime.bench lines: the model, the plan, the cluster it ran on,
 the measured median step time and peak allocated memory over ranks, or ``"oom": true``); run directories and
 summary.json files work too (costmodel.runs). Predictions are recomputed with the current cost model and
 profile, so a change to either shows up here. Targets (issue 6): median |error| ≤ 5 % and max ≤ 15 % for step
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                          indent=1))
         return 0
     if s is None:
-        print(f"no measured runs under {DATA} yet (launcher.bench lines, *.jsonl)", file=sys.stderr)
+        print(f"no measured runs under {DATA} yet (launcher.runtime.bench lines, *.jsonl)", file=sys.stderr)
     else:
         _print_measured(rows, s)
     if pub:

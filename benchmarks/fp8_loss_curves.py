@@ -7,10 +7,10 @@ The token file is a Zipf-bigram stream: token ids follow a Zipf law (exponent 1.
 and each token is, with probability 1/2, a fixed random function of the previous base token — structure a
 model can learn beyond the unigram entropy, so the curves keep falling for 300 steps. It is generated here
 (deterministic, seed 0; one epoch of 300 × 4 × 2048 ≈ 2.5 M tokens, 10 MB, uint32) and read with
-``launcher.train``'s ``--data`` reader (launcher.data.TokenFile).
+``launcher.runtime.train``'s ``--data`` reader (launcher.runtime.data.TokenFile).
 Both arms run the plans recipes/plans/llama3.2-1b-loss-{bf16,fp8rot}.yaml (4 × 2048 tokens a step,
-compiled; float8 on 8 of 16 blocks, the window moving every 25 steps) through launcher.trainer.run in this
-process, without the end-of-run checkpoint ``launcher.train`` always writes (20 GB of DCP for a 1B model with
+compiled; float8 on 8 of 16 blocks, the window moving every 25 steps) through launcher.runtime.trainer.run in this
+process, without the end-of-run checkpoint ``launcher.runtime.train`` always writes (20 GB of DCP for a 1B model with
 AdamW state). Budget: predicted 0.13 s/step, so ~40-60 s of steps plus ~60-90 s of start, compile and
 recompiles (the float8 window flips) per arm, ~2.5 min; run_campaign.sh runs the two arms on two GPUs at
 once, or one after the other (~5 min, well inside the 9-minute limit) on one.
@@ -54,8 +54,8 @@ def write_zipf_tokens(path: Path, *, num_tokens: int, vocab_size: int, seed: int
 def run_variant(variant: str, *, out: Path, tokens: Path, steps: int, smoke: bool) -> dict:
     """Train one arm in this process (a 1-rank process group) and return its summary."""
     from costmodel import load_model, load_plan
-    from launcher.config import TrainConfig
-    from launcher.trainer import run
+    from launcher.runtime.config import TrainConfig
+    from launcher.runtime.trainer import run
     plan = load_plan(PLANS[variant])
     model = load_model(SMOKE_MODEL if smoke else plan.model)
     if smoke:  # tiny and eager on CPU: torch.compile would dominate a smoke test
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         write_zipf_tokens(tokens, num_tokens=steps * gbs * seq + seq + 1, vocab_size=model.vocab_size)
         print(f"wrote {tokens}: {steps * gbs * seq + seq + 1:,} tokens in {time.perf_counter() - t0:.1f} s",
               flush=True)
-    from launcher.trainer import close_distributed, init_distributed
+    from launcher.runtime.trainer import close_distributed, init_distributed
     init_distributed(600.0)
     variants = ["bf16", "fp8"] if args.variant == "both" else [args.variant]
     for v in variants:

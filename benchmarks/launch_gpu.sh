@@ -59,7 +59,7 @@ grep -h -m3 -E "failed|exitcode|Restarting|SIGKILL|Signals" "$OUT/launch.log" | 
 say "== summary (measured vs predicted)"
 python3 - "$RUN_DIR" <<'EOF' 2>&1 | tee -a "$report"
 import json, sys
-from launcher.launch import summary_lines
+from launcher.launch.rundir import summary_lines
 run = sys.argv[1]
 print("\n".join(summary_lines(run)))
 s = json.load(open(f"{run}/summary.json"))

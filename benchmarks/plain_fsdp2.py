@@ -1,10 +1,10 @@
 """A plain FSDP2 training step, written without loadmaster's launcher: the "no slowdown from our wrappers"
-reference of issue 4 (benchmarks/trainer_gpu.py sets its throughput beside launcher.bench's on the same plan).
+reference of issue 4 (benchmarks/trainer_gpu.py sets its throughput beside launcher.runtime.bench's on the same plan).
 
     torchrun --standalone --nproc-per-node G benchmarks/plain_fsdp2.py --plans PLANS.yaml --name NAME
         [--steps 6] [--warmup 2] [--out plain.jsonl]
 
-Reads one {name, model, plan} entry of a launcher.bench plan file and runs it the way a short PyTorch script
+Reads one {name, model, plan} entry of a launcher.runtime.bench plan file and runs it the way a short PyTorch script
 would: its own Llama-style model (RMSNorm, rotate-half RoPE, SDPA with enable_gqa, SwiGLU or GeLU MLP,
 optional tied embeddings), ``fully_shard`` per block and on the root with bf16 parameters and fp32
 reduction, ``checkpoint_wrapper`` for full checkpointing, ``block.compile()`` per block, fused AdamW,

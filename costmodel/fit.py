@@ -1,4 +1,4 @@
-"""Least-squares fits shared by `loadmaster profile` (launcher.profile) and `loadmaster calibrate`.
+"""Least-squares fits shared by `loadmaster profile` (launcher.gputools.profile) and `loadmaster calibrate`.
 
 Two models, both stated in costmodel.hardware:
 - an efficiency curve ``eff(x) = max_eff / (1 + (half_x / x) ** exponent)`` (GEMM, float8 GEMM, attention);

@@ -36,7 +36,7 @@ def vocab_matrices(first, last, num_stages: int, tied: bool):
 class Plan:
     """How one training job is parallelised and which memory techniques each pipeline stage uses.
 
-    ``zero`` levels, as executed with FSDP2 (launcher.fsdp.apply_fsdp):
+    ``zero`` levels, as executed with FSDP2 (launcher.runtime.parallel.fsdp.apply_fsdp):
     0 replicates parameters, gradients and optimizer state (FSDP2 on a (dp, 1) HSDP mesh: DDP-like
     all-reduce); 1 is executed as 2, because FSDP2 cannot shard the optimizer state alone (a warning says
     so); 2 shards fp32 parameters, gradients and AdamW state and keeps the bf16 parameters unsharded from

@@ -3,8 +3,8 @@
 A run is whatever the trainer or the bench left on disk:
 - a run directory (``loadmaster launch``): summary.json with the measured medians, and beside it plan.yaml,
   model.yaml and cluster.yaml when the launcher wrote them (else the names summary.json records);
-- a summary.json (``python -m launcher.train --out``) or a metrics.jsonl whose summary.json lies beside it;
-- a bench.jsonl (``python -m launcher.bench``): one measured plan per line, ``"oom": true`` for a plan that ran
+- a summary.json (``python -m launcher.runtime.train --out``) or a metrics.jsonl whose summary.json lies beside it;
+- a bench.jsonl (``python -m launcher.runtime.bench``): one measured plan per line, ``"oom": true`` for a plan that ran
   out of memory, ``"error"`` for one that could not run (skipped).
 Every failure to read is a one-line SpecError naming the file and, for JSON Lines, the line.
 """
@@ -135,8 +135,8 @@ def _from_run_dir(d: Path, override: ClusterSpec | None) -> MeasuredRun:
 def _record(d: dict, where: str, base: Path, override: ClusterSpec | None) -> MeasuredRun:
     for key in ("plan", "model"):
         if not d.get(key):
-            raise SpecError(where, key, "missing from the run record", "record the run with launcher.bench or "
-                            "launcher.train --out (both write the plan and the model)")
+            raise SpecError(where, key, "missing from the run record", "record the run with launcher.runtime.bench or "
+                            "launcher.runtime.train --out (both write the plan and the model)")
     plan = d["plan"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the plan ran already; its warnings (zero 1, ...) are no news here

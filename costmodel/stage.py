@@ -114,7 +114,8 @@ def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfil
     return stage_model(outputs, opts)(**inputs, **comm_inputs(prof, gpus_per_node, inputs, msgs))
 
 
-def _printer_modules():
+def lambdify_modules() -> list:
+    """sympy.lambdify's modules for the cost expressions: numpy, with smax/smin as elementwise max/min."""
     return [{"smax": np.maximum, "smin": np.minimum}, "numpy"]
 
 
@@ -181,7 +182,7 @@ def stage_model(outputs: tuple[str, ...] | None = None, opts: ArchOptions = RUNT
         except Exception:  # a torn or stale cache entry: rebuild it
             fn = None
     if fn is None:
-        fn = sp.lambdify(args, list(exprs.values()), modules=_printer_modules(), cse=True)
+        fn = sp.lambdify(args, list(exprs.values()), modules=lambdify_modules(), cse=True)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")

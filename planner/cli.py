@@ -5,10 +5,12 @@ owns the error handling, so every verb reports a user error the same way.
 """
 from __future__ import annotations
 
+import enum
+import inspect
 import json
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 import typer.core
@@ -83,6 +85,30 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def flag_parameters(cls: type) -> list[inspect.Parameter]:
+    """typer parameters for the flags of dataclass ``cls`` (costmodel/flags.py: names, types, defaults, metavars
+    and the field docstrings as help), for a command's ``__signature__``. Choices arrive as their string value."""
+    from costmodel.flags import flags
+    params = []
+    for f in flags(cls):
+        kind = enum.Enum(f"{cls.__name__}_{f.field}", {str(c): c for c in f.choices}) if f.choices else f.type
+        annotation = list[kind] if f.multiple else (Optional[kind] if f.optional else kind)
+        default = f.default if not f.required else ...
+        if f.positional:
+            info = typer.Argument(default, metavar=f.metavar, help=f.help)
+        elif f.type is bool:  # metavar "" hides typer's <bool>
+            info = typer.Option(default, f"{f.name}/--no-{f.name[2:]}", *f.names[1:], metavar="", help=f.help)
+        else:
+            info = typer.Option(default, *f.names, metavar=f.metavar, help=f.help)
+        params.append(inspect.Parameter(f.field, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
+    return params
+
+
+def flag_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The values typer passed for ``flag_parameters``, with choices back as plain strings."""
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=float) + "\n")
 
@@ -92,7 +118,8 @@ _registered = False
 OPTIONAL = {"pulp": "pulp highspy", "highspy": "pulp highspy", "scipy": "scipy", "pandas": "pandas"}
 
 
-def _register_all() -> None:
+def register_all() -> None:
+    """Add every verb's command to ``app`` (once); a verb whose optional package is missing says so when run."""
     global _registered
     if _registered:
         return
@@ -122,7 +149,7 @@ def _missing_dependency(verb: str, module: str) -> None:
 
 
 def main() -> None:
-    _register_all()
+    register_all()
     app()
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     @guarded
     def calibrate_cmd(
         runs: list[str] = typer.Argument(None, help="Run directories, summary.json / metrics.jsonl files or "
-                                         "launcher.bench .jsonl files."),
+                                         "launcher.runtime.bench .jsonl files."),
         profile: str = typer.Option(None, "--profile", "-p", help="Profile to start from (default: the runs' "
                                     "cluster profile, measured if present)."),
         output: Path = typer.Option(None, "--output", "-o", help="Write the calibrated profile YAML here."),
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         with the error before and after and the leave-one-out error."""
         if not runs:
             raise ValueError("give at least one run: a run directory, summary.json, metrics.jsonl or a "
-                             "launcher.bench .jsonl file")
+                             "launcher.runtime.bench .jsonl file")
         measured, skipped = read_runs(runs, cluster=cluster)
         if not measured:
             raise ValueError(f"no measured run in {', '.join(runs)} ({len(skipped)} recorded errors only)")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from costmodel import check_plan, load_cluster, load_model, load_plan
-from launcher.export_common import TARGETS, export_plan
+from launcher.export.common import TARGETS, export_plan
 
 from .cli import console, err_console, guarded, print_json
 

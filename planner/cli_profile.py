@@ -1,4 +1,4 @@
-"""`loadmaster profile`: measure this node's GPUs into a hardware profile (runs launcher.profile)."""
+"""`loadmaster profile`: measure this node's GPUs into a hardware profile (runs launcher.gputools.profile)."""
 from __future__ import annotations
 
 import subprocess
@@ -11,7 +11,7 @@ from .cli import fail, guarded
 NO_GPU = "profile needs a CUDA GPU; run it on a GPU node"
 
 
-def _cuda_devices() -> int:
+def cuda_devices() -> int:
     """Visible CUDA devices (0 without a GPU or with a CPU-only torch build)."""
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -26,9 +26,9 @@ def profile_command(*, gpus: int, output: str | None, quick: bool, base: str | N
              *(["--base", base] if base else []), *(["--name", name] if name else []),
              *(["--json"] if as_json else [])]
     if gpus == 1:
-        return [sys.executable, "-m", "launcher.profile", *flags]
+        return [sys.executable, "-m", "launcher.gputools.profile", *flags]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
-            "-m", "launcher.profile", *flags]
+            "-m", "launcher.gputools.profile", *flags]
 
 
 def register(app: typer.Typer) -> None:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON (summary on stderr)."),
     ) -> None:
         """Measure GEMM, attention, memory, copy, CPU AdamW and NCCL speeds on this node (a GPU node)."""
-        visible = _cuda_devices()
+        visible = cuda_devices()
         if visible == 0:
             fail(NO_GPU)
         if gpus > visible:

@@ -1,5 +1,5 @@
 """`loadmaster verify` and `plan --verify`: peak memory per rank from PyTorch's FSDP2 memory tracker under
-FakeTensorMode (launcher.verify), beside the symbolic prediction."""
+FakeTensorMode (launcher.gputools.verify), beside the symbolic prediction."""
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +43,7 @@ def rerank_verified(result, model: str, cluster: str, *, show: bool = True):
     warning says so and ``result`` comes back unchanged."""
     import torch
 
-    from launcher.verify import NEEDS_CUDA, cuda_build, verify
+    from launcher.gputools.verify import NEEDS_CUDA, cuda_build, verify
     if not cuda_build():
         warnings.warn("--verify skipped: " + NEEDS_CUDA.format(version=torch.__version__))
         return result
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Trace one training step per pipeline rank with PyTorch's FSDP2 memory tracker (needs a CUDA build
         of torch, no GPU memory) and compare its peak memory with the prediction."""
-        from launcher.verify import verify
+        from launcher.gputools.verify import verify
         res = verify(model, cluster, plan)
         if as_json:
             print_json(res.to_dict())

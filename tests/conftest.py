@@ -23,8 +23,8 @@ def run_cli():
     """Run the loadmaster CLI in-process; returns (exit code, stdout, stderr)."""
     from typer.testing import CliRunner
 
-    from planner.cli import _register_all, app
-    _register_all()
+    from planner.cli import app, register_all
+    register_all()
     runner = CliRunner()
 
     def run(*args: str):

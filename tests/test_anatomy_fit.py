@@ -1,17 +1,15 @@
 """benchmarks/anatomy_fit.py: per-category constants recovered from kernel times, and the committed profile
 consistent with the committed anatomy."""
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import anatomy_fit  # noqa: E402
+from benchmarks import anatomy_fit
+from costmodel.hardware import load_profile
 
-from costmodel.hardware import load_profile  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ENTRIES = {e["name"]: e for e in yaml.safe_load(anatomy_fit.PLANS.read_text())}
 NAMES = ["g1-l1b-s2k-mb4", "g1-l8b8l-bf16-cmp", "g1-l8b8l-fp8-cmp", "g1-l1b-s4k-stateoff4-v2"]

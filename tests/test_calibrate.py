@@ -43,7 +43,7 @@ def _truth(**values):
 
 
 def _bench_lines(truth, noise=()) -> list[dict]:
-    """launcher.bench lines whose step times are the truth profile's predictions (times 1 + noise)."""
+    """launcher.runtime.bench lines whose step times are the truth profile's predictions (times 1 + noise)."""
     lines = []
     for i, (model, cluster, plan) in enumerate(RUNS):
         with warnings.catch_warnings():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from trainer_harness import assert_close, config, plan_of, spawn
 
-from launcher.checkpoint import is_complete, newest_complete
+from launcher.runtime.checkpoint import is_complete, newest_complete
 
 STEPS = 6
 ADAM = dict(optimizer="adamw", lr=1e-2, steps=STEPS)
@@ -21,12 +21,12 @@ def train(rank: int, cfg, fault: str | None = None, drop_optimizer: bool = False
     if fault:
         os.environ["LOADMASTER_FAULT"] = fault
     if drop_optimizer:  # negative control: restore the model only; the optimizer restarts from scratch
-        import launcher.checkpoint as ck
+        import launcher.runtime.checkpoint as ck
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
         ck.get_state_dict = lambda part, opt, options: (get_model_state_dict(part, options=options), {})
         ck.set_state_dict = lambda part, opt, model_state_dict, optim_state_dict, options: \
             set_model_state_dict(part, model_state_dict, options=options)
-    from launcher.trainer import run
+    from launcher.runtime.trainer import run
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = run(cfg)

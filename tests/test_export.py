@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from costmodel import load_cluster, load_model, load_plan
-from launcher.export_common import TARGETS, export_plan, stage_view
+from launcher.export.common import TARGETS, export_plan, stage_view
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"
@@ -215,7 +215,7 @@ def test_torchtitan_flavor_table_matches_torchtitan():
     pytest.importorskip("torchtitan.config", reason="torchtitan 0.3 not installed")
     from torchtitan.models.llama3 import model_registry
 
-    from launcher.export_torchtitan import FLAVORS
+    from launcher.export.torchtitan import FLAVORS
     for (h, L, heads, kv, ffn, vocab, tied), (flavor, _) in FLAVORS.items():
         m = model_registry(flavor).model
         attn, mlp = m.layers[0].attention, m.layers[0].feed_forward

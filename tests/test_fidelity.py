@@ -2,25 +2,23 @@
 scoring itself on runs whose errors are known, and the published-number table."""
 import json
 import math
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
+from benchmarks import fidelity
+from costmodel import load_cluster, parse_plan
+from costmodel.prediction import predict
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import fidelity  # noqa: E402
-
-from costmodel import load_cluster, parse_plan  # noqa: E402
-from costmodel.prediction import predict  # noqa: E402
 
 
 def _committed():
     files = fidelity.measured_files()
     if not files:
-        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.bench *.jsonl from the GPU campaign)")
+        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.runtime.bench *.jsonl from the GPU "
+                    "campaign)")
     rows, s = fidelity.table(files)
     assert s["runs"] >= 15
     return s

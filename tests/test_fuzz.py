@@ -188,8 +188,8 @@ def test_api_predict_accepts_or_raises_user_errors(files):
 def cli():
     from typer.testing import CliRunner
 
-    from planner.cli import _register_all, app
-    _register_all()
+    from planner.cli import app, register_all
+    register_all()
     runner = CliRunner()
 
     def run(*args) -> int:

@@ -11,20 +11,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from benchmarks import trainer_gpu, tuner_vs_grid
+from benchmarks.fp8_loss_curves import write_zipf_tokens
+from benchmarks.gpu import budget, campaign, campaign_smoke, collect
+from benchmarks.plot_loss_curves import compare
+
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / "benchmarks" / "gpu"
-for p in (GPU, ROOT / "benchmarks"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import budget  # noqa: E402
-import campaign  # noqa: E402
-import campaign_smoke  # noqa: E402
-import collect  # noqa: E402
-import trainer_gpu  # noqa: E402
-import tuner_vs_grid  # noqa: E402
-from fp8_loss_curves import write_zipf_tokens  # noqa: E402
-from plot_loss_curves import compare  # noqa: E402
 
 SWEEPS = [GPU / "plans_1gpu.yaml", GPU / "plans_2gpu.yaml"]
 GRIDS = [GPU / "tuner_vs_grid_1gpu.yaml", GPU / "tuner_vs_grid_2gpu.yaml"]
@@ -73,7 +66,7 @@ def test_every_plan_name_the_tools_use_exists():
 
 
 def test_plain_jobs_name_plans_the_plain_script_accepts():
-    import plain_fsdp2
+    from benchmarks import plain_fsdp2
     for job in campaign.JOBS:
         for f, name in job.plain:
             plan = plain_fsdp2.read_entry(str(ROOT / f), name)["plan"]

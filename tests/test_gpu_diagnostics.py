@@ -1,13 +1,9 @@
 """The GPU diagnostics' host-side logic: step anatomy's trace reading and verify_runs' comparison table."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu"))
-import step_anatomy  # noqa: E402
-import verify_runs  # noqa: E402
+from benchmarks.gpu import step_anatomy, verify_runs
 
 
 def test_busy_time_is_the_union_of_overlapping_kernels():

@@ -13,9 +13,9 @@ import yaml
 from trainer_harness import BASE_PLAN, TINY
 
 from costmodel import SpecError, load_model, load_plan
-from launcher.commands import launch_env, torchrun_argv
-from launcher.launch import LaunchRequest, job_exit_code, resolve_launch
-from launcher.rundir import write_run_dir
+from launcher.launch.commands import launch_env, torchrun_argv
+from launcher.launch.request import LaunchRequest, job_exit_code, resolve_launch
+from launcher.launch.rundir import write_run_dir
 
 # llama3-70b on 64 nodes × 8 H100: tp 8 inside a node, FSDP over the 64 nodes (predicted to fit)
 PLAN_512 = dict(global_batch_size=128, micro_batch_size=1, seq_len=4096, dp=64, tp=8, pp=1, zero=3,
@@ -46,7 +46,7 @@ def test_single_node_command_is_valid_torchrun_with_restarts_logs_and_run_dir_pa
     assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint) == ("1", "2", "c10d",
                                                                                          "localhost:0")
     assert (args.max_restarts, args.tee, args.log_dir) == (2, "3", f"{run}/logs/node0")
-    assert args.module and args.training_script == "launcher.train"
+    assert args.module and args.training_script == "launcher.runtime.train"
     train = args.training_script_args
     assert train[:8] == ["--plan", f"{run}/plan.yaml", "--model", f"{run}/model.yaml", "--out", str(run),
                          "--steps", "7"]
@@ -191,7 +191,7 @@ def test_sbatch_script_content_syntax_and_per_node_expansion(run_cli, tmp_path):
         args = torchrun.parse_args(cmd.split()[1:])
         assert (args.node_rank, args.rdzv_endpoint, args.rdzv_id, args.max_restarts) == \
             (node, "gpu-a17:29500", "4242", 2)
-        assert args.log_dir.endswith(f"run/logs/node{node}") and args.training_script == "launcher.train"
+        assert args.log_dir.endswith(f"run/logs/node{node}") and args.training_script == "launcher.runtime.train"
 
 
 def one_line_error(code: int, stderr: str, *needles: str) -> None:
@@ -241,7 +241,7 @@ NO_TYPER = """
 import sys
 for name in ("typer", "pulp", "highspy", "rich"):
     sys.modules[name] = None  # GPU nodes may lack them: importing one now fails
-from launcher.launch import main
+from launcher.launch.request import main
 args = sys.argv[1:]
 print("exit", main([*args, "--dry-run"]), flush=True)
 print("exit", main([*args, "--nnodes", "2", "--dry-run"]), flush=True)

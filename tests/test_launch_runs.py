@@ -19,7 +19,7 @@ from trainer_harness import BASE_PLAN, TINY, assert_close, config, plan_of, run_
 
 STEPS = 6
 TIMEOUT_S = 120
-# launcher.train flags matching trainer_harness.config(..., max_grad_norm=1.0): SGD, LR 0.5, no warm-up, seed
+# launcher.runtime.train flags matching trainer_harness.config(..., max_grad_norm=1.0): SGD, LR 0.5, no warm-up, seed
 TRAIN = ["--", "--optimizer", "sgd", "--lr", "0.5", "--warmup-steps", "0", "--seed", "1234"]
 
 
@@ -99,7 +99,7 @@ SLOW_STEPS = """
 import os
 if os.environ.get("RANK") is not None and os.environ.get("LOADMASTER_TEST_STEP_SLEEP_S"):
     import time
-    import launcher.trainer as trainer
+    import launcher.runtime.trainer as trainer
     _train_step = trainer.train_step
     def train_step(*args, **kwargs):
         time.sleep(float(os.environ["LOADMASTER_TEST_STEP_SLEEP_S"]))

@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,10 +103,11 @@ def test_milp_returns_the_incumbent_and_its_gap_on_timeout():
 
 def test_the_solver_writes_nothing_to_stdout():
     # `plan --json` prints one JSON object on stdout; HiGHS >= 1.16 prints a banner on its first model
-    code = ("import numpy as np, sys; sys.path.insert(0, 'tests'); from test_planner import random_options; "
+    code = ("import numpy as np; from test_planner import random_options; "  # `-c` imports from its cwd, tests/
             "from planner.milp import solve; o = random_options(np.random.default_rng(0), 3, 9, 6); "
             "solve(o, 9, 4, time_limit_s=5)")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent)
     assert res.returncode == 0, res.stderr
     assert res.stdout == ""
 

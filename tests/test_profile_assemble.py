@@ -1,4 +1,5 @@
-"""launcher.profile_assemble: fabricated measurements become a valid profile; unmeasured fields stay from base."""
+"""launcher.gputools.profile_assemble: fabricated measurements become a valid profile; unmeasured fields stay
+from base."""
 import dataclasses
 
 import numpy as np
@@ -7,8 +8,9 @@ import yaml
 
 from costmodel.fit import bus_factor, ring_steps
 from costmodel.hardware import Curve, load_profile, parse_profile
-from launcher.profile_assemble import Measurements, assemble_profile, base_profile_for_gpu, merge_ranks, summary_lines
-from launcher.profile_shapes import AttentionShape, GemmShape
+from launcher.gputools.profile_assemble import (Measurements, assemble_profile, base_profile_for_gpu, merge_ranks,
+                                                summary_lines)
+from launcher.gputools.profile_shapes import AttentionShape, GemmShape
 
 BASE = load_profile("h200")
 GEMM_TRUE = Curve(max_eff=0.8, half_x=2e10, exponent=1.1)
@@ -39,7 +41,7 @@ def _collectives(world: int) -> dict:
 
 def fake(**over) -> Measurements:
     m = Measurements(gpu_name="NVIDIA H200", torch_version="2.11.0+cu130", date="2026-01-01",
-                     command="python -m launcher.profile --quick", world_size=1,
+                     command="python -m launcher.gputools.profile --quick", world_size=1,
                      gemm=_gemm_rows(GEMM_TRUE, BASE.bf16_tflops), fp8_gemm=_gemm_rows(GEMM_TRUE, BASE.fp8_tflops),
                      attention=_attn_rows(), hbm_gbps=4213.7, h2d_gbps=54.2, d2h_gbps=51.9,
                      cpu_adam_params_per_s=3.1e8, cpu_adam_threads=4, kernel_launch_s=4.2e-6, memory_gib=138.9,
@@ -75,7 +77,7 @@ def test_measured_scalars_replace_the_base_and_the_rest_is_kept():
 def test_source_line_says_measured_when_on_what_and_how():
     prof = assemble_profile(fake(), BASE, name="x")
     assert prof.source.startswith("measured 2026-01-01 NVIDIA H200 torch 2.11.0+cu130 "
-                                  "(python -m launcher.profile --quick) on 1 GPU(s)")
+                                  "(python -m launcher.gputools.profile --quick) on 1 GPU(s)")
     assert "from profile h200" in prof.source
 
 

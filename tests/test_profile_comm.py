@@ -1,4 +1,4 @@
-"""launcher.profile_comm on two forked gloo ranks: every rank issues the same calls and reports every size."""
+"""launcher.gputools.profile_comm on two forked gloo ranks: every rank issues the same calls and reports every size."""
 import json
 import os
 import socket
@@ -8,9 +8,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from launcher.profile_assemble import Measurements, merge_ranks
-from launcher.profile_comm import COLLECTIVES, comm_counts, measure_collectives
-from launcher.profile_timing import TimingConfig
+from launcher.gputools.profile_assemble import Measurements, merge_ranks
+from launcher.gputools.profile_comm import COLLECTIVES, comm_counts, measure_collectives
+from launcher.gputools.profile_timing import TimingConfig
 
 SIZES = (2**12, 2**16, 2**20)
 

@@ -1,10 +1,10 @@
-"""launcher.profile_compute: each measurement runs on a CPU device with tiny sizes; CUDA-only ones on a GPU."""
+"""launcher.gputools.profile_compute: each measurement runs on a CPU device with tiny sizes; CUDA-only ones on a GPU."""
 import pytest
 import torch
 
 from launcher import profile_compute as compute
-from launcher.profile_shapes import AttentionShape, GemmShape
-from launcher.profile_timing import TimingConfig
+from launcher.gputools.profile_shapes import AttentionShape, GemmShape
+from launcher.gputools.profile_timing import TimingConfig
 
 CPU = torch.device("cpu")
 FAST = TimingConfig(repeats=3, sample_s=0.002, warmup_s=0.0, warmup_calls=1, max_inner=10)
@@ -70,7 +70,7 @@ def test_host_cores_is_positive():
 @pytest.mark.gpu
 def test_gpu_gemm_reaches_a_sane_fraction_of_the_datasheet_peak():
     from costmodel.hardware import load_profile
-    from launcher.profile_assemble import base_profile_for_gpu
+    from launcher.gputools.profile_assemble import base_profile_for_gpu
     dev = torch.device("cuda")
     props = torch.cuda.get_device_properties(dev)
     peak = load_profile(base_profile_for_gpu(props.name, props.total_memory)).bf16_tflops
@@ -110,6 +110,6 @@ def test_gpu_attention_uses_a_fused_kernel_at_long_sequences():
 
 @pytest.mark.gpu
 def test_gpu_gemm_slows_down_beside_host_copies_but_not_absurdly():
-    from launcher.profile_comm import measure_h2d_overlap
+    from launcher.gputools.profile_comm import measure_h2d_overlap
     slow = measure_h2d_overlap(torch.device("cuda"), TimingConfig(repeats=3), nbytes=64 * 2**20, repeats=2)
     assert -0.05 < slow < 0.5

@@ -1,11 +1,12 @@
-"""launcher.profile.run end to end on a CPU device with a tiny configuration: measure, assemble, write, summarise."""
+"""launcher.gputools.profile.run end to end on a CPU device with a tiny configuration: measure, assemble, write,
+summarise."""
 import pytest
 import torch
 import yaml
 
 from costmodel.hardware import load_profile, parse_profile
-from launcher.profile import ProfileConfig, parse_args, run
-from launcher.profile_timing import TimingConfig
+from launcher.gputools.profile import ProfileConfig, parse_args, run
+from launcher.gputools.profile_timing import TimingConfig
 
 TINY = ProfileConfig(timing=TimingConfig(repeats=2, sample_s=0.001, warmup_s=0.0, warmup_calls=1, max_inner=4),
                      warmup_gpu_s=0.0, models=("llama3.2-1b",), gemm_tokens=(16,), tp_degrees=(4, 8),
@@ -22,7 +23,7 @@ def test_run_writes_a_profile_that_loads_and_prints_the_summary(tmp_path, capsys
     base = load_profile("h200")
     assert prof.name == "cpu-test"
     assert prof.source.startswith("measured ") and "cpu torch " in prof.source
-    assert f"python -m launcher.profile {' '.join(argv)}" in prof.source
+    assert f"python -m launcher.gputools.profile {' '.join(argv)}" in prof.source
     assert prof.gemm != base.gemm and len(prof.gemm.points) == 5  # 3 model shapes + 2 squares
     assert prof.attention != base.attention and len(prof.attention.points) == 3
     assert prof.fp8_gemm == base.fp8_gemm and "num_fp8_shapes is 0" in prof.source

@@ -1,8 +1,8 @@
-"""launcher.profile_shapes: which GEMM and attention sizes the profiler measures."""
+"""launcher.gputools.profile_shapes: which GEMM and attention sizes the profiler measures."""
 import pytest
 
 from costmodel.specs import load_model
-from launcher.profile_shapes import (AttentionShape, GemmShape, local_heads, model_attention_shapes,
+from launcher.gputools.profile_shapes import (AttentionShape, GemmShape, local_heads, model_attention_shapes,
                                      model_gemm_shapes, projection_shapes, recipe_models, spread)
 
 

@@ -1,10 +1,10 @@
-"""launcher.profile_timing: the one timer every measurement uses (its CPU path runs here)."""
+"""launcher.gputools.profile_timing: the one timer every measurement uses (its CPU path runs here)."""
 import time
 
 import pytest
 import torch
 
-from launcher.profile_timing import TimingConfig, host_time_per_call, rotation_count, time_per_call
+from launcher.gputools.profile_timing import TimingConfig, host_time_per_call, rotation_count, time_per_call
 
 CPU = torch.device("cpu")
 

@@ -10,7 +10,7 @@ from trainer_harness import BASE_PLAN, TINY, assert_close, config, plan_of, run_
 
 import costmodel
 from costmodel import ClusterSpec
-from launcher.metrics import summarize
+from launcher.runtime.metrics import summarize
 
 
 def write_plans(tmp_path, entries):
@@ -21,7 +21,7 @@ def write_plans(tmp_path, entries):
 
 
 def bench(rank, argv, oom_name=None):
-    import launcher.bench as b
+    import launcher.runtime.bench as b
     if oom_name:
         real = b.run
 

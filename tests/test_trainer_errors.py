@@ -1,4 +1,4 @@
-"""User errors and faults as a user meets them: real processes of ``python -m launcher.train``.
+"""User errors and faults as a user meets them: real processes of ``python -m launcher.runtime.train``.
 
 User errors (wrong world size, tp not dividing the heads, missing data file) must print one line on every rank
 and exit 2 before any collective, so no rank waits for another; a hung rank must turn into a timeout error."""
@@ -38,7 +38,7 @@ def free_port() -> int:
 def launch_ranks(world: int, args: list[str], cwd) -> list[subprocess.CompletedProcess]:
     """``world`` trainer processes with torchrun's environment (env:// rendezvous on a free port)."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "launcher.train", *args], cwd=cwd, text=True,
+    procs = [subprocess.Popen([sys.executable, "-m", "launcher.runtime.train", *args], cwd=cwd, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
                                       LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
@@ -83,7 +83,7 @@ def test_missing_data_file(tmp_path):
 def test_sigterm_exits_75_on_every_rank_after_saving(tmp_path):
     args = write_inputs(tmp_path, dp=2) + ["--steps", "6", "--out", str(tmp_path / "run"), "--optimizer", "sgd"]
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "launcher.train", *args], cwd=tmp_path, text=True,
+    procs = [subprocess.Popen([sys.executable, "-m", "launcher.runtime.train", *args], cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
@@ -98,7 +98,7 @@ def test_sigterm_exits_75_on_every_rank_after_saving(tmp_path):
 def torchrun(args: list[str], cwd, nproc: int, *extra: str, **env_extra) -> tuple[subprocess.CompletedProcess, float]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--rdzv-backend",
            "c10d", "--rdzv-endpoint", "localhost:0", "--log-dir", str(cwd / "logs"), "--redirects", "3", *extra,
-           "-m", "launcher.train", *args]
+           "-m", "launcher.runtime.train", *args]
     t0 = time.monotonic()
     res = subprocess.run(cmd, cwd=cwd, text=True, capture_output=True, env=env(**env_extra), timeout=TIMEOUT_S)
     return res, time.monotonic() - t0

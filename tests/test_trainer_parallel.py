@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 import pytest
-from trainer_harness import TINY, assert_close, config, plan_of, reference, run_plan, spawn
+from trainer_harness import TINY, assert_close, config, needs_torchao, plan_of, reference, run_plan, spawn
 
 from costmodel import ModelSpec
 
@@ -127,6 +127,7 @@ def test_state_offload():
     check(dict(dp=2, offload_state_layers=2))
 
 
+@needs_torchao
 def test_float8_fixed_blocks_match_float8_reference():
     fp8 = dict(fp8_layers=2, micro_batch_size=2)
     out = check(dict(dp=2, fp8_layers=2), fp8)
@@ -138,6 +139,7 @@ def test_float8_fixed_blocks_match_float8_reference():
     assert near * 10 < far, (near, far)
 
 
+@needs_torchao
 def test_float8_rotation_matches_rotating_reference():
     rot = dict(fp8_layers=1, fp8_rotation_steps=2, micro_batch_size=2)
     out = check(dict(dp=2, fp8_layers=1, fp8_rotation_steps=2), rot)
@@ -152,5 +154,6 @@ def test_compile_with_selective_checkpointing():
     check(dict(dp=2, compile=True, recompute="selective", recompute_layers=2))
 
 
+@needs_torchao
 def test_tensor_parallel_float8():
     check(dict(tp=2, fp8_layers=2), dict(fp8_layers=2, micro_batch_size=2))

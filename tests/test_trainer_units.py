@@ -8,17 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from trainer_harness import TINY, plan_of
+from trainer_harness import TINY, config, needs_torchao, plan_of
 
 from costmodel import ModelSpec, SpecError
-from launcher.data import SyntheticTokens, TokenFile, sample_ids
-from launcher.model import Transformer, apply_rope, build_model, rope_tables
-from launcher.optim import lr_factor
-from launcher.parallel.ac import apply_ac
+from launcher.runtime.data import SyntheticTokens, TokenFile, sample_ids
+from launcher.runtime.model import Transformer, apply_rope, build_model, rope_tables
+from launcher.runtime.optim import lr_factor
+from launcher.runtime.parallel.ac import apply_ac
 from costmodel.fp8 import fp8_skipped
-from launcher.parallel.fp8 import Fp8Rotation, apply_fp8
-from launcher.parallel.offload import SaveOnCpuWrapper, apply_offload
-from launcher.parallel.pipeline import split_pipeline
+from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
+from launcher.runtime.parallel.offload import SaveOnCpuWrapper, apply_offload
+from launcher.runtime.parallel.pipeline import split_pipeline
 
 aten = torch.ops.aten
 
@@ -139,6 +139,7 @@ def test_torchao_size_filter_thresholds():
     assert fp8_skipped(2048, 4096, "rowwise") and not fp8_skipped(4096, 4096, "rowwise")
 
 
+@needs_torchao
 def test_float8_converts_the_first_blocks_and_keeps_parameters():
     model = real_model()
     before = {n: p for n, p in model.named_parameters()}
@@ -156,11 +157,13 @@ def test_float8_converts_the_first_blocks_and_keeps_parameters():
     assert (y8 - y).abs().max() > 1e-4 * y.abs().max()  # float8 really quantises
 
 
+@needs_torchao
 def test_float8_size_filter_leaves_small_linears_alone():
     model = real_model()
     assert apply_fp8(model, num_blocks=4, recipe="tensorwise", emulate=True, rotating=False) == [[]] * 4
 
 
+@needs_torchao
 @pytest.mark.parametrize("n,k,expected", [
     (1, 2, [[0], [0], [1], [1], [2], [2], [3], [3], [0]]),
     (2, 1, [[0, 1], [2, 3], [0, 1]]),
@@ -174,6 +177,22 @@ def test_float8_rotation_window(n, k, expected):
     for step, window in enumerate(expected):
         assert rot.set_step(step) == window
         assert [all(m.float8_enabled for m in g) for g in groups] == [i in window for i in range(4)]
+
+
+def test_without_torchao_a_float8_plan_is_a_user_error(monkeypatch):
+    import importlib.util
+    import sys
+
+    from launcher.runtime.config import validate
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else find_spec(name, *a))
+    with pytest.raises(SpecError, match="fp8_layers: needs torchao, which is not installed; pip install torchao"):
+        validate(config(plan_of(fp8_layers=1)), world_size=1)
+    for name in ("torchao", "torchao.float8"):
+        monkeypatch.setitem(sys.modules, name, None)  # importing it now fails, as where it is not installed
+    with pytest.raises(ValueError, match="fp8_layers > 0 needs torchao"):
+        apply_fp8(real_model(), num_blocks=1, recipe="tensorwise", emulate=True, rotating=False)
 
 
 def test_sample_ids_partition_the_global_batch():
@@ -249,7 +268,7 @@ def test_save_on_cpu_wrapper_is_invisible_in_state_dict():
 
 
 def test_clip_grad_norm_matches_torch_and_really_clips():
-    from launcher.optim import clip_grad_norm_
+    from launcher.runtime.optim import clip_grad_norm_
     a = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     for p, q in zip(a, b):
@@ -266,7 +285,8 @@ def test_clip_grad_norm_matches_torch_and_really_clips():
 def test_trainer_imports_nothing_gpu_nodes_may_lack():
     import subprocess
     import sys
-    code = ("import sys, launcher.train, launcher.bench, launcher.trainer, costmodel; costmodel.predict; "
+    code = ("import sys, launcher.runtime.train, launcher.runtime.bench, launcher.runtime.trainer, costmodel; "
+            "costmodel.predict; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pulp', 'highspy', 'typer', 'rich', "
             "'planner', 'torchao'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -274,7 +294,7 @@ def test_trainer_imports_nothing_gpu_nodes_may_lack():
 
 
 def test_activation_offload_copies_activations_not_the_blocks_weights():
-    from launcher.parallel.offload import SaveOnCpuWrapper
+    from launcher.runtime.parallel.offload import SaveOnCpuWrapper
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
     x = torch.randn(4, 256, requires_grad=True)
@@ -294,7 +314,7 @@ def test_activation_offload_tells_activations_from_weights_under_fake_tensors_to
     # activation for a weight and the trace kept them all on the device
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from launcher.parallel.offload import SaveOnCpuWrapper
+    from launcher.runtime.parallel.offload import SaveOnCpuWrapper
     with FakeTensorMode():
         block = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 256))
         wrapped = SaveOnCpuWrapper(block, pin_memory=False)

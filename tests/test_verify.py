@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from costmodel import ClusterSpec, ModelSpec, parse_plan
-from launcher.verify import VerifyUnavailable, cuda_build, schedule_order, verify
+from launcher.gputools.verify import VerifyUnavailable, cuda_build, schedule_order, verify
 
 TINY = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=128, name="tiny")
@@ -115,7 +115,7 @@ def test_plan_verify_moves_a_plan_that_does_not_fit_by_traced_memory_behind(zero
 
     import yaml
 
-    import launcher.verify as lv
+    import launcher.gputools.verify as lv
     from costmodel import load_profile
     from costmodel.prediction import predict
     from planner.cli_verify import rerank_verified

@@ -2,6 +2,7 @@
 single-process reference loop (plain module, plain autograd, plain SGD — no DTensor, FSDP or pipelining)."""
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 import queue
@@ -11,17 +12,21 @@ import traceback
 import warnings
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from costmodel import ModelSpec, parse_plan
-from launcher.config import TrainConfig
-from launcher.data import SyntheticTokens, TokenFile
-from launcher.model import Transformer
-from launcher.optim import lr_factor
+from launcher.runtime.config import TrainConfig
+from launcher.runtime.data import SyntheticTokens, TokenFile
+from launcher.runtime.model import Transformer
+from launcher.runtime.optim import lr_factor
 
 torch.set_num_threads(1)
+
+# float8 layers are torchao's: tests that build them skip where it is not installed (it is in the `test` extra)
+needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, reason="float8 needs torchao")
 
 TINY = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, name="tiny")
@@ -52,7 +57,7 @@ def _worker(rank: int, world: int, store_path: str, fn, args, results) -> None:
         store = dist.FileStore(store_path, world)
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
         out = fn(rank, *args)
-        from launcher.trainer import close_distributed
+        from launcher.runtime.trainer import close_distributed
         close_distributed()
         results.put((rank, "ok", out))
     except BaseException:  # report everything, including SystemExit, to the parent
@@ -95,7 +100,7 @@ def spawn(fn, world: int, *args, timeout_s: float = 90.0) -> list:
 
 def run_plan(rank: int, cfg: TrainConfig) -> dict:
     """Worker body: the in-process trainer API on this rank."""
-    from launcher.trainer import run
+    from launcher.runtime.trainer import run
     return run(cfg)
 
 
@@ -112,7 +117,7 @@ def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: 
     model_.init_weights(seed=SEED)
     rotation = None
     if fp8_layers:
-        from launcher.parallel.fp8 import Fp8Rotation, apply_fp8
+        from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
         groups = apply_fp8(model_, num_blocks=fp8_layers, recipe="tensorwise", emulate=True,
                            rotating=fp8_rotation_steps > 0, skip_small=False)
         rotation = Fp8Rotation(groups, num_blocks=fp8_layers, rotation_steps=fp8_rotation_steps)

@@ -4,11 +4,11 @@
     python benchmarks/gpu/budget.py --select a benchmarks/gpu/plans_1gpu.yaml -o /tmp/plans_1gpu_a.yaml
     python benchmarks/gpu/budget.py --measured .campaign/results benchmarks/data/h200-*.jsonl  # recalibrate
 
-A plan file is launcher.bench's input: a YAML list of {name, model, plan} entries, here with an optional
-``group`` (run_campaign.sh runs one group per launcher.bench process). The cluster is taken from the file name
+A plan file is launcher.runtime.bench's input: a YAML list of {name, model, plan} entries, here with an optional
+``group`` (run_campaign.sh runs one group per launcher.runtime.bench process). The cluster is taken from the file name
 (``*1gpu*`` → 1xh200, ``*2gpu*`` → 2xh200) or ``cluster:`` in the entry. Wall time of one plan on the device is
 estimated as setup + compile + steps × predicted step time × SAFETY; the constants below are guesses to be
-replaced by the ``wall_s`` launcher.bench records per plan. ``--check`` exits 1 when a plan does not load, an
+replaced by the ``wall_s`` launcher.runtime.bench records per plan. ``--check`` exits 1 when a plan does not load, an
 ``oom`` plan is predicted to fit, another plan is predicted not to fit, or a group is over GROUP_LIMIT_S.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import yaml
 
 from costmodel import GiB
 
-# Seconds, per launcher.bench process: python + torch + CUDA context + process group (+ NCCL for 2 GPUs).
+# Seconds, per launcher.runtime.bench process: python + torch + CUDA context + process group (+ NCCL for 2 GPUs).
 PROCESS_START_S = 20.0
 # Calibrated on the first H200 runs of plans_1gpu.yaml (23 plans, benchmarks/data/h200-1gpu-sweep-*.jsonl;
 # `--measured` prints the comparison): per plan, model build, sharding, init and optimizer took 1-3 s beyond
@@ -56,7 +56,7 @@ def cluster_for(path: str | Path, entry: dict) -> str:
 
 
 def estimate_wall_s(entry: dict, pred, params: float, steps: int) -> float:
-    """Device wall seconds of one plan inside a running launcher.bench process."""
+    """Device wall seconds of one plan inside a running launcher.runtime.bench process."""
     plan = entry["plan"]
     setup = PLAN_SETUP_S + SETUP_PER_BPARAM_S * params / 1e9
     if not pred.feasible:
@@ -102,7 +102,7 @@ def entry_estimate(entry: dict, cluster: str, steps: int, source: str = "<plans>
 
 
 def group_estimate_s(entries: list[dict], cluster: str, steps: int) -> float:
-    """Device wall seconds of one launcher.bench process over ``entries`` (0 when there are none)."""
+    """Device wall seconds of one launcher.runtime.bench process over ``entries`` (0 when there are none)."""
     if not entries:
         return 0.0
     return PROCESS_START_S + sum(entry_estimate(e, cluster, steps)[2] for e in entries)
@@ -132,7 +132,7 @@ def budget(paths: list[str], steps: int) -> tuple[list[dict], list[str]]:
 
 
 def measured_overheads(paths: list[Path]) -> list[str]:
-    """Measured wall seconds of each plan (launcher.bench's ``wall_s``) beside this file's estimate, from bench
+    """Measured wall seconds of each plan (launcher.runtime.bench's ``wall_s``) beside this file's estimate, from bench
     JSONL files or folders holding them (.campaign/results): to recalibrate the constants above."""
     import json
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.glob("**/bench.jsonl")))]
@@ -180,7 +180,7 @@ def print_table(rows: list[dict], limit_s: float) -> list[str]:
 
 
 def select(path: str, group: str, out: str) -> int:
-    """Write the entries of one group (launcher.bench input) to ``out``; returns how many."""
+    """Write the entries of one group (launcher.runtime.bench input) to ``out``; returns how many."""
     chosen = [e for e in read_entries(path) if str(e.get("group", "-")) == group]
     if not chosen:
         raise SystemExit(f"error: {path} has no entry in group {group!r}")
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", help="campaign plan files")
     ap.add_argument("--measured", nargs="+", metavar="RESULTS",
                     help="bench JSONL files or result folders: measured wall time of each plan beside the estimate")
-    ap.add_argument("--steps", type=int, default=6, help="steps per plan (launcher.bench --steps)")
+    ap.add_argument("--steps", type=int, default=6, help="steps per plan (launcher.runtime.bench --steps)")
     ap.add_argument("--check", action="store_true", help="exit 1 on any problem")
     ap.add_argument("--select", metavar="GROUP", help="write the entries of GROUP of the one file to -o")
     ap.add_argument("-o", "--output", help="output file of --select")

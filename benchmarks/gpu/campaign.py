@@ -1,14 +1,14 @@
 """The GPU measurement campaign: a queue of jobs, run on one or two GPUs within a deadline, resumable.
 
-    python3 benchmarks/gpu/campaign.py PART... [--budget-s 560] [--resume-from DIR] [--skip JOB,...] [--cpu-smoke]
+    python3 -m benchmarks.gpu.campaign PART... [--budget-s 560] [--resume-from DIR] [--skip JOB,...] [--cpu-smoke]
 
 (run_campaign.sh is the entry point on the device machine.) PART is a job name or one of PARTS. Jobs start
 in JOBS order: a job starts when enough GPUs are free (one-GPU jobs run side by side, one per GPU); when the
 next job must wait for GPUs, a later one-GPU job may use an idle GPU if it should end first. A profile job is
 ``exclusive``: it starts on a quiet machine and only ``light`` jobs run beside it (it times host copies and
-CPU AdamW). At the deadline running jobs are killed: launcher.bench writes one line per finished plan, so a
+CPU AdamW). At the deadline running jobs are killed: launcher.runtime.bench writes one line per finished plan, so a
 cut sweep resumes at its next plan in the next call (pass the collected results back with --resume-from).
-A bench process that dies is rerun from its next plan; a crash (not launcher.bench's out-of-memory stop on
+A bench process that dies is rerun from its next plan; a crash (not launcher.runtime.bench's out-of-memory stop on
 several ranks) is recorded as a ``crash`` line for the plan that was running. Work goes to WORK/<job>/
 (log.txt, status.json, outputs); after every job WORK is packed into $OUT/results.tgz and $OUT/summary.md is
 rewritten, so whatever finished comes back even if the call is cut.
@@ -30,12 +30,12 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.gpu import budget
+from benchmarks.gpu import campaign_report as report
+from benchmarks.gpu.campaign_smoke import smoke_entries
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-import budget  # noqa: E402  (benchmarks/gpu/budget.py)
-import campaign_report as report  # noqa: E402  (benchmarks/gpu/campaign_report.py)
-from campaign_smoke import smoke_entries  # noqa: E402
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -43,7 +43,7 @@ TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node
 
 @dataclass
 class Job:
-    """One unit of the campaign: a launcher.bench group or a command."""
+    """One unit of the campaign: a launcher.runtime.bench group or a command."""
 
     name: str
     gpus: int
@@ -86,8 +86,8 @@ ANATOMY = ["g1-l8b8l-bf16-eager", "g1-l8b8l-fp8-eager", "g1-l8b8l-bf16-cmp", "g1
 # Queue order = priority: what the issues need most comes first, so a short campaign loses the least.
 # Bench jobs' estimates are computed from the cost model (budget.py).
 JOBS = [
-    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.profile", "--quick", "--name", "h200-measured-2gpu", "-o",
-                                            "{dir}/h200-measured-2gpu.yaml"],
+    Job("profile-2gpu", 2, 150, TORCHRUN + ["-m", "launcher.gputools.profile", "--quick",
+                                            "--name", "h200-measured-2gpu", "-o", "{dir}/h200-measured-2gpu.yaml"],
         committed=f"{DATA}/profiles/h200-measured-2gpu.yaml", exclusive=True),
     Job("sdpa-gqa", 1, 45, [PY, "benchmarks/gpu/sdpa_gqa_check.py", "--json", "{dir}/sdpa_gqa.json"],
         committed=f"{DATA}/h200-sdpa-gqa.json", light=True),
@@ -109,8 +109,8 @@ JOBS = [
     Job("plain-2gpu", 2, 70, plain=PLAIN_2GPU, committed=f"{DATA}/plain/h200-2gpu-plain.jsonl"),
     Job("sweep2-b", 2, 0, plans=P2, group="b", committed=f"{DATA}/h200-2gpu-sweep-b.jsonl"),
     # the full one-GPU profile is profiles/h200-measured.yaml; this quick one runs only when asked for by name
-    Job("profile-1gpu", 1, 120, [PY, "-m", "launcher.profile", "--quick", "--name", "h200-measured-1gpu-quick", "-o",
-                                 "{dir}/h200-measured-1gpu-quick.yaml"],
+    Job("profile-1gpu", 1, 120, [PY, "-m", "launcher.gputools.profile", "--quick", "--name", "h200-measured-1gpu-quick",
+                                 "-o", "{dir}/h200-measured-1gpu-quick.yaml"],
         committed=f"{DATA}/profiles/h200-measured-1gpu-quick.yaml", exclusive=True),
 ]
 PARTS = {"check": ["sdpa-gqa"], "profile": ["profile-2gpu", "profile-1gpu"],
@@ -231,8 +231,9 @@ class Campaign:
         d = self.jdir(job)
         if job.bench:
             steps, warmup = (2, 1) if self.smoke else (job.steps, job.warmup)
-            bench = ["-m", "launcher.bench", "--plans", str(d / "plans.yaml"), "--out", str(d), "--steps", str(steps),
-                     "--warmup", str(warmup), "--cluster", job.cluster, "--collective-timeout-s", "180"]
+            bench = ["-m", "launcher.runtime.bench", "--plans", str(d / "plans.yaml"), "--out", str(d),
+                     "--steps", str(steps), "--warmup", str(warmup), "--cluster", job.cluster,
+                     "--collective-timeout-s", "180"]
             return (TORCHRUN + bench) if job.gpus == 2 else [PY] + bench
         if job.plain:
             runner = TORCHRUN if job.gpus == 2 else [PY]
@@ -241,8 +242,8 @@ class Campaign:
                                         "--out", str(d / "plain.jsonl")] + steps) for _, n in job.plain]
             return ["bash", "-c", " ; ".join(lines)]
         cmd = [c.replace("{dir}", str(d)) for c in job.cmd]
-        if self.smoke and "launcher.profile" in cmd:
-            return [PY, "-m", "launcher.profile", "--help"]  # needs CUDA: only check that it imports
+        if self.smoke and "launcher.gputools.profile" in cmd:
+            return [PY, "-m", "launcher.gputools.profile", "--help"]  # needs CUDA: only check that it imports
         if self.smoke and "benchmarks/gpu/step_anatomy.py" in cmd:
             return cmd[:2] + ["--help"]  # full-size models: only check that it imports
         if self.smoke and "benchmarks/fp8_loss_curves.py" in cmd:

@@ -1,7 +1,7 @@
 """Merge the results the device calls sent back, and write the files to commit.
 
-    python benchmarks/gpu/collect.py FILES_AT/results.tgz [...] [--into .campaign/results]   # after each call
-    python benchmarks/gpu/collect.py --commit [--into .campaign/results] [--dest .]            # at the end
+    python -m benchmarks.gpu.collect FILES_AT/results.tgz [...] [--into .campaign/results]   # after each call
+    python -m benchmarks.gpu.collect --commit [--into .campaign/results] [--dest .]            # at the end
 
 Each call's results.tgz holds WORK/<job>/ (campaign.py). Merging keeps, per bench plan, a real measurement
 over a crash record, and the newest otherwise, so ``--into`` always holds everything measured so far; carry
@@ -9,7 +9,7 @@ that folder to the next call (run_campaign.sh resumes from .campaign/results).
 
 ``--commit`` writes each job's result to its ``Job.committed`` path (campaign.py; the campaign then counts it
 as measured), under ``--dest`` (the repository root by default):
-  benchmarks/data/h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl   launcher.bench lines (what fidelity.py replays),
+  benchmarks/data/h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl   launcher.runtime.bench lines (what fidelity.py replays),
                                         crash lines completed with model, plan and cluster from the job's plans
   benchmarks/data/plain/h200-{1,2}gpu-plain.jsonl              plain FSDP2 runs (benchmarks/trainer_gpu.py)
   benchmarks/data/loss/{bf16,fp8}_{metrics.jsonl,summary.json}, the two loss runs, and their plot
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.gpu.campaign_report import read_jsonl
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(HERE))
-from campaign_report import read_jsonl  # noqa: E402
 
 MERGED = {"bench.jsonl", "plain.jsonl", "status.json"}
 STATE_RANK = {"done": 3, "failed": 2, "partial": 1, "cut": 1, "running": 0, "pending": 0}
@@ -94,7 +94,7 @@ def merge(inputs: list[str], into: Path) -> list[str]:
 
 def completed_lines(job_dir: Path, job) -> list[dict]:
     """bench.jsonl lines of one job, each with model, plan, cluster and world_size (from the job's plans.yaml where
-    launcher.bench or a crash record left them out), in plan-file order."""
+    launcher.runtime.bench or a crash record left them out), in plan-file order."""
     entries = {e["name"]: e for e in yaml.safe_load((job_dir / "plans.yaml").read_text())} \
         if (job_dir / "plans.yaml").is_file() else {}
     out = []
@@ -135,7 +135,7 @@ def merge_two_gpu_fields(full: dict, two: dict) -> dict:
 
 def commit(into: Path, dest: Path, allow_smoke: bool) -> list[str]:
     """Write every job's result found in ``into`` to its committed path under ``dest``; returns what was written."""
-    from campaign import JOBS
+    from benchmarks.gpu.campaign import JOBS
     written = []
     for job in JOBS:
         src, dst = into / job.name, dest / job.committed
@@ -171,7 +171,7 @@ def commit(into: Path, dest: Path, allow_smoke: bool) -> list[str]:
             for v in ("bf16", "fp8"):
                 (Path(tmp) / v).mkdir()
                 shutil.copy2(loss / f"{v}_metrics.jsonl", Path(tmp) / v / "metrics.jsonl")
-            import plot_loss_curves
+            from benchmarks import plot_loss_curves
             png = dest / "benchmarks" / "loss_curves_fp8_vs_bf16.png"
             plot_loss_curves.main([tmp, "-o", str(png)])
             written.append(f"{png} (+ .csv)")
@@ -188,7 +188,7 @@ def merge_profile(two_gpu: Path, dest: Path) -> str:
     from costmodel.hardware import parse_profile
     merged = merge_two_gpu_fields(yaml.safe_load(base.read_text()), yaml.safe_load(two_gpu.read_text()))
     prof = parse_profile(merged, "<merged profile>")
-    target.parent.mkdir(parents=True, exist_ok=True)  # the profiler's own layout (launcher.profile_assemble)
+    target.parent.mkdir(parents=True, exist_ok=True)  # the profiler's own layout (launcher.gputools.profile_assemble)
     target.write_text(yaml.safe_dump(prof.to_dict(), sort_keys=False, width=120, default_flow_style=None))
     return f"{target} (2-GPU link, collective and overlap fields merged in)"
 
@@ -206,7 +206,6 @@ def main(argv: list[str] | None = None) -> int:
         jobs = merge(args.inputs, into)
         print(f"merged {len(jobs)} job folders into {into}: {', '.join(sorted(set(jobs)))}")
     if args.commit:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         for w in commit(into, Path(args.dest), args.allow_smoke):
             print(f"wrote {w}")
     if not args.inputs and not args.commit:

@@ -5,7 +5,7 @@
 For each case the tuner (planner.tuner.tune, default search space, float8 off) picks a plan; the hand grid is
 what a user would try by hand: FSDP + full checkpointing with micro-batch 1 (TorchTitan's usual default),
 larger micro-batches, selective or no checkpointing, compile on/off, zero 2/3 and, on two GPUs, TP.
-Writes ``benchmarks/gpu/tuner_vs_grid_<n>gpu.yaml`` (launcher.bench input; the tuner's entry has
+Writes ``benchmarks/gpu/tuner_vs_grid_<n>gpu.yaml`` (launcher.runtime.bench input; the tuner's entry has
 ``tuner: true``) and prints the predictions. The measured check (tuner's plan best or within 3 %) is
 ``benchmarks/tuner_vs_grid.py`` on the returned bench JSONL.
 """
@@ -75,7 +75,7 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
         if parse_plan(plan) == parse_plan(tuned):
             continue  # the tuner picked this one itself
         entries.append({"name": f"{case['tag']}-{suffix}", "group": "a", "model": case["model"], "plan": plan})
-    # last: on several ranks launcher.bench stops at an out-of-memory plan, and the tuner's may be the fullest
+    # last: on several ranks launcher.runtime.bench stops at an out-of-memory plan, and the tuner's may be the fullest
     entries.append({"name": f"{case['tag']}-tuner", "group": "a", "tuner": True, "model": case["model"],
                     "plan": tuned})
     header = [f"tuner: loadmaster plan {case['model']} --cluster {case['cluster']} --global-batch-size "
@@ -99,8 +99,8 @@ def main() -> int:
             entries += e
             header += h
         path = HERE / f"tuner_vs_grid_{gpus}gpu.yaml"
-        comment = "\n".join(["# Tuner vs hand grid (issue 3), made by benchmarks/gpu/make_grid.py; launcher.bench "
-                             "input.", "# The entry with `tuner: true` is the tuner's plan."]
+        comment = "\n".join(["# Tuner vs hand grid (issue 3), made by benchmarks/gpu/make_grid.py; "
+                             "launcher.runtime.bench input.", "# The entry with `tuner: true` is the tuner's plan."]
                             + [f"# {line}" for line in header])
         body = "".join(f"- {yaml.safe_dump(e, default_flow_style=True, sort_keys=False, width=400).strip()}\n"
                        for e in entries)

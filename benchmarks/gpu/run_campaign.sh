@@ -47,7 +47,7 @@ args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do [[ "${args[i]}" == "--budget-s" ]] && budget=${args[i+1]%.*}; done
 # campaign.py keeps its own deadline; the outer timeout only guards against a hang of the scheduler itself
 # (SIGTERM: it kills its jobs and packs what finished; SIGKILL 15 s later if that hangs too)
-timeout -k 15 $((budget + 30)) "$PY" benchmarks/gpu/campaign.py "$@"
+timeout -k 15 $((budget + 30)) "$PY" -m benchmarks.gpu.campaign "$@"
 rc=$?
 (( rc == 124 || rc == 137 )) && echo "error: campaign.py overran its budget and was stopped; results.tgz holds the jobs that finished"
 exit $rc

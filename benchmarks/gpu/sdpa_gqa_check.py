@@ -2,7 +2,7 @@
 
     python benchmarks/gpu/sdpa_gqa_check.py [--json OUT.json]     # ~30 s on one H200; tiny shapes on CPU
 
-launcher.model calls ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)`` with fewer
+launcher.runtime.model calls ``F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)`` with fewer
 K/V heads than query heads. Not every backend takes ``enable_gqa``; where the preferred one (cuDNN on
 H100/H200 with torch 2.11) does not, dispatch silently falls back to another. For the GQA shapes of
 llama3.2-1b and llama3-8b this prints, for causal forward+backward in bf16: the backend the default dispatch

@@ -1,5 +1,5 @@
 """Where one training step's GPU time goes: kernel time by category (torch.profiler), the GPU's idle share of the
-step, and the cost model's time breakdown beside it, for named plans of a launcher.bench plans file. One GPU.
+step, and the cost model's time breakdown beside it, for named plans of a launcher.runtime.bench plans file. One GPU.
 
     python3 benchmarks/gpu/step_anatomy.py --plans benchmarks/gpu/plans_1gpu.yaml --names A,B --json OUT.json
     python3 benchmarks/gpu/step_anatomy.py --report OUT.json          # the table again, anywhere (no GPU)
@@ -18,7 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 # (category, substrings of the lower-cased kernel name); the first match wins
 # (the first sessions' files named a "gemm fp8" category that in fact caught float8 cast kernels: their
@@ -80,9 +79,9 @@ def anatomy(entry: dict, *, warmup: int, timed: int) -> dict:
     """Build the plan with the trainer, run ``warmup`` steps, time ``timed`` steps, then profile one."""
     import torch
     from costmodel import load_model, parse_plan, predict
-    from launcher.config import TrainConfig
-    from launcher.data import local_batch
-    from launcher.trainer import build, local_device, release_memory, train_step
+    from launcher.runtime.config import TrainConfig
+    from launcher.runtime.data import local_batch
+    from launcher.runtime.trainer import build, local_device, release_memory, train_step
 
     plan = parse_plan(entry["plan"], entry["name"])
     spec = load_model(entry["model"])
@@ -149,7 +148,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--plans", help="launcher.bench plans file")
+    ap.add_argument("--plans", help="launcher.runtime.bench plans file")
     ap.add_argument("--names", help="comma-separated entry names (default: all)")
     ap.add_argument("--json", help="write the results here (rewritten after every plan)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.plans:
         ap.error("--plans is required (or --report)")
     import yaml
-    from launcher.trainer import init_distributed
+    from launcher.runtime.trainer import init_distributed
     entries = yaml.safe_load(Path(a.plans).read_text())
     if a.names:
         wanted = a.names.split(",")

@@ -16,12 +16,10 @@ from pathlib import Path
 from costmodel import GiB
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
 
 
 def trace_all(entries: list[dict], cluster: str, budget_s: float, out: Path | None) -> list[dict]:
-    from launcher.verify import verify
+    from launcher.gputools.verify import verify
     results, t0 = [], time.monotonic()
     for e in entries:
         if time.monotonic() - t0 > budget_s:
@@ -77,7 +75,7 @@ def compare(traced_path: Path, measured_paths: list[Path]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--plans", nargs="*", default=[], help="launcher.bench plans files")
+    ap.add_argument("--plans", nargs="*", default=[], help="launcher.runtime.bench plans files")
     ap.add_argument("--cluster", default="1xh200")
     ap.add_argument("--json", help="write the traces here (rewritten after every plan)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop tracing new plans after this long")

@@ -1,0 +1,171 @@
+"""Export a plan to Megatron-LM: the argument list of ``pretrain_gpt.py`` (model shape, parallelism, batch,
+recompute, distributed optimizer or Megatron-FSDP, float8 and optimizer offload).
+
+Flag names follow ``megatron/training/arguments.py`` of Megatron-LM (core_r0.13 and later: first/last
+pipeline stage layers, Megatron-FSDP sharding strategies, ``--first-last-layers-bf16``, optimizer CPU offload).
+"""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from costmodel.plan import Plan
+from costmodel.specs import ClusterSpec, ModelSpec
+
+from launcher.export.common import (ExportResult, StageView, common_warnings, offloaded_param_fraction, per_stage_text,
+                            stage_view, torchrun_line)
+
+ARGS_FILE = "megatron_args.sh"
+
+
+def model_args(model: ModelSpec, seq_len: int) -> list[str]:
+    """Shape flags of a Llama-family (or GPT) decoder."""
+    a = ["--num-layers", model.num_hidden_layers, "--hidden-size", model.hidden_size,
+         "--ffn-hidden-size", model.intermediate_size, "--num-attention-heads", model.num_attention_heads]
+    if model.kv_heads != model.num_attention_heads:
+        a += ["--group-query-attention", "--num-query-groups", model.kv_heads]
+    if model.head_dim != model.hidden_size // model.num_attention_heads:
+        a += ["--kv-channels", model.head_dim]
+    a += ["--seq-length", seq_len, "--max-position-embeddings", max(seq_len, model.max_position_embeddings or 0),
+          "--vocab-size", model.vocab_size, "--position-embedding-type", "rope", "--rotary-base",
+          f"{model.rope_theta:g}", "--normalization", "RMSNorm", "--norm-epsilon", f"{model.rms_norm_eps:g}",
+          "--disable-bias-linear", "--attention-dropout", 0, "--hidden-dropout", 0]
+    if model.gated_mlp:
+        a.append("--swiglu")
+    if not model.tie_word_embeddings:
+        a.append("--untie-embeddings-and-output-weights")
+    return a
+
+
+def _pipeline_args(plan: Plan, view: StageView, warnings: list[str]) -> list[str]:
+    if plan.pp == 1:
+        return []
+    a = ["--pipeline-model-parallel-size", plan.pp]
+    layers = view.layers
+    even = len(set(layers)) == 1
+    if plan.virtual_stages > 1:
+        if not even:
+            warnings.append(f"layers_per_stage {per_stage_text(layers)}: Megatron's interleaved schedule needs "
+                            f"the same blocks in every virtual stage; exported as an even split")
+        a += ["--num-layers-per-virtual-pipeline-stage", sum(layers) // len(layers)]
+        return a
+    if plan.pp_schedule == "GPipe":
+        warnings.append("pp_schedule GPipe: Megatron-LM runs 1F1B (no GPipe schedule); less activation memory "
+                        "than planned")
+    middle = layers[1:-1]
+    if not even:
+        if len(set(middle)) > 1:
+            warnings.append(f"layers_per_stage {per_stage_text(layers)}: Megatron sets the first and last stage "
+                            f"only and splits the middle evenly; the middle stages get "
+                            f"{sum(middle)} blocks evenly")
+        a += ["--decoder-first-pipeline-num-layers", layers[0], "--decoder-last-pipeline-num-layers", layers[-1]]
+    return a
+
+
+def _recompute_args(plan: Plan, view: StageView, warnings: list[str]) -> list[str]:
+    if plan.recompute == "none":
+        return []
+    n = view.recompute
+    if plan.recompute == "selective":
+        warnings.append("recompute selective: Megatron's selective recompute covers core attention only; "
+                        "loadmaster also recomputes norms and activations (more memory than predicted)")
+        if n != view.layers:
+            warnings.append(f"recompute_layers {per_stage_text(n)}: Megatron applies selective recompute to "
+                            f"every block")
+        return ["--recompute-granularity", "selective"]
+    if len(set(n)) > 1:
+        warnings.append(f"recompute_layers {per_stage_text(n)}: Megatron checkpoints the same number of blocks in "
+                        f"every stage; exported as the largest, {max(n)}")
+    # "block" checkpoints the first N blocks of each pipeline stage: exactly loadmaster's convention.
+    return ["--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", max(n)]
+
+
+def _sharding_args(plan: Plan, warnings: list[str]) -> list[str]:
+    if plan.zero == 0:
+        return []
+    if plan.zero == 1 or plan.pp > 1:
+        if plan.zero > 1:
+            warnings.append(f"zero {plan.zero} with pp {plan.pp}: exported as Megatron's distributed optimizer "
+                            f"(optimizer state and fp32 master weights sharded, gradients not)")
+        return ["--use-distributed-optimizer"]
+    strategy = "optim_grads" if plan.zero == 2 else "optim_grads_params"
+    return ["--use-megatron-fsdp", "--data-parallel-sharding-strategy", strategy, "--use-distributed-optimizer",
+            "--no-gradient-accumulation-fusion", "--ckpt-format", "fsdp_dtensor"]
+
+
+def _fp8_args(plan: Plan, model: ModelSpec, view: StageView, warnings: list[str]) -> list[str]:
+    blocks = view.fp8_blocks()
+    if not blocks:
+        return []
+    L = model.num_hidden_layers
+    if plan.fp8_recipe == "rowwise":
+        warnings.append("fp8_recipe rowwise: Megatron-LM has tensorwise, delayed, mxfp8 and blockwise recipes; "
+                        "exported as tensorwise")
+    a = ["--fp8-format", "hybrid", "--fp8-recipe", "tensorwise"]
+    if len(blocks) == L:
+        return a
+    if blocks != list(range(len(blocks))):
+        warnings.append(f"fp8_layers {per_stage_text(view.fp8)}: Megatron keeps only leading and trailing blocks "
+                        f"in bf16; exported as float8 blocks 0-{len(blocks) - 1} and the last {L - len(blocks)} "
+                        f"in bf16")
+    return a + ["--first-last-layers-bf16", "--num-layers-at-start-in-bf16", 0,
+                "--num-layers-at-end-in-bf16", L - len(blocks)]
+
+
+def megatron_args(plan: Plan, model: ModelSpec, warnings: list[str]) -> list[str]:
+    """Every flag the plan decides, as strings in order (model, parallelism, batch, memory, precision)."""
+    view = stage_view(plan, model)
+    warnings += common_warnings(plan, view, "Megatron-LM")
+    a: list = model_args(model, plan.seq_len)
+    a += ["--tensor-model-parallel-size", plan.tp]
+    if plan.tp > 1 and plan.sequence_parallel:
+        a.append("--sequence-parallel")
+    a += _pipeline_args(plan, view, warnings)
+    a += ["--micro-batch-size", plan.micro_batch_size, "--global-batch-size", plan.global_batch_size,
+          "--bf16", "--clip-grad", "1.0"]
+    a += _recompute_args(plan, view, warnings)
+    a += _sharding_args(plan, warnings)
+    if any(view.offload_state):
+        frac = offloaded_param_fraction(view, model)
+        warnings.append(f"offload_state_layers {per_stage_text(view.offload_state)}: Megatron offloads the "
+                        f"optimizer step (fp32 master weights and Adam state) of a share of the parameters, not "
+                        f"whole blocks; exported as --optimizer-offload-fraction {frac:.3f}, bf16 weights and "
+                        f"gradients stay on the GPU")
+        if "--use-distributed-optimizer" not in a:
+            a.append("--use-distributed-optimizer")
+        a += ["--optimizer-cpu-offload", "--optimizer-offload-fraction", f"{frac:.3f}",
+              "--use-precision-aware-optimizer", "--overlap-cpu-optimizer-d2h-h2d"]
+    if any(view.offload_activation):
+        warnings.append(f"offload_activation_layers {per_stage_text(view.offload_activation)}: not exported "
+                        f"(Megatron's activation offload is a Transformer Engine option outside this mapping); "
+                        f"more GPU memory than planned")
+    a += _fp8_args(plan, model, view, warnings)
+    if plan.compile:
+        warnings.append("compile: Megatron-LM does not torch.compile blocks (it uses fused Transformer Engine "
+                        "kernels); dropped")
+    if plan.grad_reduce == "every" and plan.num_microbatches > 1:
+        warnings.append("grad_reduce every: Megatron reduces gradients once per step (after the last "
+                        "micro-batch)")
+    return [str(x) for x in a]
+
+
+def export_megatron(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None) -> ExportResult:
+    """The plan as a bash array of pretrain_gpt.py arguments plus the torchrun line."""
+    warnings: list[str] = []
+    args = megatron_args(plan, model, warnings)
+    pairs, i = [], 0
+    while i < len(args):  # one flag (and its values) per line
+        j = i + 1
+        while j < len(args) and not args[j].startswith("--"):
+            j += 1
+        pairs.append(" ".join(shlex.quote(x) for x in args[i:j]))
+        i = j
+    notes = "\n".join(f"#   {w}" for w in warnings) or "#   none"
+    text = (f"# Megatron-LM arguments written by `loadmaster export` from {Path(plan.source).name} for "
+            f"{model.name}.\n# Plan knobs Megatron-LM cannot express as planned:\n{notes}\n"
+            "MEGATRON_ARGS=(\n" + "".join(f"  {p}\n" for p in pairs) + ")\n")
+    run = torchrun_line(plan.world_size, cluster, "<MEGATRON_LM>/pretrain_gpt.py")
+    command = (f'source "$(dirname "$0")/{ARGS_FILE}" && {run} "${{MEGATRON_ARGS[@]}}" '
+               "--tokenizer-type HuggingFaceTokenizer --tokenizer-model <TOKENIZER> --data-path <DATA> "
+               "--train-iters <STEPS> --lr <LR>")
+    return ExportResult(target="megatron", files={ARGS_FILE: text}, command=command, warnings=warnings)
