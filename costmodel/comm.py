@@ -6,11 +6,11 @@ input; ``busbw = size / time × f`` with ``f = 2(n-1)/n`` for all-reduce and ``(
 reduce-scatter. So a collective of ``size`` bytes over ``n`` ranks takes ``f · size / busbw(size)``.
 
 Rules where nothing was measured (each stated once, here):
-- **sizes**: time is interpolated log-log between measured sizes; below the smallest it stays at that size's time
-  (latency-bound), above the largest it grows linearly at the largest size's bus bandwidth;
-- **group sizes**: a group of ``n`` ranks uses the curve of the largest measured group not above ``n`` (the
-  smallest if none is), with bus bandwidth kept and ``steps(n) - steps(n')`` more ring steps of the curve's
-  per-step latency (its time at the smallest size over its steps) — a ring's bandwidth term does not grow with n;
+- **sizes**: bus bandwidth is interpolated log-log between measured sizes; below the smallest the time stays at
+  that size's (latency-bound), above the largest the bus bandwidth stays at the largest size's;
+- **group sizes**: a group of ``n`` ranks uses the curve of the largest measured group ``m`` not above ``n`` (the
+  smallest if none is), read at the same chunk per ring step: the bus bandwidth of ``size`` over ``n`` ranks is
+  the curve's at ``size · m / n`` (a ring moves size / n per step; its bandwidth term does not grow with n);
 - **collectives**: an unmeasured all-gather or reduce-scatter uses the all-reduce curve (NCCL's ring reaches
   the same bus bandwidth for all three), all-to-all the all-gather curve, and a point-to-point send of ``s``
   bytes takes what a 2-rank all-gather of ``2s`` takes (each rank sends its half once);
@@ -20,7 +20,6 @@ Rules where nothing was measured (each stated once, here):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,16 +30,16 @@ OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 _FALLBACK = {"all_gather": "all_reduce", "reduce_scatter": "all_reduce", "all_to_all": "all_gather"}
 
 
-def bus_factor(op: str, n) -> np.ndarray:
-    """nccl-tests' busbw / algbw: 2(n-1)/n for all-reduce, (n-1)/n for all-gather, reduce-scatter, all-to-all."""
-    n = np.asarray(n, dtype=float)
-    return (2.0 if op == "all_reduce" else 1.0) * (n - 1) / n
-
-
-def ring_steps(op: str, n) -> np.ndarray:
-    """Latency steps of a ring collective over n ranks: 2(n-1) for all-reduce, n-1 otherwise."""
-    n = np.asarray(n, dtype=float)
-    return (2.0 if op == "all_reduce" else 1.0) * (n - 1)
+def bus_factor(op: str, world_size: int) -> float:
+    """NCCL's bus-bandwidth factor: bytes each GPU moves over its link per byte of message."""
+    if world_size < 1:
+        raise ValueError(f"world_size {world_size} must be at least 1")
+    n = world_size
+    factors = {"all_reduce": 2.0 * (n - 1) / n, "all_gather": (n - 1) / n, "reduce_scatter": (n - 1) / n,
+               "all_to_all": (n - 1) / n, "send_recv": 1.0}
+    if op not in factors:
+        raise ValueError(f"unknown collective {op!r}; use one of {', '.join(factors)}")
+    return factors[op]
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -59,8 +58,9 @@ class Tier:
     over the curve's, a cluster's stated link speed), said in ``source``."""
     _cache: dict = field(default_factory=dict, init=False, compare=False, repr=False, hash=False)
 
-    def _curve(self, op: str, n: int) -> tuple[int, np.ndarray, np.ndarray]:
-        """(measured ranks n', log sizes, log times at n') of the curve that stands for ``op`` over ``n`` ranks."""
+    def _curve(self, op: str, n: int) -> tuple[int, np.ndarray, np.ndarray, str]:
+        """(measured ranks m, log sizes, log bus bandwidths in B/s, collective) of the curve that stands for
+        ``op`` over ``n`` ranks."""
         key = (op, n)
         if key not in self._cache:
             cur = op
@@ -70,28 +70,21 @@ class Tier:
             below = [m for m in by_n if m <= n]
             m = max(below) if below else min(by_n)
             pts = np.asarray(sorted(by_n[m]), dtype=float)
-            sizes, busbw = pts[:, 0], pts[:, 1] * 1e9 * self.scale
-            times = bus_factor(cur, m) * sizes / busbw if m > 1 else sizes / busbw
-            self._cache[key] = (m, np.log(sizes), np.log(times), cur)
-        m, ls, lt, cur = self._cache[key]
-        return m, ls, lt, cur
+            self._cache[key] = (m, np.log(pts[:, 0]), np.log(pts[:, 1] * 1e9 * self.scale), cur)
+        return self._cache[key]
 
     def time_s(self, op: str, n: int, nbytes) -> np.ndarray:
         """Seconds of ``op`` over ``n`` ranks on this tier for sizes ``nbytes`` (array); 0 for n = 1."""
         nbytes = np.maximum(np.asarray(nbytes, dtype=float), 1.0)
         if n <= 1:
             return np.zeros_like(nbytes)
-        m, ls, lt, cur = self._curve(op, n)
-        x = np.log(nbytes)
-        t = np.exp(np.interp(x, ls, lt))
-        # past the largest size, and below a curve of one point (no latency measured), time grows with size
-        linear = (x > ls[-1]) | (len(ls) == 1)
-        t = np.where(linear, np.exp(lt[-1]) * nbytes / np.exp(ls[-1]), t)
-        # a curve measured on m ranks stands for n: bandwidth term rescaled by the bus factor, extra ring steps
-        ratio = bus_factor(cur, n) / bus_factor(cur, m) if m > 1 else 1.0
-        alpha = math.exp(lt[0]) / max(float(ring_steps(cur, m)), 1.0)
-        return t * ratio + np.maximum(ring_steps(cur, n) - ring_steps(cur, m), 0.0) * alpha
-
+        m, ls, lb, cur = self._curve(op, n)
+        # a ring's bus bandwidth depends on the chunk each step moves, size / ranks: look up the same chunk
+        x = np.log(nbytes * m / n)
+        busbw = np.exp(np.interp(x, ls, lb))
+        # below the smallest size the time stays (latency-bound): bus bandwidth falls in proportion
+        busbw = np.where((x < ls[0]) & (len(ls) > 1), np.exp(lb[0] + x - ls[0]), busbw)
+        return bus_factor(op, n) * nbytes / busbw
 
 def parse_tier(data: object, source: str, key: str) -> Tier:
     """A tier from its profile mapping, with one-line errors naming the key."""
@@ -150,7 +143,4 @@ def group_time_s(intra: Tier, inter: Tier, op: str, n: int, members_per_node: in
         raise SpecError("profile", "collectives.inter_node.members_per_node", "missing",
                         "say how many GPUs of each node the inter-node curves had")
     share = members_per_node / inter.members_per_node
-    t_out = inter.time_s(op, n, nbytes)
-    m, ls, lt, cur = inter._curve(op, n)
-    lat = np.maximum(ring_steps(cur, n) - ring_steps(cur, m), 0.0) * math.exp(lt[0]) / max(float(ring_steps(cur, m)), 1)
-    return np.maximum(t_in, (t_out - lat) / share + lat)
+    return np.maximum(t_in, inter.time_s(op, n, nbytes) / share)

@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .comm import bus_factor
 from .hardware import Curve
 
 # Search box of the curve fit. half_x may lie below the smallest size measured (a curve already saturated
@@ -131,18 +132,6 @@ def curve_errors(curve: Curve, xs: Sequence[float], effs: Sequence[float]) -> tu
     e = np.asarray(effs, dtype=float)
     rel = np.abs(curve(x) / e - 1.0)
     return float(np.median(rel)), float(rel.max())
-
-
-def bus_factor(op: str, world_size: int) -> float:
-    """NCCL's bus-bandwidth factor: bytes each GPU moves over its link per byte of message."""
-    if world_size < 1:
-        raise ValueError(f"world_size {world_size} must be at least 1")
-    n = world_size
-    factors = {"all_reduce": 2.0 * (n - 1) / n, "all_gather": (n - 1) / n, "reduce_scatter": (n - 1) / n,
-               "send_recv": 1.0}
-    if op not in factors:
-        raise ValueError(f"unknown collective {op!r}; use one of {', '.join(factors)}")
-    return factors[op]
 
 
 def ring_steps(op: str, world_size: int) -> float:

@@ -36,6 +36,16 @@ class ArchOptions:
     pipeline_recv_buffers: bool = True
     """Pipeline stages keep one input and one gradient receive buffer per micro-batch across steps
     (torch.distributed.pipelining); Megatron-LM allocates them per transfer (False)."""
+    fused_column_modules: bool = False
+    """Tensor parallel: q, k, v form one column-parallel module and so do the MLP's up and gate projections
+    (Megatron-LM), so backward all-reduces once per sub-layer without sequence parallelism; the trainer's
+    separate wq, wk, wv, w1, w3 modules all-reduce once each (False)."""
+    tp_backward_overlap: bool = False
+    """Tensor parallel: backward's collectives run beside the block's gradient GEMMs (Megatron-LM's asynchronous
+    input-gradient all-reduce / reduce-scatter); the trainer's DTensor modules issue them in line (False)."""
+    fused_kernels: bool = False
+    """The engine fuses norms, activations, RoPE and float8 casts into few kernels whether or not torch.compile
+    runs (Transformer Engine): cost them as a compiled block."""
     fsdp2_copies: bool = True
     """FSDP2 copies each gathered block out of the all-gather buffer and adds every micro-batch's gradients
     into fp32 accumulators on the compute stream; Megatron-LM's contiguous buffers and fused gradient
@@ -44,7 +54,8 @@ class ArchOptions:
 
 RUNTIME = ArchOptions()
 MEGATRON = ArchOptions(attention="materialized", dropout=True, norm_stats=False, sp_saves_sharded=True,
-                       selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False)
+                       selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False,
+                       fused_column_modules=True, tp_backward_overlap=True)
 """Megatron-LM as Korthikanti et al. 2022 ran it: LayerNorm (statistics not counted), materialised softmax with
 dropout, sequence parallelism saving the gathered QKV/MLP inputs sharded, selective = recompute the attention core,
 receive buffers allocated per transfer, gradients accumulated in the weight-gradient GEMM (no FSDP2 copies)."""
@@ -54,7 +65,8 @@ ENGINES = {
     "megatron": MEGATRON,
     # NeMo and Megatron-Bridge run Megatron-core with Transformer Engine's flash attention and no dropout
     "nemo": ArchOptions(selective="attention_core", pipeline_recv_buffers=False, fsdp2_copies=False,
-                        sp_saves_sharded=True),
+                        sp_saves_sharded=True, fused_column_modules=True, tp_backward_overlap=True,
+                        fused_kernels=True),
 }
 """Each engine's implementation facts, for replaying its published runs (benchmarks/fidelity.py)."""
 

@@ -82,7 +82,10 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     check_plan(plan, model, cluster)
     prof = profile or profile_for(cluster)
     S, pp, v = plan.num_stages, plan.pp, plan.virtual_stages
-    out = evaluate(None, stage_inputs(model, cluster, plan, prof), prof, cluster.gpus_per_node, opts)
+    inputs = stage_inputs(model, cluster, plan, prof)
+    if opts.fused_kernels:
+        inputs["k"] = np.ones_like(inputs["k"])
+    out = evaluate(None, inputs, prof, cluster.gpus_per_node, opts)
     out = {k: np.broadcast_to(np.asarray(val, dtype=float), (S,)) for k, val in out.items()}
     # a pipeline rank hosts stages rank, rank + pp, ... (virtual stages)
     by_rank = lambda x: np.asarray(x).reshape(v, pp).sum(axis=0)  # noqa: E731

@@ -68,16 +68,23 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
     out = {k: np.ones(n) for k in COMM_SYMBOLS}
     out["t_tiny"] = np.zeros(n)
 
-    def each(group, stride, nbytes, op, factor, key, p2p=False):
+    OPS = ("all_gather", "reduce_scatter", "all_reduce")
+
+    def each(group, stride, nbytes, op, key, p2p=False):
         """Fill ``out[key]`` with factor·(n-1)/n·size / time (the form timing.coll_s divides by)."""
         size = np.maximum(np.broadcast_to(np.asarray(nbytes, dtype=float), (n,)), 1.0)   # 0 bytes: any bw
-        ops = np.broadcast_to(np.asarray(op), (n,))
-        for g, st, o in set(zip(group.tolist(), stride.tolist(), ops.tolist())):
-            idx = (group == g) & (stride == st) & (ops == o)
-            g = int(g)
+        code = np.asarray(OPS.index(op) if isinstance(op, str) else op, dtype=np.int64)
+        combo = (np.asarray(group, dtype=np.int64) * 2**24 + np.asarray(stride, dtype=np.int64)) * 4 + code
+        if combo.size == 1 or combo.min() == combo.max():    # one layout (the tuner's case): no sort
+            uniq, inverse = combo.reshape(-1)[:1], np.zeros(n, dtype=np.int64)
+        else:
+            uniq, inverse = np.unique(np.broadcast_to(combo, (n,)), return_inverse=True)
+        for u, k in enumerate(uniq.tolist()):
+            g, st, o = k // 4 // 2**24, k // 4 % 2**24, OPS[k % 4]
             if g <= 1:
                 continue
-            members = max(1, min(g, G // int(st))) if st < G else 1
+            idx = inverse.reshape(-1) == u if len(uniq) > 1 else slice(None)
+            members = max(1, min(g, G // st)) if st < G else 1
             nodes = max(1, -(-g // members))
             if p2p:   # a send of s bytes takes what a 2-rank all-gather of 2s does (costmodel.comm)
                 secs = group_time_s(p.intra_node, p.inter_node, "all_gather", 2, 1 if nodes > 1 else 2, nodes,
@@ -89,16 +96,16 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
             out[key][idx] = f * size[idx] / np.maximum(secs, 1e-12)
             if key == "bw_ag":   # the gradient norm's all-reduce of one number over the same group
                 out["t_tiny"][idx] = group_time_s(p.intra_node, p.inter_node, "all_reduce", g, members, nodes,
-                                                  np.full(int(idx.sum()), 8.0))
-    tp_op = np.where(sp_on > 0, "all_gather", "all_reduce")
-    each(t, np.ones(n), msgs["msg_tp"], tp_op, None, "bw_tp")
-    each(t, np.ones(n), msgs["msg_tp"], np.where(sp_on > 0, "reduce_scatter", "all_reduce"), None, "bw_tp_rs")
-    grad_op = np.where(z0 > 0, "all_reduce", "reduce_scatter")
-    each(d, t, msgs["msg_ag"], "all_gather", None, "bw_ag")
-    each(d, t, msgs["msg_rs"], grad_op, None, "bw_rs")
-    each(d, t, msgs["msg_root_ag"], "all_gather", None, "bw_rag")
-    each(d, t, msgs["msg_root_rs"], grad_op, None, "bw_rrs")
-    each(np.where(pp > 1, 2.0, 1.0), t * d, msgs["msg_pp"], "all_gather", None, "bw_pp", p2p=True)
+                                                  np.full(n, 8.0)[idx])
+    ar = OPS.index("all_reduce")
+    each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("all_gather"), ar), "bw_tp")
+    each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("reduce_scatter"), ar), "bw_tp_rs")
+    grad_op = np.where(z0 > 0, ar, OPS.index("reduce_scatter"))
+    each(d, t, msgs["msg_ag"], "all_gather", "bw_ag")
+    each(d, t, msgs["msg_rs"], grad_op, "bw_rs")
+    each(d, t, msgs["msg_root_ag"], "all_gather", "bw_rag")
+    each(d, t, msgs["msg_root_rs"], grad_op, "bw_rrs")
+    each(np.where(pp > 1, 2.0, 1.0), t * d, msgs["msg_pp"], "all_gather", "bw_pp", p2p=True)
     return out
 
 

@@ -154,14 +154,18 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # ---- tensor parallel, exposed, as the trainer issues it (launcher apply_tp). Per block, sequence parallel:
     # an all-gather before attention and before the MLP and a reduce-scatter after each, in forward and again in
     # backward. Without it: an all-reduce after wo and after w2 in forward; in backward one after each column
-    # module, wq, wk, wv, w1 and w3 (five). The embedding (row-wise over the vocabulary) reduces its output in
+    # module, wq, wk, wv, w1 and w3 (five; Megatron fuses them into two). The embedding (row-wise over the vocabulary) reduces its output in
     # forward and the output projection gathers its input (reduce in backward); replicated (vocab_parallel
     # off) they only gather the sequence: the embedding's gradient in backward, the head's input in forward ----
     act = message_bytes()["msg_tp"]
     ag_t, rs_t, ar_t = coll_s(act, K.t, H.bw_tp), coll_s(act, K.t, H.bw_tp_rs), coll_s(act, K.t, H.bw_tp, 2)
     tp_fwd = K.sp_ * (2 * ag_t + 2 * rs_t) + (1 - K.sp_) * 2 * ar_t
-    tp_bwd = K.sp_ * (2 * ag_t + 2 * rs_t) + (1 - K.sp_) * 5 * ar_t
+    column_modules = 2 if opts.fused_column_modules else 4 + M.gated
+    tp_bwd = K.sp_ * (2 * ag_t + 2 * rs_t) + (1 - K.sp_) * column_modules * ar_t
     vocab_tp = K.vp * (K.sp_ * (ag_t + rs_t) + (1 - K.sp_) * ar_t) + (1 - K.vp) * K.sp_ * ag_t
+    if opts.tp_backward_overlap:   # hidden behind each block's gradient GEMMs, which they slow
+        g_bwd = 2 * (nb * g_bf16 + nf * g_fp8) / K.l
+        tp_bwd = pos(tp_bwd - g_bwd) + H.slow_comm * smin(tp_bwd, g_bwd)
     recomputed = K.r * (1 - K.sel) + R.tp_redo * K.r * K.sel            # forward passes redone in backward
     x["tp_comm"] = K.l * (tp_fwd + tp_bwd) + recomputed * tp_fwd + (K.first + K.last) * vocab_tp
     # ---- pipeline: receive the activation in forward and its gradient in backward ----

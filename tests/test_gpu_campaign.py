@@ -279,11 +279,13 @@ def test_two_gpu_profile_fields_merge_into_the_full_profile():
     from costmodel.hardware import parse_profile
     full = yaml.safe_load((ROOT / "profiles" / "h200.yaml").read_text())
     two = yaml.safe_load((ROOT / "profiles" / "h200.yaml").read_text())
-    two.update(intra_node={"bandwidth_gbps": 321.0, "latency_s": 2e-5}, source="measured on 2 GPU(s)")
+    two.update(intra_node={"source": "measured on 2 GPUs", "curves": {"all_reduce": {2: [[2**20, 321.0]]}}},
+               source="measured on 2 GPU(s)")
     two["constants"] = {**two["constants"], "comm_compute_slowdown": {"value": 0.31, "source": "measured, 2 GPUs"},
                         "h2d_compute_slowdown": {"value": 0.99, "source": "measured, 2 GPUs"}}
     merged = collect.merge_two_gpu_fields(full, two)
     prof = parse_profile(merged, "merged")
-    assert prof.intra_node.bandwidth_gbps == 321.0 and prof.const("comm_compute_slowdown") == 0.31
+    assert prof.intra_node.curves == {"all_reduce": {2: [[2**20, 321.0]]}}
+    assert prof.const("comm_compute_slowdown") == 0.31
     assert prof.const("h2d_compute_slowdown") == parse_profile(full, "full").const("h2d_compute_slowdown")
     assert collect.merge_two_gpu_fields(merged, two)["source"] == merged["source"]  # merging twice: same source

@@ -105,11 +105,15 @@ def test_a_curve_that_cannot_be_fit_keeps_the_base_and_says_why():
     assert "attention kept from base (fit_curve needs points at 3 or more distinct sizes" in prof.source
 
 
-def test_collectives_fit_the_intra_node_link_per_ring_step_and_keep_the_table():
+def test_collectives_become_the_intra_node_curves_of_their_group_size_and_keep_the_table():
     prof = assemble_profile(fake(world_size=4, collectives=_collectives(4), comm_compute_slowdown=0.07,
                                  comm_efficiency=0.93), BASE, name="x")
-    assert prof.intra_node.latency_s == pytest.approx(LAT_S, rel=1e-3)
-    assert prof.intra_node.bandwidth_gbps == pytest.approx(BUSBW, rel=1e-3)
+    table = _collectives(4)
+    for op in ("all_reduce", "all_gather", "reduce_scatter"):   # the measured times, back from the curves
+        sizes = [b for b, _ in table[op]]
+        assert prof.intra_node.time_s(op, 4, sizes) == pytest.approx([t for _, t in table[op]], rel=1e-3)
+    assert 2 in prof.intra_node.curves["all_reduce"]              # other group sizes: the base's curves
+    assert "send_recv" not in prof.intra_node.curves and "on 4 GPUs" in prof.intra_node.source
     assert prof.inter_node == BASE.inter_node
     coll = prof.records["collectives"]
     assert coll["world_size"] == 4
@@ -121,11 +125,9 @@ def test_collectives_fit_the_intra_node_link_per_ring_step_and_keep_the_table():
     assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof
 
 
-def test_collectives_that_do_not_fit_keep_their_table_and_the_base_link():
+def test_collectives_that_do_not_fit_an_alpha_beta_line_keep_their_table_in_the_records():
     flat = {op: [[b, 1e-3 / (1 + i)] for i, (b, _) in enumerate(rows)] for op, rows in _collectives(2).items()}
     prof = assemble_profile(fake(world_size=2, collectives=flat), BASE, name="x")
-    assert prof.intra_node == BASE.intra_node
-    assert "intra_node kept from base (collective time does not grow with message size" in prof.source
     entry = prof.records["collectives"]["all_gather"]
     assert "bandwidth_gbps" not in entry and "does not grow" in entry["fit_error"] and len(entry["table"]) == 8
     assert parse_profile(yaml.safe_load(prof.to_yaml()), "mem") == prof

@@ -143,7 +143,11 @@ def test_profile_validation(tmp_path):
         parse_profile(data, "p.yaml")
     data = load_profile("h200").to_dict()
     data["intra_node"] = {"bandwidth_gbps": 100}
-    with pytest.raises(SpecError, match="intra_node.latency_s: missing"):
+    with pytest.raises(SpecError, match="intra_node.bandwidth_gbps: unknown key"):
+        parse_profile(data, "p.yaml")
+    data = load_profile("h200").to_dict()
+    data["intra_node"]["curves"]["all_reduce"][8] = [[1024, -3.0]]
+    with pytest.raises(SpecError, match="intra_node.curves.all_reduce.8"):
         parse_profile(data, "p.yaml")
 
 

@@ -10,11 +10,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from costmodel.fit import bus_factor, curve_errors, fit_alpha_beta, fit_curve, ring_steps
-from costmodel.hardware import Curve, HardwareProfile, Link, profile_name_for_gpu
+from costmodel.comm import Tier
+from costmodel.hardware import Curve, HardwareProfile, profile_name_for_gpu
 
-# Collectives whose fit sets `intra_node` (FSDP's all-gather and reduce-scatter, DDP's all-reduce);
-# point-to-point is kept in `constants` only (pipeline sends are a different, per-link pattern).
-LINK_OPS = ("all_gather", "reduce_scatter", "all_reduce")
 
 
 @dataclass(kw_only=True)
@@ -165,18 +163,17 @@ def collective_fits(table: dict[str, list[list[float]]], world_size: int) -> dic
     return out
 
 
-def link_fit(table: dict[str, list[list[float]]], world_size: int) -> Link:
-    """One alpha-beta Link over all-gather, reduce-scatter and all-reduce together: bus bandwidth and
-    latency per ring step, the form costmodel.timing.ring_s evaluates."""
-    nbytes, secs, factors, steps = [], [], [], []
-    for op in LINK_OPS:
-        for b, s in table.get(op, []):
-            nbytes.append(b)
-            secs.append(s)
-            factors.append(bus_factor(op, world_size))
-            steps.append(ring_steps(op, world_size))
-    lat, bw = fit_alpha_beta(nbytes, secs, factors, steps)
-    return Link(bandwidth_gbps=_sig(bw), latency_s=_sig(lat))
+def measured_tier(table: dict[str, list[list[float]]], world_size: int, base: Tier, how: str) -> Tier:
+    """The base tier with this run's curves (bus bandwidth per size, nccl-tests' convention) for its group size;
+    point-to-point sends are not a curve of their own (costmodel.comm derives them from all-gather)."""
+    curves = {op: dict(by_n) for op, by_n in base.curves.items()}
+    for op, rows in table.items():
+        if op == "send_recv":
+            continue
+        curves.setdefault(op, {})[world_size] = [[int(b), _sig(bus_factor(op, world_size) * b / s / 1e9)]
+                                                 for b, s in rows]
+    return Tier(source=f"{how} on {world_size} GPUs; other group sizes: {base.source}", curves=curves,
+                members_per_node=base.members_per_node, scale=base.scale)
 
 
 def rowwise_slowdown(tensorwise: list[dict], rowwise: list[dict]) -> float | None:
@@ -201,18 +198,15 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
 
     records = dict(base.records)
     intra = base.intra_node
+    how = f"measured {m.date} {m.gpu_name} torch {m.torch_version}: {m.command}"
     if m.collectives and m.world_size >= 2:
         records["collectives"] = {"world_size": m.world_size, **collective_fits(m.collectives, m.world_size)}
-        try:
-            intra = link_fit(m.collectives, m.world_size)
-        except ValueError as e:
-            notes.append(f"intra_node kept from base ({e})")
+        intra = measured_tier(m.collectives, m.world_size, base.intra_node, how)
     if m.h2d_gbps is not None and m.d2h_gbps is not None:
         records["host_copy"] = {"h2d_gbps": _sig(m.h2d_gbps), "d2h_gbps": _sig(m.d2h_gbps)}
     if m.cpu_adam_threads is not None:
         records["cpu_adam_threads"] = m.cpu_adam_threads
     # each measured constant is credited to this run; the rest keep the base profile's value and source
-    how = f"measured {m.date} {m.gpu_name} torch {m.torch_version}: {m.command}"
     measured = {"fp8_rowwise_gemm_slowdown": rowwise_slowdown(m.fp8_gemm, m.fp8_rowwise_gemm),
                 "comm_compute_slowdown": _clamp(m.comm_compute_slowdown, 0.0, 1.0),
                 "comm_efficiency": _clamp(m.comm_efficiency, 1e-3, 1.0),
@@ -281,10 +275,12 @@ def summary_lines(prof: HardwareProfile, m: Measurements, base: HardwareProfile)
         if isinstance(fit, dict) and "latency_s" in fit:  # skip world_size and failed fits
             lines.append(row(f"{op} alpha us/call / busbw GB/s",
                              f"{fit['latency_s'] * fit['steps'] * 1e6:.1f} / {fit['bandwidth_gbps']:.1f}"))
-    ln = prof.intra_node
-    lines.append(row("intra_node alpha us/step / busbw GB/s",
-                     f"{ln.latency_s * 1e6:.1f} / {ln.bandwidth_gbps:.1f}",
-                     f"{base.intra_node.latency_s * 1e6:.1f} / {base.intra_node.bandwidth_gbps:.1f}"))
+    for op in ("all_gather", "reduce_scatter", "all_reduce"):
+        if op in m.collectives and m.world_size >= 2:
+            secs = prof.intra_node.time_s(op, m.world_size, [256 * 2**20])[0]
+            ref = base.intra_node.time_s(op, m.world_size, [256 * 2**20])[0]
+            f = bus_factor(op, m.world_size) * 256 * 2**20 / 1e9
+            lines.append(row(f"{op} busbw GB/s at 256 MiB", f"{f / secs:.1f}", f"{f / ref:.1f}"))
     ov = ("comm_compute_slowdown", "comm_efficiency", "h2d_compute_slowdown")
     lines.append(row("overlap comm_slow/comm_eff/h2d_slow", "/".join(f"{prof.const(k):.3f}" for k in ov),
                      "/".join(f"{base.const(k):.3f}" for k in ov)))
