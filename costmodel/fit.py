@@ -139,7 +139,8 @@ def ring_steps(op: str, world_size: int) -> float:
     2(n-1) for an all-reduce (both in turn), 1 for a point-to-point exchange."""
     bus_factor(op, world_size)  # validates op and world_size
     n = world_size
-    return {"all_reduce": 2.0 * (n - 1), "all_gather": n - 1.0, "reduce_scatter": n - 1.0, "send_recv": 1.0}[op]
+    return {"all_reduce": 2.0 * (n - 1), "all_gather": n - 1.0, "reduce_scatter": n - 1.0, "all_to_all": n - 1.0,
+            "send_recv": 1.0}[op]
 
 
 def _per_point(value: float | Sequence[float], shape: tuple[int, ...], what: str) -> np.ndarray:

@@ -84,4 +84,5 @@ def test_published_table_replays_every_row():
 def test_script_prints_the_published_table(capsys):
     assert fidelity.main(["--published", str(fidelity.PUBLISHED)]) == 0
     out = capsys.readouterr().out
-    assert "torchtitan-llama3.1-8b-fsdp-sac-compile-fp8 | 8,532 |" in out
+    assert "| torchtitan-llama3.1-8b-fsdp-sac-compile-fp8 | fit | torchtitan | 8,532 |" in out
+    assert "published hold-out:" in out and "published fit:" in out

@@ -128,7 +128,7 @@ def test_fit_alpha_beta_counts_latency_per_ring_step():
 def test_ring_steps_follow_the_cost_model():
     assert [ring_steps(op, 4) for op in ("all_reduce", "all_gather", "reduce_scatter", "send_recv")] == [6, 3, 3, 1]
     with pytest.raises(ValueError, match="unknown collective"):
-        ring_steps("all_to_all", 4)
+        ring_steps("broadcast", 4)
 
 
 def test_fit_alpha_beta_clamps_negative_latency_to_zero():

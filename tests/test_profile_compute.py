@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from launcher import profile_compute as compute
+from launcher.gputools import profile_compute as compute
 from launcher.gputools.profile_shapes import AttentionShape, GemmShape
 from launcher.gputools.profile_timing import TimingConfig
 
