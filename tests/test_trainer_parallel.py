@@ -73,8 +73,17 @@ def test_tied_embeddings_and_plain_gelu_mlp_under_tensor_parallel():
     check(dict(tp=2), model=TIED_GELU)
 
 
-def test_tensor_parallel_without_sequence_parallel_or_loss_parallel():
-    check(dict(tp=2, sequence_parallel=False), loss_parallel=False)
+@pytest.mark.parametrize("sequence_parallel", [True, False])
+def test_tensor_parallel_with_the_vocabulary_replicated(sequence_parallel):
+    check(dict(tp=2, sequence_parallel=sequence_parallel, vocab_parallel=False))
+
+
+def test_tensor_parallel_without_sequence_parallel():
+    check(dict(tp=2, sequence_parallel=False))
+
+
+def test_pipeline_resharding_after_forward_matches_reference():
+    check(dict(pp=2, dp=2, zero=3, micro_batch_size=1, pp_reshard_after_forward=True))
 
 
 @pytest.mark.parametrize("schedule", ["1F1B", "GPipe"])

@@ -254,10 +254,12 @@ def test_pipeline_split_keeps_global_fqns():
     assert seen == full
 
 
-def test_pipeline_refuses_tied_embeddings():
+def test_trainer_refuses_tied_embeddings_over_pipeline_stages_through_the_plan_check():
+    from launcher.runtime.config import TrainConfig, validate
+    from trainer_harness import plan_of
     spec = ModelSpec(**{**TINY.__dict__, "tie_word_embeddings": True})
     with pytest.raises(ValueError, match="use pp: 1"):
-        split_pipeline(build_model(spec, 16), layers_per_stage=[2, 2], pp_rank=0, pp=2, virtual_stages=1)
+        validate(TrainConfig(plan=plan_of(pp=2, micro_batch_size=1), model=spec), world_size=2)
 
 
 def test_save_on_cpu_wrapper_is_invisible_in_state_dict():
@@ -320,3 +322,25 @@ def test_activation_offload_tells_activations_from_weights_under_fake_tensors_to
         wrapped = SaveOnCpuWrapper(block, pin_memory=False)
         wrapped(torch.randn(4, 256, requires_grad=True)).sum().backward()
     assert wrapped.offloaded_bytes == 3 * 4 * 256 * 4
+
+
+def test_fused_and_foreach_adamw_take_the_same_step():
+    from launcher.runtime.optim import build_optimizer
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 8)
+    grads = [torch.randn_like(p) for p in base.parameters()]
+    after = {}
+    for impl in ("fused", "foreach"):
+        m = torch.nn.Linear(16, 8)
+        m.load_state_dict(base.state_dict())
+        opt = build_optimizer(m, kind="adamw", lr=1e-2, weight_decay=0.1, impl=impl)
+        assert opt.defaults["fused" if impl == "fused" else "foreach"]
+        for _ in range(3):
+            for p, g in zip(m.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+        after[impl] = [p.detach().clone() for p in m.parameters()]
+    for a, b in zip(after["fused"], after["foreach"]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer_impl 'slow'"):
+        build_optimizer(base, kind="adamw", lr=1e-2, weight_decay=0.1, impl="slow")

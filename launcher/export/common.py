@@ -93,6 +93,13 @@ def common_warnings(plan: Plan, view: StageView, engine: str) -> list[str]:
     if plan.fp8_rotation_steps > 0 and any(view.fp8):
         out.append(f"fp8_rotation_steps {plan.fp8_rotation_steps}: {engine} has no rotating float8 window; "
                    f"the export keeps a fixed set of float8 blocks")
+    if plan.tp > 1 and not plan.vocab_parallel:
+        out.append(f"vocab_parallel false: {engine} shards the embedding and the output projection over tensor "
+                   "parallelism regardless; only loadmaster's trainer keeps them whole on every rank")
+    if plan.optimizer_impl == "foreach":
+        out.append(f"optimizer_impl foreach: {engine} runs its own (fused) AdamW; the exported run uses it")
+    if plan.pp > 1 and plan.zero == 3 and plan.pp_reshard_after_forward and engine != "TorchTitan":
+        out.append(f"pp_reshard_after_forward: {engine} keeps pipeline stages' parameters as its ZeRO level says")
     return out
 
 

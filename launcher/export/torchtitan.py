@@ -157,10 +157,13 @@ def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None 
     else:
         local_batch = plan.micro_batch_size  # TorchTitan accumulates global / (local × dp) micro-batches
     shard, replicate = (1, plan.dp) if plan.zero == 0 else (plan.dp, 1)
-    reshard = "default" if plan.zero == 3 else "never"
+    # TorchTitan's "default" re-shards after forward except under pipelining, as loadmaster's trainer
+    reshard = ("always" if plan.pp_reshard_after_forward and plan.pp > 1 else "default") if plan.zero == 3 \
+        else "never"
     parallelism = [f"data_parallel_shard_degree={shard}", f"data_parallel_replicate_degree={replicate}",
                    f"fsdp_reshard_after_forward={reshard!r}", f"tensor_parallel_degree={plan.tp}",
-                   f"enable_sequence_parallel={plan.sequence_parallel}", f"pipeline_parallel_degree={plan.pp}"]
+                   f"enable_sequence_parallel={plan.sequence_parallel}", f"pipeline_parallel_degree={plan.pp}",
+                   f"disable_loss_parallel={not plan.vocab_parallel}"]
     if plan.pp > 1:
         parallelism += [f"pipeline_parallel_schedule={plan.pp_schedule!r}",
                         f"pipeline_parallel_microbatch_size={plan.micro_batch_size}",

@@ -269,7 +269,7 @@ def _build_part(spec: ModelSpec, plan: Plan, device: torch.device):
     from launcher.runtime.parallel.pipeline import split_pipeline
     meshes = build_meshes(plan, device.type)
     options = PartOptions(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, pin_memory=False,
-                          loss_parallel=True, fp8_emulate=device.type != "cuda", fp8_skip_small=True)
+                          fp8_emulate=device.type != "cuda", fp8_skip_small=True)
     whole = build_model(spec, plan.seq_len)
     if plan.pp > 1:
         [(stage, part)] = split_pipeline(whole, layers_per_stage=plan.stage_layers(spec.num_hidden_layers),

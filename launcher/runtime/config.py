@@ -58,8 +58,6 @@ class TrainConfig:
     """Compute dtype of parameters (FSDP2 mixed precision); None = bfloat16 on GPU, float32 on CPU."""
     reduce_dtype: Literal["float32", "bfloat16"] = "float32"
     """Gradient reduction dtype."""
-    loss_parallel: bool = True
-    """With tp > 1: cross-entropy on vocabulary-sharded logits (no rank holds the full logits)."""
     compile_backend: str = field(default="inductor", metadata={"metavar": "BACKEND"})
     """torch.compile backend when the plan compiles (aot_eager in CPU tests keeps them fast)."""
     fp8_emulate: bool | None = None

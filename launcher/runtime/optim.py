@@ -11,12 +11,14 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 
-def build_optimizer(module: nn.Module, *, kind: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW (fused, on GPU and on CPU alike) or plain SGD.
+def build_optimizer(module: nn.Module, *, kind: str, lr: float, weight_decay: float,
+                    impl: str = "fused") -> torch.optim.Optimizer:
+    """AdamW (the plan's ``optimizer_impl``: fused or foreach) or plain SGD.
 
     Fused AdamW is one kernel per device and dtype group per step; it also runs the update of parameters whose
     state is offloaded to the CPU, vectorised (the H200 state-offload runs in benchmarks/data, made with the
-    foreach path, imply ~4e8 parameters/s against 3.5e9 measured for fused by `loadmaster profile`). SGD has
+    foreach path, imply ~4e8 parameters/s against 3.5e9 measured for fused by `loadmaster profile`). Foreach
+    makes a pass per operation and a temporary copy of the parameters (costmodel prices both). SGD has
     no momentum: its update is linear in the gradient, which makes distributed-vs-reference checks sensitive
     to any gradient-scale error.
     """
@@ -25,9 +27,11 @@ def build_optimizer(module: nn.Module, *, kind: str, lr: float, weight_decay: fl
         return torch.optim.SGD(params, lr=lr, momentum=0.0, foreach=True)
     if kind != "adamw":
         raise ValueError(f"optimizer {kind!r} is not supported; use adamw or sgd")
-    fused_ok = {"cpu", "cuda"}
-    impl = {"fused": True} if all(p.device.type in fused_ok for p in params) else {"foreach": True}
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay, **impl)
+    if impl not in ("fused", "foreach"):
+        raise ValueError(f"optimizer_impl {impl!r} is not supported; use fused or foreach")
+    fused = impl == "fused" and all(p.device.type in {"cpu", "cuda"} for p in params)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay,
+                             **({"fused": True} if fused else {"foreach": True}))
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

@@ -124,7 +124,7 @@ class Session:
         return self.cfg.plan.num_stages - 1 in self.stages
 
     def loss_context(self):
-        if self.cfg.plan.tp > 1 and self.cfg.loss_parallel:
+        if self.cfg.plan.tp > 1 and self.cfg.plan.vocab_parallel:
             from torch.distributed.tensor.parallel import loss_parallel
             return loss_parallel()
         return contextlib.nullcontext()
@@ -150,7 +150,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
     cuda = device.type == "cuda"
     param_dtype = _DTYPES[cfg.param_dtype] if cfg.param_dtype else (torch.bfloat16 if cuda else torch.float32)
     options = PartOptions(param_dtype=param_dtype, reduce_dtype=_DTYPES[cfg.reduce_dtype], pin_memory=cuda,
-                          loss_parallel=cfg.loss_parallel, compile_backend=cfg.compile_backend,
+                          compile_backend=cfg.compile_backend,
                           fp8_emulate=(not cuda) if cfg.fp8_emulate is None else cfg.fp8_emulate,
                           fp8_skip_small=cfg.fp8_skip_small)
     whole = build_model(spec, plan.seq_len)
@@ -170,8 +170,8 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
     if plan.pp > 1:
         schedule = build_schedule(parts, pp_mesh=meshes.pp_mesh, device=device, schedule=plan.pp_schedule,
                                   n_microbatches=plan.num_microbatches, loss_fn=cross_entropy_fp32)
-    optimizers = [build_optimizer(m, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
-                  for m in modules]
+    optimizers = [build_optimizer(m, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  impl=plan.optimizer_impl) for m in modules]
     schedulers = [build_scheduler(o, warmup_steps=cfg.warmup, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
                   for o in optimizers]
     source = make_source(data=cfg.data, dtype=cfg.token_dtype, vocab_size=spec.vocab_size, seq_len=plan.seq_len,

@@ -36,8 +36,6 @@ class PartOptions:
     """FSDP2 gradient-reduction dtype."""
     pin_memory: bool
     """Pin host buffers of offloaded activations and state (needs an accelerator)."""
-    loss_parallel: bool
-    """Keep logits vocabulary-sharded under TP."""
     compile_backend: str = "inductor"
     """torch.compile backend."""
     fp8_emulate: bool = False
@@ -61,7 +59,7 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
         groups = apply_fp8(part, num_blocks=fp8_blocks, recipe=plan.fp8_recipe, emulate=options.fp8_emulate,
                            rotating=plan.fp8_rotation_steps > 0, skip_small=options.fp8_skip_small)
         rotation = Fp8Rotation(groups, num_blocks=fp8_blocks, rotation_steps=plan.fp8_rotation_steps)
-    apply_tp(part, meshes.tp_mesh, sequence_parallel=plan.sequence_parallel, loss_parallel=options.loss_parallel)
+    apply_tp(part, meshes.tp_mesh, sequence_parallel=plan.sequence_parallel, vocab_parallel=plan.vocab_parallel)
     apply_ac(part, mode=plan.recompute, num_blocks=recompute)
     offload_blocks = apply_offload(part, first_block=recompute, num_activation_blocks=offload_act,
                                            num_state_blocks=offload_state, pin_memory=options.pin_memory)
@@ -69,5 +67,6 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
         apply_compile(part, backend=options.compile_backend)
     apply_fsdp(part, meshes.fsdp_mesh, zero=plan.zero, param_dtype=options.param_dtype,
                reduce_dtype=options.reduce_dtype, offload_blocks=offload_blocks,
-               pin_memory=options.pin_memory, pipelined=plan.pp > 1, last_stage=stage == plan.num_stages - 1)
+               pin_memory=options.pin_memory, pipelined=plan.pp > 1 and not plan.pp_reshard_after_forward,
+               last_stage=stage == plan.num_stages - 1)
     return rotation, offload_blocks

@@ -31,9 +31,7 @@ def split_pipeline(model: Transformer, *, layers_per_stage: list[int], pp_rank: 
     """
     num_stages = pp * virtual_stages
     assert len(layers_per_stage) == num_stages and sum(layers_per_stage) == len(model.layers), layers_per_stage
-    if model.spec.tie_word_embeddings and num_stages > 1:
-        raise ValueError(f"{model.spec.name or 'the model'} ties its output to its embedding, which pipeline "
-                         "parallelism would put on different stages; use pp: 1 for this model")
+    assert not (model.spec.tie_word_embeddings and num_stages > 1), "check_plan refuses tied embeddings over stages"
     parts = []
     for s in stage_ids(pp_rank, pp, virtual_stages):
         start = sum(layers_per_stage[:s])

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import Replicate, Shard
-from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, RowwiseParallel,
-                                               SequenceParallel, parallelize_module)
+from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
+                                               RowwiseParallel, SequenceParallel, parallelize_module)
 
 from launcher.runtime.model import Transformer
 
 
-def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, sequence_parallel: bool, loss_parallel: bool) -> None:
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, sequence_parallel: bool, vocab_parallel: bool) -> None:
     """Shard ``model`` (a whole model or one pipeline stage) over ``tp_mesh`` in place.
 
     - Attention: wq, wk, wv column-wise (each rank gets heads / tp query and key/value heads), wo row-wise.
@@ -19,11 +19,13 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, sequence_parallel: bool
       norms run on the local sequence shard (SequenceParallel) and PrepareModuleInput all-gathers the sequence
       before attention and MLP; wo/w2 reduce-scatter their outputs back to sequence shards (Korthikanti 2022).
       Without it those activations stay replicated and wo/w2 all-reduce.
-    - Embedding: row-wise over the vocabulary (each rank looks up its vocabulary rows; the partial sums are
-      reduced into the sequence-sharded or replicated layout). Output: column-wise over the vocabulary; with
-      ``loss_parallel`` the logits stay vocabulary-sharded DTensors and the cross-entropy must run inside
-      ``torch.distributed.tensor.parallel.loss_parallel()`` (no rank builds the full logits), else they are
-      all-gathered into replicated local tensors.
+    - ``vocab_parallel`` (the plan key): the embedding is row-wise over the vocabulary (each rank looks up its
+      vocabulary rows; the partial sums are reduced into the sequence-sharded or replicated layout), the output
+      column-wise, and the logits stay vocabulary-sharded DTensors: the cross-entropy runs inside
+      ``torch.distributed.tensor.parallel.loss_parallel()`` (no rank builds the full logits). Off, both stay
+      whole on every rank: under sequence parallelism the embedding's output is sliced to the rank's sequence
+      shard (its gradient all-gathered in backward) and the output projection's input all-gathered, so every
+      rank computes the same full logits and the same gradients of the replicated weights.
     - A tied output weight is re-tied after sharding: both modules shard the (V, h) weight along V.
     """
     if tp_mesh.size() == 1:
@@ -31,13 +33,18 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, *, sequence_parallel: bool
     seq = Shard(1) if sequence_parallel else Replicate()
     root: dict = {}
     if model.tok_embeddings is not None:
-        root["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        if vocab_parallel:
+            root["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+        elif sequence_parallel:
+            root["tok_embeddings"] = PrepareModuleOutput(output_layouts=Replicate(), desired_output_layouts=seq)
     if model.norm is not None and sequence_parallel:
         root["norm"] = SequenceParallel()
     if model.output is not None:
-        root["output"] = ColwiseParallel(input_layouts=seq,
-                                         output_layouts=Shard(-1) if loss_parallel else Replicate(),
-                                         use_local_output=not loss_parallel)
+        if vocab_parallel:
+            root["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Shard(-1), use_local_output=False)
+        elif sequence_parallel:
+            root["output"] = PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),),
+                                                use_local_output=True)
     if root:
         parallelize_module(model, tp_mesh, root)
     if model.spec.tie_word_embeddings and model.tok_embeddings is not None and model.output is not None:
