@@ -73,11 +73,12 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
 
 
 def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, plan: Plan | str | Path | dict,
-            profile: HardwareProfile | None = None, opts: ArchOptions = RUNTIME) -> Prediction:
+            profile: HardwareProfile | None = None, opts: ArchOptions = RUNTIME, comm: bool = True) -> Prediction:
     """Cost ``plan`` for ``model`` on ``cluster``; specs may be objects, paths or recipe names.
 
-    ``opts`` describes the runtime's implementation (loadmaster's trainer by default; Megatron-LM 2022 for
-    the published-number validations)."""
+    ``opts`` describes the runtime's implementation (loadmaster's trainer by default; costmodel.memory.ENGINES
+    for replaying other engines' published runs). ``comm=False`` prices every collective at zero time: the
+    compute each rank does alone, which `loadmaster rehearse` measures."""
     model, cluster, plan = load_model(model), load_cluster(cluster), load_plan(plan)
     check_plan(plan, model, cluster)
     prof = profile or profile_for(cluster)
@@ -85,7 +86,7 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     inputs = stage_inputs(model, cluster, plan, prof)
     if opts.fused_kernels:
         inputs["k"] = np.ones_like(inputs["k"])
-    out = evaluate(None, inputs, prof, cluster.gpus_per_node, opts)
+    out = evaluate(None, inputs, prof, cluster.gpus_per_node, opts, comm)
     out = {k: np.broadcast_to(np.asarray(val, dtype=float), (S,)) for k, val in out.items()}
     # a pipeline rank hosts stages rank, rank + pp, ... (virtual stages)
     by_rank = lambda x: np.asarray(x).reshape(v, pp).sum(axis=0)  # noqa: E731

@@ -113,11 +113,14 @@ MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp"
 
 
 def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfile, gpus_per_node: int,
-             opts: ArchOptions = RUNTIME) -> dict[str, np.ndarray]:
+             opts: ArchOptions = RUNTIME, comm: bool = True) -> dict[str, np.ndarray]:
     """The stage model at ``inputs`` (model, hardware and knob inputs): first the size of every collective, then
-    their bandwidth on the profile's curves at those sizes, then ``outputs`` (None: every term)."""
-    dummy = {k: 1.0 for k in COMM_SYMBOLS}
-    msgs = stage_model(MESSAGES, opts)(**inputs, **dummy)
+    their bandwidth on the profile's curves at those sizes, then ``outputs`` (None: every term). ``comm=False``
+    prices every collective at zero time (what a rank computes alone: `loadmaster rehearse` measures that)."""
+    free = {k: (0.0 if k == "t_tiny" else 1e30) for k in COMM_SYMBOLS}
+    if not comm:
+        return stage_model(outputs, opts)(**inputs, **free)
+    msgs = stage_model(MESSAGES, opts)(**inputs, **free)
     return stage_model(outputs, opts)(**inputs, **comm_inputs(prof, gpus_per_node, inputs, msgs))
 
 

@@ -126,7 +126,7 @@ def register_all() -> None:
     _registered = True
     import importlib
     for name in ("cli_predict", "cli_plan", "cli_launch", "cli_profile", "cli_export", "cli_calibrate",
-                 "cli_verify"):
+                 "cli_verify", "cli_rehearse"):
         try:
             mod = importlib.import_module(f"planner.{name}")
         except ModuleNotFoundError as e:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from costmodel import ClusterSpec, ModelSpec, parse_plan
-from launcher.gputools.verify import VerifyUnavailable, cuda_build, schedule_order, verify
+from launcher.gputools.replay import schedule_order
+from launcher.gputools.verify import VerifyUnavailable, cuda_build, verify
 
 TINY = ModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=128, name="tiny")
@@ -68,21 +69,26 @@ def test_pipeline_traces_every_stage_and_gpipe_holds_more_than_1f1b():
     assert gpipe.stages[0].peak_bytes > one_f_one_b.stages[0].peak_bytes
 
 
-@pytest.mark.parametrize("schedule,stages,stage,mbs,in_flight", [
-    ("1F1B", 4, 0, 8, 4), ("1F1B", 4, 3, 8, 1), ("1F1B", 4, 1, 2, 2), ("GPipe", 2, 1, 5, 5)])
-def test_schedule_order_runs_each_microbatch_once_with_the_schedules_in_flight_count(
-        schedule, stages, stage, mbs, in_flight):
-    order = schedule_order(schedule, stages, stage, mbs)
-    assert sorted(order) == sorted([("F", i) for i in range(mbs)] + [("B", i) for i in range(mbs)])
+@pytest.mark.parametrize("schedule,stages,stage,mbs,v", [
+    ("1F1B", 4, 0, 8, 1), ("1F1B", 4, 3, 8, 1), ("1F1B", 4, 1, 2, 1), ("GPipe", 2, 1, 5, 1),
+    ("Interleaved1F1B", 4, 0, 8, 2), ("Interleaved1F1B", 4, 3, 8, 2), ("Interleaved1F1B", 2, 0, 4, 3)])
+def test_schedule_order_runs_each_microbatch_once_with_the_cost_models_in_flight_count(schedule, stages, stage,
+                                                                                        mbs, v):
+    from costmodel.pipeline import in_flight
+    order = schedule_order(schedule, stages, stage, mbs, v)
+    every = [(op, c, i) for op in "FB" for c in range(v) for i in range(mbs)]
+    assert sorted(order) == sorted(every)
     live, peak = set(), 0
-    for op, m in order:
+    for op, c, m in order:
         if op == "F":
-            live.add(m)
+            assert c == 0 or ("F", c - 1, m) in order[:order.index((op, c, m))], "chunk before its predecessor"
+            live.add((c, m))
         else:
-            assert m in live, "backward before its forward"
-            live.remove(m)
+            assert (c, m) in live, "backward before its forward"
+            assert c == v - 1 or ("B", c + 1, m) in order[:order.index((op, c, m))], "backward out of order"
+            live.remove((c, m))
         peak = max(peak, len(live))
-    assert peak == in_flight
+    assert peak == in_flight(schedule, stages, stage, mbs, v) * v   # chunk-forwards in flight
 
 
 def test_interleaved_plans_are_refused_with_the_fix():

@@ -18,7 +18,6 @@ for backward. ``allow_cpu=True`` traces on the CPU anyway; tests use it to exerc
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -30,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from costmodel import ClusterSpec, ModelSpec, Plan, check_plan, load_cluster, load_model, load_plan
+from launcher.gputools.replay import fake_process_group, replay_pipeline_rank, replay_step, run_isolated
 
 NEEDS_CUDA = ("verify needs a CUDA build of torch (this is torch {version}, a CPU-only build): CPU kernels save "
               "different tensors for backward, so a CPU trace would report wrong peaks; run verify where a "
@@ -127,52 +127,16 @@ def verify(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pla
         pred = predict(spec, cl, traced)
     t0 = time.perf_counter()
     ranks = [stage * plan.dp * plan.tp for stage in range(plan.pp)]   # mesh ("pp", "dp", "tp"), tp innermost
-    traces = _isolated_traces(spec, traced, ranks, device)
+    _preload()  # imported once here, not again in every forked child
+    try:
+        traces = run_isolated(trace_rank, [(spec, traced, r, device) for r in ranks], start_method="fork",
+                              width=max(1, min(len(ranks), os.cpu_count() or 1, _MAX_CHILDREN)))
+    except (ValueError, RuntimeError) as e:
+        raise type(e)(f"verify: {e}") from None
     stages = [StageTrace(stage=i, rank=r, peak_bytes=peak, breakdown=breakdown,
                          predicted_bytes=pred.stages[i]["peak_memory_bytes"])
               for i, (r, (peak, breakdown)) in enumerate(zip(ranks, traces))]
     return VerifyResult(stages=stages, device=str(device), seconds=time.perf_counter() - t0, notes=notes)
-
-
-def _isolated_traces(spec: ModelSpec, plan: Plan, ranks: list[int], device: torch.device) -> list[tuple]:
-    """``trace_rank`` for every rank, each in a forked child (concurrently, up to the CPU count).
-
-    A child owns its fake process group, device meshes and DTensor's sharding caches: those caches compare
-    meshes by layout, not by process group, so a second in-process trace would reuse the first one's dead
-    groups. Without fork (Windows), the ranks are traced in this process one after another."""
-    import multiprocessing as mp
-    if "fork" not in mp.get_all_start_methods():
-        return [trace_rank(spec, plan, rank=r, device=device) for r in ranks]
-    _preload()  # imported once here, not again in every child
-    ctx = mp.get_context("fork")
-    results: list = [None] * len(ranks)
-    width = max(1, min(len(ranks), os.cpu_count() or 1, _MAX_CHILDREN))
-    for start in range(0, len(ranks), width):
-        batch = []
-        try:
-            for i in range(start, min(start + width, len(ranks))):
-                recv, send = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_trace_child, args=(send, spec, plan, ranks[i], device), daemon=True)
-                proc.start()
-                send.close()
-                batch.append((i, proc, recv))
-            for i, proc, recv in batch:
-                try:
-                    status, payload = recv.recv()
-                except EOFError:
-                    status, payload = "error", ("RuntimeError", "the trace process died without a result "
-                                                                "(out of host memory?)")
-                if status == "error":
-                    kind, message = payload
-                    raise (ValueError if kind in ("ValueError", "SpecError") else RuntimeError)(
-                        f"verify: tracing rank {ranks[i]} failed: {kind}: {message}")
-                results[i] = payload
-        finally:
-            for _, proc, _ in batch:  # after a failure the others are not waited for
-                if proc.is_alive():
-                    proc.terminate()
-                proc.join()
-    return results
 
 
 def _preload() -> None:
@@ -185,44 +149,7 @@ def _preload() -> None:
     import launcher.runtime.trainer  # noqa: F401
 
 
-def _forget_dtensor_caches() -> None:
-    """Drop DTensor's sharding caches a parent may have filled: their keys compare meshes by layout, so an
-    entry from another process group's mesh of the same shape would be reused with that group's names."""
-    from torch.distributed.tensor import DTensor
-    prop = DTensor._op_dispatcher.sharding_propagator
-    for name in ("propagate_op_sharding", "_propagate_tensor_meta_cached"):
-        clear = getattr(getattr(prop, name, None), "cache_clear", None)
-        if clear is not None:
-            clear()
-
-
-def _trace_child(conn, spec: ModelSpec, plan: Plan, rank: int, device: torch.device) -> None:
-    try:
-        _forget_dtensor_caches()
-        conn.send(("ok", trace_rank(spec, plan, rank=rank, device=device)))
-    except BaseException as e:  # report every failure to the parent instead of a silent exit
-        conn.send(("error", (type(e).__name__, " ".join(str(e).split())[:2000])))
-    finally:
-        conn.close()
-        os._exit(0)  # skip atexit handlers inherited from the parent (pytest, torch)
-
-
-@contextlib.contextmanager
-def fake_process_group(rank: int, world_size: int):
-    """A process group whose collectives do nothing (torch's "fake" backend), torn down on exit."""
-    import torch.testing._internal.distributed.fake_pg  # noqa: F401  registers the "fake" backend
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    from launcher.runtime.parallel.mesh import clear_mesh_cache
-    dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
-    try:
-        yield
-    finally:
-        clear_mesh_cache()
-        dist.destroy_process_group()
-
-
-def trace_rank(spec: ModelSpec, plan: Plan, *, rank: int, device: torch.device) -> tuple[float, dict[str, float]]:
+def trace_rank(spec: ModelSpec, plan: Plan, rank: int, device: torch.device) -> tuple[float, dict[str, float]]:
     """(peak bytes on ``device``, tracker categories at the peak) of one training step on global ``rank``."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -243,9 +170,10 @@ def trace_rank(spec: ModelSpec, plan: Plan, *, rank: int, device: torch.device) 
             tracker.track_inputs((tokens, labels))
             with tracker:
                 if plan.pp > 1:
-                    replay_pipeline_stage(part, plan, stage, tokens, labels, tracker, device)
+                    replay_pipeline_rank([(stage, part)], plan, meshes.pp_rank, tokens, labels, device,
+                                         torch.bfloat16, tracker)
                 else:
-                    replay_step(part, plan, tokens, labels, tracker, tp=meshes.tp)
+                    replay_step(part, plan, tokens, labels, tracker)
                 pp_group = meshes.pp_mesh.get_group() if plan.pp > 1 else None
                 clip_grad_norm_(list(part.parameters()), 1.0, device=device, pp_group=pp_group)
                 optimizer.step()
@@ -298,103 +226,3 @@ def _create_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             p.grad = torch.zeros_like(p)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def _loss_context(tp: int):
-    if tp > 1:
-        from torch.distributed.tensor.parallel import loss_parallel
-        return loss_parallel()
-    return contextlib.nullcontext()
-
-
-def replay_step(part, plan: Plan, tokens: torch.Tensor, labels: torch.Tensor, tracker, *, tp: int) -> None:
-    """Forward and backward of every micro-batch as launcher.runtime.trainer.forward_backward runs them."""
-    from launcher.runtime.trainer import cross_entropy_fp32
-    M, b = plan.num_microbatches, plan.micro_batch_size
-    for m in range(M):
-        tracker.reset_mod_stats()  # the tracker refuses a second root forward otherwise
-        part.set_requires_gradient_sync(m == M - 1 or plan.grad_reduce == "every")
-        rows = slice(m * b, (m + 1) * b)
-        with _loss_context(tp):
-            logits = part(tokens[rows])
-            loss = cross_entropy_fp32(logits, labels[rows])
-            del logits
-            (loss / M).backward()
-
-
-def schedule_order(schedule: str, num_stages: int, stage: int, num_microbatches: int) -> list[tuple[str, int]]:
-    """("F" | "B", micro-batch) in the order ``stage`` runs them (torch.distributed.pipelining's Schedule1F1B:
-    ``num_stages - stage`` warm-up forwards, then one backward and one forward, then the remaining
-    backwards; GPipe: every forward, then every backward)."""
-    M = num_microbatches
-    if schedule == "GPipe":
-        return [("F", i) for i in range(M)] + [("B", i) for i in range(M)]
-    if schedule != "1F1B":
-        raise ValueError(f"verify cannot replay pp_schedule {schedule!r}; use 1F1B or GPipe")
-    warm = min(M, num_stages - stage)
-    order = [("F", i) for i in range(warm)]
-    f = warm
-    for bwd in range(M):
-        order.append(("B", bwd))
-        if f < M:
-            order.append(("F", f))
-            f += 1
-    return order
-
-
-def replay_pipeline_stage(part, plan: Plan, stage: int, tokens: torch.Tensor, labels: torch.Tensor, tracker,
-                          device: torch.device) -> None:
-    """One step of one pipeline stage in its schedule's order, holding what ``PipelineStage`` holds."""
-    from launcher.runtime.trainer import cross_entropy_fp32
-    M, b, h = plan.num_microbatches, plan.micro_batch_size, part.spec.hidden_size
-    first, last = stage == 0, stage == plan.pp - 1
-    # PipelineStage allocates one activation receive buffer (not first) and one gradient receive buffer (not
-    # last) per micro-batch, kept across steps; activations cross stages sequence-sharded under SP
-    s_local = plan.seq_len // plan.tp if plan.tp > 1 and plan.sequence_parallel else plan.seq_len
-    shape = (b, s_local, h)
-    recv_act = [] if first else [torch.empty(shape, dtype=torch.bfloat16, device=device).requires_grad_()
-                                 for _ in range(M)]
-    recv_grad = [] if last else [torch.empty(shape, dtype=torch.bfloat16, device=device) for _ in range(M)]
-    tracker.track_inputs((recv_act, recv_grad))
-    cache: dict[int, tuple] = {}
-    sent_grad = None   # the input gradient of the last backward, alive until its send completes
-    part.set_requires_gradient_sync(False)
-    part.set_reshard_after_backward(False)
-    part.set_is_last_backward(False)
-    for op, m in schedule_order(plan.pp_schedule, plan.pp, stage, M):
-        if op == "F":
-            tracker.reset_mod_stats()
-            x = tokens[m * b:(m + 1) * b] if first else recv_act[m]
-            with _loss_context(plan.tp):
-                out = part(x)
-                loss = cross_entropy_fp32(out, labels[m * b:(m + 1) * b]) if last else None
-            cache[m] = (x, out, loss)
-            continue
-        x, out, loss = cache.pop(m)
-        with _loss_context(plan.tp):
-            if last:
-                loss.backward()
-            else:
-                torch.autograd.backward(out, grad_tensors=recv_grad[m])
-        del out, loss
-        if not first:
-            sent_grad, x.grad = x.grad, None
-    del sent_grad
-    reduce_after_pipeline(part)
-
-
-def reduce_after_pipeline(part) -> None:
-    """The gradient reduction ``PipelineStage.perform_reduce_grad`` runs once after the last backward: sync on,
-    then FSDP2's post-backward of every parameter group and its final callback."""
-    from torch.distributed.fsdp import fully_shard
-    part.set_is_last_backward(True)
-    part.set_reshard_after_backward(True)
-    part.set_requires_gradient_sync(True)
-    state = fully_shard.state(part)
-    for s in state._state_ctx.all_states:
-        groups = getattr(s, "_fsdp_param_groups", None)
-        if groups is None:  # torch < 2.10 holds one group per state
-            groups = [s._fsdp_param_group] if s._fsdp_param_group is not None else []
-        for group in groups:
-            group.post_backward()
-    state._root_post_backward_final_callback()

@@ -133,7 +133,7 @@ class Session:
         return [p for part in self.parts for p in part.parameters()]
 
 
-def _materialize(part: Transformer, device: torch.device, offload_blocks: set[str], seed: int) -> None:
+def materialize(part: Transformer, device: torch.device, offload_blocks: set[str], seed: int) -> None:
     """Allocate the (sharded) parameters on their devices — offloaded blocks on the CPU — and initialise them."""
     for name, module in part.named_modules():
         segments = name.split(".")
@@ -142,8 +142,10 @@ def _materialize(part: Transformer, device: torch.device, offload_blocks: set[st
     part.init_weights(seed=seed, buffer_device=device)
 
 
-def build(cfg: TrainConfig, device: torch.device) -> Session:
-    """Meta model → pipeline split → per-part parallelisation → materialisation → optimizers and schedule."""
+def build_parts(cfg: TrainConfig, device: torch.device
+                ) -> tuple[Meshes, list[tuple[int, Transformer]], list[Fp8Rotation]]:
+    """This rank's stage modules, parallelised and materialised: the meshes, [(stage, module)] and the float8
+    rotations (the trainer's build, and `loadmaster rehearse`, which runs them under fake collectives)."""
     plan, spec = cfg.plan, cfg.model
     torch.manual_seed(cfg.seed)
     meshes = build_meshes(plan, device.type)
@@ -164,7 +166,14 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
         rotation, offload_blocks = parallelize_part(part, stage=stage, plan=plan, meshes=meshes, options=options)
         if rotation is not None:
             rotations.append(rotation)
-        _materialize(part, device, offload_blocks, cfg.seed)
+        materialize(part, device, offload_blocks, cfg.seed)
+    return meshes, parts, rotations
+
+
+def build(cfg: TrainConfig, device: torch.device) -> Session:
+    """Meta model → pipeline split → per-part parallelisation → materialisation → optimizers and schedule."""
+    plan, spec = cfg.plan, cfg.model
+    meshes, parts, rotations = build_parts(cfg, device)
     modules = [part for _, part in parts]
     schedule = None
     if plan.pp > 1:
