@@ -202,3 +202,11 @@ def test_rowwise_float8_slowdown_is_the_median_ratio_over_shapes_measured_both_w
     assert prof.const("fp8_rowwise_gemm_slowdown") == pytest.approx(1.3)
     kept = assemble_profile(fake(), BASE, name="x").constants["fp8_rowwise_gemm_slowdown"]
     assert kept == BASE.constants["fp8_rowwise_gemm_slowdown"]   # not measured: the base's value and source
+
+
+def test_a_one_gpu_emulated_comm_slowdown_says_how_it_was_measured():
+    prof = assemble_profile(fake(comm_compute_slowdown=0.12, comm_overlap_note="emulated on one GPU: 18 SMs"),
+                            BASE, name="x")
+    c = prof.constants["comm_compute_slowdown"]
+    assert c.value == 0.12 and "emulated on one GPU: 18 SMs" in c.source
+    assert "emulated" not in prof.constants["h2d_compute_slowdown"].source

@@ -64,3 +64,13 @@ def test_sizes_are_rounded_to_whole_shards_and_tiny_ones_refused():
 @pytest.mark.parametrize("nbytes,calls", [(2**16, 100), (2**28, 1), (2**30, 1), (2**24, 16)])
 def test_calls_per_sample_depend_only_on_the_message_size(nbytes, calls):
     assert comm_counts(nbytes) == calls
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_emulated_nccl_footprint_slows_gemms_and_reports_its_copy_rate():
+    from launcher.gputools.profile_comm import measure_emulated_comm_overlap
+    from launcher.gputools.profile_timing import TimingConfig
+    slow, gbps = measure_emulated_comm_overlap(torch.device("cuda"), TimingConfig(repeats=3, sample_s=0.002),
+                                               gemm_size=4096, nbytes=64 * 2**20, window_s=0.02, repeats=1)
+    assert 0 < slow < 1 and gbps > 50

@@ -163,6 +163,12 @@ def measure_host_and_overlap(cfg: ProfileConfig, device: torch.device, m: Measur
         log("overlap: GEMM beside pinned H2D copies")
         m.h2d_compute_slowdown = comm.measure_h2d_overlap(device, cfg.timing, window_s=cfg.overlap_window_s,
                                                           repeats=cfg.overlap_repeats)
+        if m.world_size == 1:   # no second GPU: an NCCL kernel's SM and memory footprint, emulated
+            log(f"overlap: GEMM beside a copy kernel on {comm.NCCL_CTAS_HOPPER} SMs (an NCCL collective's)")
+            m.comm_compute_slowdown, gbps = comm.measure_emulated_comm_overlap(
+                device, cfg.timing, window_s=cfg.overlap_window_s, repeats=cfg.overlap_repeats)
+            m.comm_overlap_note = (f"comm_compute_slowdown emulated on one GPU: GEMMs beside a copy kernel on "
+                                   f"{comm.NCCL_CTAS_HOPPER} SMs ({gbps:.0f} GB/s), NCCL's CTAs on Hopper")
 
 
 def measure_collectives(cfg: ProfileConfig, device: torch.device, m: Measurements, log: _Log) -> None:

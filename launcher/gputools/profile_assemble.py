@@ -63,6 +63,8 @@ class Measurements:
     """All-gather bandwidth with a GEMM beside / alone."""
     h2d_compute_slowdown: float | None = None
     """GEMM slowdown beside a pinned host-to-device copy (fraction)."""
+    comm_overlap_note: str = ""
+    """How comm_compute_slowdown was measured when not beside a real collective (one-GPU emulation)."""
 
 
 # Fields merged over ranks: the slowest GPU paces a lock-step job, so throughputs take the min, costs the max.
@@ -220,13 +222,16 @@ def assemble_profile(m: Measurements, base: HardwareProfile, *, name: str) -> Ha
               f"fields not measured from profile {base.name}")
     if notes:
         source += "; " + "; ".join(notes)
+    comm_how = f"{how} ({m.comm_overlap_note})" if m.comm_overlap_note else how
+    emulated = {k: measured.pop(k) for k in ("comm_compute_slowdown",) if k in measured and m.comm_overlap_note}
     prof = dataclasses.replace(
         base, name=name, source=source, memory_gib=_pick(m.memory_gib, base.memory_gib),
         bf16_tflops=bf16_peak, fp8_tflops=fp8_peak,
         hbm_gbps=_pick(m.hbm_gbps, base.hbm_gbps), host_link_gbps=_pick(host_link, base.host_link_gbps),
         cpu_adam_params_per_s=_pick(m.cpu_adam_params_per_s, base.cpu_adam_params_per_s),
         intra_node=intra, gemm=gemm, fp8_gemm=fp8, attention=attn, records=records)
-    return prof.with_constants(how, **measured) if measured else prof
+    prof = prof.with_constants(how, **measured) if measured else prof
+    return prof.with_constants(comm_how, **emulated) if emulated else prof
 
 
 def _clamp(v: float | None, lo: float, hi: float | None) -> float | None:

@@ -177,3 +177,42 @@ def measure_h2d_overlap(device: torch.device, cfg: TimingConfig, *, gemm_size: i
     slow, _ = _interference(device, cfg, gemm, lambda i: dev.copy_(host, non_blocking=True), {}, window_s,
                             repeats, sync)
     return slow
+
+
+NCCL_CTAS_HOPPER = 18
+"""SMs an NCCL collective holds on a Hopper GPU: one CTA per channel, which never shares its SM with compute
+(NVIDIA/nccl#689, #1656), and "Hopper generation GPUs have 18 NVLink channels between the GPU and NVSwitch and
+the number of NCCL channels is directly related to that" (NCCL maintainer, NVIDIA/nccl#1429)."""
+
+
+def _copy_kernel():
+    """A copy that runs on exactly as many SMs as it is launched with (a grid-stride loop per CTA)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def copy(src, dst, n, BLOCK: tl.constexpr):
+        pid, nprog = tl.program_id(0), tl.num_programs(0)
+        for start in range(pid * BLOCK, n, nprog * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n
+            tl.store(dst + offs, tl.load(src + offs, mask=mask), mask=mask)
+    return copy
+
+
+def measure_emulated_comm_overlap(device: torch.device, cfg: TimingConfig, *, ctas: int = NCCL_CTAS_HOPPER,
+                                  gemm_size: int = 8192, nbytes: int = 256 * 2**20, window_s: float = 0.05,
+                                  repeats: int = 3) -> tuple[float, float]:
+    """(comm_compute_slowdown, the emulator's copy bandwidth in GB/s) on one GPU: a large bf16 GEMM loop beside a
+    copy kernel holding ``ctas`` SMs — an NCCL kernel's footprint (its CTAs take whole SMs and stream through
+    HBM) without a second GPU. The NVLink side of a real collective is not loaded, so this bounds the slowdown
+    from the SMs and memory it takes, which is what the GEMMs feel."""
+    gemm = _gemm_call(device, gemm_size)
+    src = torch.randn(nbytes // 2, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    kernel = _copy_kernel()
+    side = lambda i: kernel[(ctas,)](src, dst, src.numel(), BLOCK=4096, num_warps=16)  # noqa: E731
+    t_side = time_per_call(side, device, cfg)
+    slow, _ = _interference(device, cfg, gemm, side, {}, window_s, repeats,
+                            lambda: torch.cuda.synchronize(device))
+    return slow, 2 * nbytes / t_side / 1e9
