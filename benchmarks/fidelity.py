@@ -5,7 +5,7 @@
 RUNS default to benchmarks/data/*.jsonl (launcher.runtime.bench lines: the model, the plan, the cluster it ran on,
 the measured median step time and peak allocated memory over ranks, or ``"oom": true``); run directories and
 summary.json files work too (costmodel.runs). Predictions are recomputed with the current cost model and
-profile, so a change to either shows up here. Targets (issue 6): median |error| ≤ 5 % and max ≤ 15 % for step
+profile, so a change to either shows up here. Targets: median |error| ≤ 5 % and max ≤ 15 % for step
 time and for peak allocated memory, every out-of-memory run predicted not to fit.
 
 A second table replays published numbers (benchmarks/data/published.yaml) — reported, never tuned to.

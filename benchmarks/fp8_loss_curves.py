@@ -1,4 +1,4 @@
-"""300-step bf16 vs float8 (rotating) loss curves of Llama-3.2-1B on one GPU, on a synthetic token file (issue 4).
+"""300-step bf16 vs float8 (rotating) loss curves of Llama-3.2-1B on one GPU, on a synthetic token file.
 
     python benchmarks/fp8_loss_curves.py --out DIR [--variant bf16|fp8|both] [--steps 300] [--smoke]
     python benchmarks/plot_loss_curves.py DIR -o benchmarks/loss_curves.png

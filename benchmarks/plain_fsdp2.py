@@ -1,5 +1,5 @@
 """A plain FSDP2 training step, written without loadmaster's launcher: the "no slowdown from our wrappers"
-reference of issue 4 (benchmarks/trainer_gpu.py sets its throughput beside launcher.runtime.bench's on the same plan).
+reference (benchmarks/trainer_gpu.py sets its throughput beside launcher.runtime.bench's on the same plan).
 
     torchrun --standalone --nproc-per-node G benchmarks/plain_fsdp2.py --plans PLANS.yaml --name NAME
         [--steps 6] [--warmup 2] [--out plain.jsonl]

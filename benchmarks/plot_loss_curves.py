@@ -3,7 +3,7 @@
     python benchmarks/plot_loss_curves.py RUN_DIR [-o benchmarks/loss_curves.png] [--csv benchmarks/loss_curves.csv]
 
 RUN_DIR holds ``bf16/metrics.jsonl`` and ``fp8/metrics.jsonl`` (launcher's per-step metrics). Prints the mean
-loss over the last ``--tail`` steps of each run and their relative difference (issue 4: within 2 %), writes a
+loss over the last ``--tail`` steps of each run and their relative difference (target: within 2 %), writes a
 CSV of both curves, and a PNG when matplotlib is installed.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The trainer on H200 GPUs (issue 4): measured table, our wrappers vs a plain FSDP2 script, compile, float8.
+"""The trainer on H200 GPUs: measured table, our wrappers vs a plain FSDP2 script, compile, float8.
 
     python benchmarks/trainer_gpu.py [--data benchmarks/data]
 

@@ -1,4 +1,4 @@
-"""Tuner vs hand grid on H200 (issue 3): is the tuner's plan the measured best, or within 3 % of it?
+"""Tuner vs hand grid on H200: is the tuner's plan the measured best, or within 3 % of it?
 
     python benchmarks/tuner_vs_grid.py [benchmarks/data/h200-1gpu-grid.jsonl benchmarks/data/h200-2gpu-grid.jsonl]
 

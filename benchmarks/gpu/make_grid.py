@@ -1,4 +1,4 @@
-"""Write the tuner-vs-hand-grid plan files (issue 3): the tuner's plan and hand-picked alternatives per case.
+"""Write the tuner-vs-hand-grid plan files: the tuner's plan and hand-picked alternatives per case.
 
     python benchmarks/gpu/make_grid.py            # runs the tuner here (needs pulp/highspy: not on the GPU node)
 
@@ -99,7 +99,7 @@ def main() -> int:
             entries += e
             header += h
         path = HERE / f"tuner_vs_grid_{gpus}gpu.yaml"
-        comment = "\n".join(["# Tuner vs hand grid (issue 3), made by benchmarks/gpu/make_grid.py; "
+        comment = "\n".join(["# Tuner vs hand grid, made by benchmarks/gpu/make_grid.py; "
                              "launcher.runtime.bench input.", "# The entry with `tuner: true` is the tuner's plan."]
                             + [f"# {line}" for line in header])
         body = "".join(f"- {yaml.safe_dump(e, default_flow_style=True, sort_keys=False, width=400).strip()}\n"

@@ -1,5 +1,5 @@
 """`loadmaster verify` on measured plans: the FSDP2 memory tracker's traced peak beside the measured peak and the
-symbolic prediction (issue 6: traced within 1 % of measured).
+symbolic prediction (target: traced within 1 % of measured).
 
     python3 benchmarks/gpu/verify_runs.py --plans benchmarks/gpu/plans_1gpu.yaml --json OUT.json   # CUDA build
     python3 benchmarks/gpu/verify_runs.py --compare OUT.json benchmarks/data/h200-1gpu-sweep-*.jsonl  # any machine

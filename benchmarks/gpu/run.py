@@ -1,0 +1,103 @@
+"""Run GPU measurement jobs on this machine, one after another, each into OUT/JOB, within a time budget.
+
+    python -m benchmarks.gpu.run --out OUT [--budget-s 540] JOB [JOB ...]
+    python -m benchmarks.gpu.run --list
+
+Each job is one command of this repository (the table ``JOBS``); a job gets what is left of the budget, at most its
+own cap, and is stopped when that runs out (what it wrote so far stays). Wheels in ``.whl/`` (torchao, TorchTitan
+and their needs; not in git) are installed into ``/tmp/site`` first. The last lines printed are a table of the
+jobs: exit code, seconds, log file.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# name: (command with {out} and {budget} filled in, cap in seconds, what it measures)
+JOBS: dict[str, tuple[list[str], float, str]] = {
+    "profile": (["python", "-m", "launcher.gputools.profile", "-o", "{out}/profile.yaml"], 180,
+                "the GPU's hardware profile: GEMM/float8/SDPA curves, HBM, host copies, CPU AdamW, overlap"),
+    "profile-quick": (["python", "-m", "launcher.gputools.profile", "--quick", "-o", "{out}/profile.yaml"], 120,
+                      "the same, fewer shapes (< 2 minutes)"),
+    "anatomy": (["python", "-m", "benchmarks.gpu.step_anatomy", "--plans", "benchmarks/gpu/plans_1gpu.yaml",
+                 "--names", "g1-l8b8l-bf16-eager,g1-l8b8l-fp8-cmp,g1-l1b-s2k-mb4,g1-l1b-s4k-stateoff4-v2",
+                 "--json", "{out}/anatomy.json"], 240,
+                "kernel time by category of four plans (benchmarks/anatomy_fit.py turns it into profile constants)"),
+    "rehearse": (["python", "-m", "benchmarks.gpu.rehearse_roles", "--out", "{out}", "--budget-s", "{budget}"], 420,
+                 "rank roles of 8B/70B/405B plans rehearsed under fake collectives"),
+}
+
+
+def install_wheels(site: Path = Path("/tmp/site")) -> str | None:
+    """pip-install .whl/*.whl into ``site`` (no index, no dependencies); returns the PYTHONPATH entry."""
+    wheels = sorted((ROOT / ".whl").glob("*.whl"))
+    if not wheels:
+        return None
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)], check=True)
+    shutil.rmtree(site / "test", ignore_errors=True)   # torchao's wheel ships a top-level `test` package
+    return str(site)
+
+
+def run(jobs: list[str], out: Path, budget_s: float) -> list[tuple[str, int | None, float, Path]]:
+    """Run ``jobs`` in order; (job, exit code or None when skipped/stopped, seconds, log) per job."""
+    t0, rows = time.monotonic(), []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    site = install_wheels()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), site, env.get("PYTHONPATH")) if p)
+    for job in jobs:
+        argv, cap, _ = JOBS[job]
+        left = budget_s - (time.monotonic() - t0)
+        jdir = out / job
+        jdir.mkdir(parents=True, exist_ok=True)
+        log = jdir / "log.txt"
+        if left < 10:
+            rows.append((job, None, 0.0, log))
+            continue
+        limit = min(cap, left)
+        cmd = [sys.executable if a == "python" else a.format(out=jdir, budget=int(limit - 15)) for a in argv]
+        start = time.monotonic()
+        with log.open("w") as f:
+            print(f"== {job}: {' '.join(cmd)}", flush=True)
+            try:
+                code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                      timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                code = None
+        rows.append((job, code, time.monotonic() - start, log))
+        tail = log.read_text().splitlines()[-15:]
+        print("\n".join(tail), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("jobs", nargs="*", help="job names (--list shows them)")
+    ap.add_argument("--out", default="out")
+    ap.add_argument("--budget-s", type=float, default=540.0)
+    ap.add_argument("--list", action="store_true")
+    a = ap.parse_args(argv)
+    if a.list or not a.jobs:
+        for name, (_, cap, what) in JOBS.items():
+            print(f"{name:<24} {cap:>5.0f} s  {what}")
+        return 0
+    unknown = [j for j in a.jobs if j not in JOBS]
+    if unknown:
+        print(f"error: unknown job {', '.join(unknown)}; jobs: {', '.join(JOBS)}", file=sys.stderr)
+        return 2
+    rows = run(a.jobs, Path(a.out), a.budget_s)
+    print("| job | exit | seconds | log |\n|---|---:|---:|---|")
+    for job, code, secs, log in rows:
+        print(f"| {job} | {'skipped' if code is None and secs == 0 else 'stopped' if code is None else code} | "
+              f"{secs:.0f} | {log} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
