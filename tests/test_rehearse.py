@@ -80,3 +80,17 @@ def test_cli_prints_json_and_refuses_a_bad_rank_in_one_line(run_cli, tmp_path):
     assert json.loads(out)["ranks"][0]["rank"] == 3
     code, out, err = run_cli("rehearse", str(model), "--cluster", "4xh200", "--plan", str(plan), "--rank", "9")
     assert code == 2 and "9 is not a rank" in err and "Traceback" not in err
+
+
+def test_a_rank_the_local_gpu_cannot_hold_is_refused_before_anything_runs(monkeypatch):
+    import torch
+
+    from costmodel import load_profile
+    from launcher.gputools import rehearse as rh
+    l4 = load_profile("l4")   # 22 GiB: a 70B tensor-parallel rank of 5 GiB fits, an 8B FSDP rank of 55 does not
+    monkeypatch.setattr(rh, "_local_device", lambda cluster: (torch.device("cuda", 0), l4))
+    monkeypatch.setattr(rh, "run_isolated", lambda *a, **k: pytest.fail("nothing may run"), raising=False)
+    plan = parse_plan(dict(global_batch_size=64, micro_batch_size=1, seq_len=8192, dp=64, tp=1, pp=1, zero=3,
+                           recompute="none"))
+    with pytest.raises(SpecError, match="this l4 holds 22 GiB"):
+        rehearse("llama3-8b", "8x8xh100", plan, ranks=[0])

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from launcher.gputools.profile_timing import TimingConfig, prefill_stream, time_per_call
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv")
 
 # torch 2.13 renamed the tensor collectives (*_single, same arguments); 2.11 on the GPU nodes has the old names.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -47,6 +47,11 @@ def _collective(op: str, nbytes: int, device: torch.device) -> Callable[[int], o
         inp = torch.randn(nbytes // 4, device=device)
         out = torch.empty(nbytes // 4 // world, device=device)
         return lambda i: _reduce_scatter(out, inp, op=dist.ReduceOp.AVG)
+    if op == "all_to_all":
+        # expert parallelism's dispatch and combine: every rank sends size / n of its bf16 tokens to each rank
+        inp = torch.randn(nbytes // 2, device=device, dtype=torch.bfloat16)
+        out = torch.empty_like(inp)
+        return lambda i: dist.all_to_all_single(out, inp)
     if op == "send_recv":
         # A ring: every rank sends to the next and receives from the previous at once (as pipeline stages do).
         send = torch.randn(nbytes // 2, device=device, dtype=torch.bfloat16)
