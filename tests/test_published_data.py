@@ -34,9 +34,10 @@ def test_row_is_complete_and_replayable(row):
     assert m["tokens_per_s_per_gpu"] > 0 and m["conversion"]
     assert (m.get("memory_gib") is None) == (m.get("memory_kind") is None)
     assert m.get("memory_kind") in (None, "allocated", "reserved")
-    assert set(row.get("unsupported", [])) <= {"cp", "ep"}
-    if row.get("unsupported"):
-        assert "fold" in row["notes"]  # the notes say how the plan approximates what the schema lacks
+    assert set(row.get("unsupported", [])) <= {"cp", "ep", "async_tp"}
+    for what, word in (("cp", "fold"), ("async_tp", "async")):
+        if what in row.get("unsupported", []):
+            assert word in row["notes"].lower()   # the notes say how the plan approximates what the schema lacks
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pred, _ = fidelity.replay(row)     # under its engine's conventions and its GPU variant
