@@ -213,7 +213,7 @@ def shipped(kind: str) -> list[str]:
     return sorted(p.stem for p in root.glob("*.yaml"))
 
 
-def _probe(test) -> bool:
+def probe(test) -> bool:
     """``test()`` (exists/is_file), False where the OS refuses the name itself (too long, NUL byte)."""
     try:
         return test()
@@ -224,12 +224,12 @@ def _probe(test) -> bool:
 def resolve(ref: str | Path, kind: str) -> Path:
     """A path as given if it exists, else the shipped recipe (or profile) of that name."""
     p = Path(ref)
-    if _probe(p.exists):
+    if probe(p.exists):
         return p
     root = PROFILES if kind == "profiles" else RECIPES / kind
     name = str(ref)
     for cand in (root / f"{name}.yaml", root / name):
-        if _probe(cand.is_file):
+        if probe(cand.is_file):
             return cand
     names = shipped(kind)
     import difflib
