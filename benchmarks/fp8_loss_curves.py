@@ -1,5 +1,8 @@
 """300-step bf16 vs float8 (rotating) loss curves of Llama-3.2-1B on one GPU, on a synthetic token file (issue 4).
 
+Superseded by ``python -m benchmarks.gpu.fp8_schedule`` (four float8 schedules on two models, issue 19); kept
+because the campaign's done jobs loss-bf16 and loss-fp8 (benchmarks/data/loss) were measured with it.
+
     python benchmarks/fp8_loss_curves.py --out DIR [--variant bf16|fp8|both] [--steps 300] [--smoke]
     python benchmarks/plot_loss_curves.py DIR -o benchmarks/loss_curves.png
 
@@ -24,31 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.gpu.fp8_schedule import write_zipf_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = {"bf16": ROOT / "recipes/plans/llama3.2-1b-loss-bf16.yaml",
          "fp8": ROOT / "recipes/plans/llama3.2-1b-loss-fp8rot.yaml"}
 SMOKE_MODEL = ROOT / "benchmarks/gpu/models/tiny-smoke.yaml"
-
-
-def write_zipf_tokens(path: Path, *, num_tokens: int, vocab_size: int, seed: int = 0, exponent: float = 1.1,
-                      copy_prob: float = 0.5) -> None:
-    """A flat token file: Zipf(exponent) ids over a shuffled vocabulary, each replaced with probability
-    ``copy_prob`` by a fixed random successor of the previous base draw (a learnable bigram)."""
-    rng = np.random.default_rng(seed)
-    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks ** -exponent)
-    cdf /= cdf[-1]
-    ids = rng.permutation(vocab_size)  # frequency rank -> token id
-    base = ids[np.minimum(np.searchsorted(cdf, rng.random(num_tokens)), vocab_size - 1)]
-    successor = rng.permutation(vocab_size)
-    tokens = base.copy()
-    copy = rng.random(num_tokens - 1) < copy_prob
-    tokens[1:][copy] = successor[base[:-1][copy]]
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokens.astype(dtype).tofile(path)
 
 
 def run_variant(variant: str, *, out: Path, tokens: Path, steps: int, smoke: bool) -> dict:
