@@ -1,5 +1,8 @@
 """300-step bf16 vs float8 (rotating) loss curves of Llama-3.2-1B on one GPU, on a synthetic token file.
 
+Superseded by ``python -m benchmarks.gpu.fp8_schedule`` (four float8 schedules on two models, issue 19); kept
+because the earlier loss-bf16 and loss-fp8 runs (benchmarks/data/loss) were measured with it.
+
     python benchmarks/fp8_loss_curves.py --out DIR [--variant bf16|fp8|both] [--steps 300] [--smoke]
     python benchmarks/plot_loss_curves.py DIR -o benchmarks/loss_curves.png
 
@@ -12,7 +15,7 @@ Both arms run the plans recipes/plans/llama3.2-1b-loss-{bf16,fp8rot}.yaml (4 × 
 compiled; float8 on 8 of 16 blocks, the window moving every 25 steps) through launcher.runtime.trainer.run in this
 process, without the end-of-run checkpoint ``launcher.runtime.train`` always writes (20 GB of DCP for a 1B model with
 AdamW state). Budget: predicted 0.13 s/step, so ~40-60 s of steps plus ~60-90 s of start, compile and
-recompiles (the float8 window flips) per arm, ~2.5 min; run_campaign.sh runs the two arms on two GPUs at
+recompiles (the float8 window flips) per arm, ~2.5 min; the two arms can run on two GPUs at
 once, or one after the other (~5 min, well inside the 9-minute limit) on one.
 Writes DIR/<variant>/metrics.jsonl and summary.json. ``--smoke`` runs a tiny model for a few steps on CPU.
 """
@@ -24,31 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from benchmarks.gpu.fp8_schedule import write_zipf_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = {"bf16": ROOT / "recipes/plans/llama3.2-1b-loss-bf16.yaml",
          "fp8": ROOT / "recipes/plans/llama3.2-1b-loss-fp8rot.yaml"}
 SMOKE_MODEL = ROOT / "benchmarks/gpu/models/tiny-smoke.yaml"
-
-
-def write_zipf_tokens(path: Path, *, num_tokens: int, vocab_size: int, seed: int = 0, exponent: float = 1.1,
-                      copy_prob: float = 0.5) -> None:
-    """A flat token file: Zipf(exponent) ids over a shuffled vocabulary, each replaced with probability
-    ``copy_prob`` by a fixed random successor of the previous base draw (a learnable bigram)."""
-    rng = np.random.default_rng(seed)
-    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks ** -exponent)
-    cdf /= cdf[-1]
-    ids = rng.permutation(vocab_size)  # frequency rank -> token id
-    base = ids[np.minimum(np.searchsorted(cdf, rng.random(num_tokens)), vocab_size - 1)]
-    successor = rng.permutation(vocab_size)
-    tokens = base.copy()
-    copy = rng.random(num_tokens - 1) < copy_prob
-    tokens[1:][copy] = successor[base[:-1][copy]]
-    dtype = np.uint16 if vocab_size <= 65536 else np.uint32
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tokens.astype(dtype).tofile(path)
 
 
 def run_variant(variant: str, *, out: Path, tokens: Path, steps: int, smoke: bool) -> dict:

@@ -2,7 +2,7 @@
 
     python benchmarks/trainer_gpu.py [--data benchmarks/data]
 
-Reads the committed campaign results (benchmarks/gpu/README.md): launcher.runtime.bench lines in
+Reads the committed GPU results (benchmarks/gpu/README.md): launcher.runtime.bench lines in
 ``h200-{1,2}gpu-{sweep-a,sweep-b,grid}.jsonl`` and the plain FSDP2 runs in ``plain/*.jsonl``
 (benchmarks/plain_fsdp2.py on the same plan entries). Prints
 1. TABLE: step time, tokens/s/GPU, MFU, peak memory and prediction error of plans on 1 and 2 GPUs that
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     bench = sorted(data.glob("h200-*gpu-*.jsonl"))
     if not bench:
-        print(f"no measured runs under {data} (h200-*gpu-*.jsonl); run the GPU campaign first "
+        print(f"no measured runs under {data} (h200-*gpu-*.jsonl); run the GPU measurements first "
               "(benchmarks/gpu/README.md)", file=sys.stderr)
         return 1
     runs = read(bench)

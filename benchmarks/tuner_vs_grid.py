@@ -3,7 +3,7 @@
     python benchmarks/tuner_vs_grid.py [benchmarks/data/h200-1gpu-grid.jsonl benchmarks/data/h200-2gpu-grid.jsonl]
 
 The cases and the tuner's plans are made by benchmarks/gpu/make_grid.py (tuner_vs_grid_*gpu.yaml); the runs by
-the GPU campaign (benchmarks/gpu/README.md). Cases are told apart by the name prefix (t1-, t2-, ...); the
+the GPU measurements (benchmarks/gpu/README.md). Cases are told apart by the name prefix (t1-, t2-, ...); the
 tuner's entry carries ``tuner: true`` (added by benchmarks/gpu/collect.py) or ends in ``-tuner``. Prints, per
 case, the plans by measured tokens/s/GPU with the cost model's prediction beside them, and the verdict.
 """
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="*", default=sorted(glob.glob(str(DATA / "h200-*gpu-grid.jsonl"))))
     args = ap.parse_args(argv)
     if not args.files:
-        print(f"no grid runs under {DATA}; run the GPU campaign first (benchmarks/gpu/README.md)", file=sys.stderr)
+        print(f"no grid runs under {DATA}; run them first (benchmarks/gpu/README.md)", file=sys.stderr)
         return 1
     cases: dict[str, list[dict]] = {}
     for f in args.files:

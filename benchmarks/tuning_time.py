@@ -1,6 +1,6 @@
 """Tuning time of `loadmaster plan` on the issue's four reference cases, full knob space (float8 allowed).
 
-    python benchmarks/tuning_time.py [--repeat 3] [--max-fp8-fraction 1.0]
+    python benchmarks/tuning_time.py [--repeat 3] [--fp8-budget 1.0]
 
 Prints one row per case: best-of-N wall time, the chosen layout, predicted step time, the solver's gap on the
 winning case, how many (tp, pp, dp, micro-batch) groups were searched out of all, and MILP/DP cases solved.
@@ -26,11 +26,11 @@ CASES = [  # (model, cluster, global batch, seq len, target seconds)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3, help="runs per case; the fastest is reported")
-    ap.add_argument("--max-fp8-fraction", type=float, default=1.0)
+    ap.add_argument("--fp8-budget", default="1.0")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     tune("llama3.2-1b", "1xh200", 8, 2048)  # import and lambdify once, outside the timings
-    space = SearchSpace(max_fp8_fraction=args.max_fp8_fraction)
+    space = SearchSpace(fp8_budget=args.fp8_budget)
     print(f"{'case':<40} {'time s':>7} {'target':>6} {'gap':>6} {'groups':>9} {'cases':>5}  plan")
     for model, cluster, gbs, seq, target in CASES:
         best_s, res = float("inf"), None

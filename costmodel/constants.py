@@ -1,10 +1,12 @@
 """The named constants the cost formulas stand on, and where each is stated: every one is data with a source.
 
-Two kinds, two homes:
+Three kinds, two homes:
 - **hardware constants** (of a GPU, its host and its links) are stated in each hardware profile's
   ``constants:`` block (profiles/*.yaml);
 - **runtime constants** (of loadmaster's trainer: kernels a block launches, bytes its memory-bound ops move)
-  are the same on every GPU and stated once, in profiles/runtime/loadmaster.yaml.
+  are the same on every GPU and stated once, in profiles/runtime/loadmaster.yaml;
+- **quality constants** (what a technique does to the loss, as loadmaster measured it: the float8 share
+  ``--fp8-budget auto`` allows) are stated in the same runtime file, under ``quality:``.
 
 Each entry is ``name: {value: X, source: "..."}`` where the source says how the number was obtained (measured:
 date, GPU, command; datasheet; derived: from what; assumed: why). A file that misses a constant, adds an unknown
@@ -94,6 +96,12 @@ RUNTIME: dict[str, ConstantDef] = {
                                                           "during the step", 0, 100),
     "optimizer_kernels_per_block": ConstantDef("optimizer-step kernels per block", 0, 1000),
     "optimizer_kernels_fixed": ConstantDef("optimizer-step kernels per stage besides the blocks'", 0, 1000),
+    "fp8_probe_bytes_per_param": ConstantDef("HBM bytes per local float8 weight element of one loss-sensitivity "
+                                             "probe (quantisation error · gradient)", 0, 1000),
+}
+
+QUALITY: dict[str, ConstantDef] = {
+    "fp8_auto_budget": ConstantDef("share of block-steps in float8 that `--fp8-budget auto` allows", 0.0, 1.0),
 }
 
 
@@ -137,12 +145,19 @@ RUNTIME_FILE = PROFILES / "runtime" / "loadmaster.yaml"
 @functools.lru_cache(maxsize=4)
 def _runtime_cached(path: str, mtime: float) -> dict[str, Constant]:
     data = read_yaml(path)
-    require(set(data) == {"name", "source", "constants"}, path, "<file>", f"has keys {sorted(data)}",
-            "a runtime file has name, source and constants")
-    return parse_constants(data["constants"], path, RUNTIME)
+    require(set(data) == {"name", "source", "constants", "quality"}, path, "<file>", f"has keys {sorted(data)}",
+            "a runtime file has name, source, constants and quality")
+    return {**parse_constants(data["constants"], path, RUNTIME),
+            **parse_constants(data["quality"], path, QUALITY, key="quality")}
 
 
 def runtime_constants(path: str | Path = RUNTIME_FILE) -> dict[str, Constant]:
-    """The runtime constants of loadmaster's trainer (profiles/runtime/loadmaster.yaml)."""
+    """The runtime constants of loadmaster's trainer (profiles/runtime/loadmaster.yaml, ``constants:``)."""
     p = Path(path)
-    return _runtime_cached(str(p), p.stat().st_mtime)
+    return {k: v for k, v in _runtime_cached(str(p), p.stat().st_mtime).items() if k in RUNTIME}
+
+
+def quality_constants(path: str | Path = RUNTIME_FILE) -> dict[str, Constant]:
+    """The quality constants (profiles/runtime/loadmaster.yaml, ``quality:``)."""
+    p = Path(path)
+    return {k: v for k, v in _runtime_cached(str(p), p.stat().st_mtime).items() if k in QUALITY}

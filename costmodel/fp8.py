@@ -6,7 +6,12 @@ N output features, tensorwise skips ``K <= 4096 and N <= 1024``; rowwise skips `
 """
 from __future__ import annotations
 
+import math
+
 from .specs import ModelSpec
+
+PROBE_SHARE = 0.01
+"""The share of training time the float8 loss-sensitivity probe may take (issue 19's bound)."""
 
 
 def fp8_skipped(in_features: int, out_features: int, recipe: str) -> bool:
@@ -26,3 +31,11 @@ def fp8_eligible(model: ModelSpec, recipe: str = "tensorwise") -> dict[str, int]
     a, g = model.num_attention_heads, model.kv_heads
     shapes = {"e_q": (h, a * dh), "e_kv": (h, g * dh), "e_o": (a * dh, h), "e_up": (h, F), "e_down": (F, h)}
     return {k: int(not fp8_skipped(*kn, recipe)) for k, kn in shapes.items()}
+
+
+def probe_every(probe_s: float, step_time_s: float) -> int:
+    """Steps between two float8 loss-sensitivity probes that keeps them within PROBE_SHARE of the training time:
+    ``probe_s`` (Prediction.fp8_probe_s) over that share of ``step_time_s``, rounded up, at least 1."""
+    if probe_s <= 0 or step_time_s <= 0:
+        return 1
+    return max(1, math.ceil(probe_s / (PROBE_SHARE * step_time_s)))

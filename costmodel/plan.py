@@ -71,6 +71,12 @@ class Plan:
     """Blocks per stage whose Linear layers run in float8 (torchao; needs compile to pay)."""
     fp8_rotation_steps: int = 0
     """>0: the set of float8 blocks rotates every this many steps (DPQuant-style); 0: fixed set."""
+    fp8_temperature: float = 0.0
+    """How a rotating float8 set is chosen each period: 0 = the deterministic sliding window (the set shifts by
+    fp8_layers blocks); > 0 = sampled, loss-aware: each block of a stage is drawn with weight
+    sensitivity^(-1/T), its loss sensitivity to float8 as the trainer measures it (launcher/runtime/parallel/
+    fp8_schedule.py). At 1 a block twice as sensitive is drawn half as often; larger T tends to uniform sampling;
+    every block keeps a nonzero chance. Needs fp8_rotation_steps > 0."""
     fp8_recipe: Literal["tensorwise", "rowwise"] = "tensorwise"
     """torchao float8 scaling recipe."""
     layers_per_stage: list[int] | None = None
@@ -140,6 +146,11 @@ class Plan:
             return list(v)
         return [min(int(v or 0), n) for n in layers]
 
+    def fp8_share(self, num_layers: int) -> float:
+        """Share of block-steps in float8: the float8 blocks of every stage over all blocks (a rotating set keeps
+        its count, so this holds at every step). The quantity a float8 budget bounds (``parse_fp8_budget``)."""
+        return sum(self.per_stage("fp8_layers", num_layers)) / num_layers
+
     def replace(self, **changes) -> "Plan":
         new = dataclasses.replace(self, **changes)
         object.__setattr__(new, "source", self.source)
@@ -177,6 +188,11 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         require(v <= 10**9, source, key, f"is {v}, beyond any cluster or batch", "check the value")
     require(plan.fp8_rotation_steps >= 0, source, "fp8_rotation_steps", f"is {plan.fp8_rotation_steps}",
             "use 0 (fixed set) or a positive step count")
+    require(plan.fp8_temperature >= 0, source, "fp8_temperature", f"is {plan.fp8_temperature}",
+            "use 0 (sliding window) or a positive temperature (1: drawn in inverse proportion to sensitivity)")
+    require(not plan.fp8_temperature or plan.fp8_rotation_steps > 0, source, "fp8_temperature",
+            f"is {plan.fp8_temperature} with fp8_rotation_steps 0 (a fixed float8 set is never drawn)",
+            "set fp8_rotation_steps (the period between draws) or fp8_temperature: 0")
     fp8 = plan.fp8_layers if isinstance(plan.fp8_layers, list) else [plan.fp8_layers or 0]
     require(not plan.fp8_rotation_steps or any(fp8), source, "fp8_rotation_steps",
             f"is {plan.fp8_rotation_steps} with fp8_layers 0", "set fp8_layers or drop fp8_rotation_steps")
@@ -220,6 +236,28 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         warnings.warn(f"{source}: float8 without compile is slower than bf16 on H100/H200; set compile: true",
                       stacklevel=2)
     return plan
+
+
+def parse_fp8_budget(value: float | str | None, source: str | Path = "<flags>") -> float:
+    """The float8 quality budget a user gives the tuner, as the largest share of block-steps in float8
+    (``Plan.fp8_share``): a number in [0, 1], ``off`` (0: no float8) or ``auto`` (the share whose loss stayed
+    within a fraction of a percent of bf16 in loadmaster's measurements: profiles/runtime/loadmaster.yaml,
+    ``quality.fp8_auto_budget``). None means off."""
+    if value is None:
+        return 0.0
+    text = str(value).strip().lower()
+    if text == "off":
+        return 0.0
+    if text == "auto":
+        from .constants import quality_constants
+        return quality_constants()["fp8_auto_budget"].value
+    try:
+        share = float(text)
+    except ValueError:
+        share = math.nan
+    require(0.0 <= share <= 1.0, source, "fp8_budget", f"is {value!r}",
+            "give the share of block-steps allowed in float8 as a number in [0, 1], or off, or auto")
+    return share
 
 
 def load_plan(ref: str | Path | Plan | dict) -> Plan:

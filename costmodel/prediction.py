@@ -42,6 +42,10 @@ class Prediction:
     ranks: list[dict] = field(default_factory=list)
     """Per pipeline rank: ``rank``, ``peak_phase``, ``peak_memory_bytes`` and the ``memory_breakdown`` at that
     rank's own peak (the worst rank's is ``memory_breakdown``)."""
+    fp8_probe_s: float = 0.0
+    """Seconds of one float8 loss-sensitivity probe on the slowest pipeline rank, when the plan draws its float8
+    set (fp8_temperature > 0; else 0). Not in ``step_time_s``: the trainer probes every
+    ``costmodel.fp8.probe_every`` steps, at most 1 % of the time."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,10 +131,11 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     stages = [{"stage": i, "layers": layers[i],
                "peak_memory_bytes": float(out["peak"][i]), "t_microbatch_s": float(out["t_mb"][i]),
                "delta_s": float(out["delta"][i])} for i in range(S)]
+    probe = float(by_rank(out["fp8_probe"]).max()) if plan.fp8_temperature > 0 else 0.0
     return Prediction(
         feasible=not reasons, step_time_s=step, peak_memory_bytes=float(peak[worst]),
         tokens_per_s=tokens_s, tokens_per_s_per_gpu=tokens_s / world,
         mfu=mfu(model, plan.seq_len, tokens_s / world, prof.bf16_tflops),
         memory_capacity_bytes=capacity, memory_breakdown=mem, time_breakdown=times, peak_phase=phase,
         peak_rank=worst, host_memory_bytes=host_need, reasons=reasons, stages=stages,
-        ranks=ranks)
+        ranks=ranks, fp8_probe_s=probe)

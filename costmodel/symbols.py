@@ -80,6 +80,7 @@ class R:
     tp_redo = sp.Symbol("tp_redo", nonnegative=True)
     opt_bytes, opt_kern_block, opt_kern_fixed = _syms("opt_bytes opt_kern_block opt_kern_fixed", nonnegative=True)
     opt_fe_bytes, opt_fe_temp = _syms("opt_fe_bytes opt_fe_temp", nonnegative=True)
+    probe = sp.Symbol("probe_bytes", nonnegative=True)
 
 
 RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
@@ -93,7 +94,7 @@ RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol
     "fp8_cast_bytes_compiled": R.cast_comp, "tp_selective_redo_share": R.tp_redo,
     "optimizer_bytes_per_param": R.opt_bytes, "optimizer_kernels_per_block": R.opt_kern_block,
     "optimizer_foreach_bytes_per_param": R.opt_fe_bytes, "optimizer_foreach_temp_bytes_per_param": R.opt_fe_temp,
-    "optimizer_kernels_fixed": R.opt_kern_fixed,
+    "optimizer_kernels_fixed": R.opt_kern_fixed, "fp8_probe_bytes_per_param": R.probe,
 }
 
 

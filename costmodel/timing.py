@@ -65,6 +65,19 @@ def fp8_cast_s() -> sp.Expr:
     return (R.cast_comp * K.k + R.cast_eager * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
+def fp8_probe_s() -> sp.Expr:
+    """One loss-sensitivity probe of a stage's float8 blocks (launcher/runtime/parallel/fp8_schedule.py): eager
+    passes over each converted weight's local fp32 shard and its gradient (R.probe bytes per element) and their
+    launches (about 12 kernels per Linear). The trainer runs it every costmodel.fp8.probe_every steps, which keeps it
+    under 1 % of the step, so it is reported beside the step time, not in it."""
+    elements, linears = 0, 0
+    for name, Kd, Nd, elig in block_linears():
+        weight = M.gated if name == "w3" else 1
+        elements += weight * elig * Kd * Nd
+        linears += weight * elig
+    return K.l * (R.probe * elements / K.ds / (H.hbm * H.ew_eff) + 12 * linears * H.launch)
+
+
 def attention_flops_fwd() -> sp.Expr:
     """Causal attention forward per rank: QK^T and PV, 4·b·s²·a·dh halved by the mask."""
     return 2 * K.b * K.s ** 2 * M.a * M.dh / K.t
@@ -217,6 +230,7 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     x["t_bwd"] = x["compute_bwd"] + x["fsdp_bwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
         + x["offload_activations"] / 2 + 2 * x["head"] / 3
     x["t_mb"] = x["t_fwd"] + x["t_bwd"]
+    x["fp8_probe"] = fp8_probe_s()
     x.update(message_bytes())
     x["delta"] = x["fsdp_step"] + x["optimizer"]
     return x

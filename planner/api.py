@@ -294,7 +294,8 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
 
     ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``micro_batch_size`` fix a degree;
     ``zero``, ``recompute``, ``compile``, ``schedules`` take one value or a list of allowed ones;
-    ``offload=False`` forbids CPU offload; ``max_fp8_fraction=1.0`` allows float8 in every block."""
+    ``offload=False`` forbids CPU offload; ``fp8_budget`` is the largest share of block-steps in float8 (a
+    number in [0, 1], ``"off"`` or ``"auto"``; 1.0 allows float8 in every block)."""
     from .tuner import tune  # the MILP solver stack loads only when a search is asked for
 
     sp = _space(space, pins)

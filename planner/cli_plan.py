@@ -13,7 +13,7 @@ from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint
+from .explain import alternatives, binding_constraint, float8_effect
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, tune
 
@@ -77,8 +77,11 @@ def register(app: typer.Typer) -> None:
         recompute: str = typer.Option(None, "--recompute", help="Pin checkpointing: none, full, selective."),
         compile_: bool = typer.Option(None, "--compile/--no-compile", help="Pin torch.compile on or off."),
         no_offload: bool = typer.Option(False, "--no-offload", help="Never offload to the CPU."),
-        max_fp8_fraction: float = typer.Option(0.0, "--max-fp8-fraction", help="Share of blocks allowed in float8."),
+        fp8_budget: str = typer.Option("off", "--fp8-budget", help="Share of block-steps allowed in float8: a "
+                                       "number in [0, 1], off, or auto (the share measured to keep the loss)."),
         fp8_rotation_steps: int = typer.Option(100, "--fp8-rotation-steps", help="Rotate a partial float8 set every N steps."),
+        fp8_temperature: float = typer.Option(1.0, "--fp8-temperature", help="Draw a rotating float8 set "
+                                              "loss-aware at this temperature (0: sliding window)."),
         schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
         cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
         verify: bool = typer.Option(False, "--verify", help="Re-rank the top plans by traced memory "
@@ -96,7 +99,8 @@ def register(app: typer.Typer) -> None:
             zero=(zero,) if zero is not None else SearchSpace.zero,
             recompute=(recompute,) if recompute else SearchSpace.recompute,
             compile=(compile_,) if compile_ is not None else SearchSpace.compile,
-            offload=not no_offload, max_fp8_fraction=max_fp8_fraction, fp8_rotation_steps=fp8_rotation_steps,
+            offload=not no_offload, fp8_budget=fp8_budget, fp8_rotation_steps=fp8_rotation_steps,
+            fp8_temperature=fp8_temperature,
             schedules=(schedule,) if schedule else SearchSpace.schedules, cross_node_tp=cross_node_tp)
         load_model(model), load_cluster(cluster)  # a bad file fails here, before the search
         if as_json:
@@ -118,6 +122,8 @@ def register(app: typer.Typer) -> None:
             out.write_text(result.best.plan.to_yaml())
         if as_json:
             print_json({"best": _candidate_json(result.best) if result.best else None,
+                        "float8": float8_effect(load_model(model), load_cluster(cluster), result.best.plan,
+                                                result.best.prediction) if result.best else None,
                         "top": [_candidate_json(c) for c in result.top], "seconds": result.seconds,
                         "layouts": result.groups, "layouts_searched": result.groups_searched,
                         "diagnosis": result.diagnosis})
@@ -141,13 +147,15 @@ def register(app: typer.Typer) -> None:
         if as_json:
             d = pred.to_dict()
             d.pop("stages")
-            print_json({"prediction": d, "binding": binding_constraint(pred),
+            print_json({"prediction": d, "binding": binding_constraint(pred), "float8": float8_effect(m, c, p, pred),
                         "alternatives": [{"change": a.change, "step_time_s": a.prediction.step_time_s,
                                           "feasible": a.prediction.feasible, "reason": a.reason} for a in alts]})
             return
         for t in prediction_tables(pred, f"{m.name} on {c.name}"):
             console.print(t)
         console.print(f"[bold]binding:[/] {binding_constraint(pred)}")
+        if (note := float8_effect(m, c, p, pred)) is not None:
+            console.print(f"[bold]float8:[/] {note}")
         table = Table(title="one-knob alternatives")
         for col in ("change", "step", "peak mem", "verdict"):
             table.add_column(col)
@@ -168,6 +176,8 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
     console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
                   f"solver: {best.status}, gap {best.gap:.2%}")
     console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
+    if (note := float8_effect(load_model(model), load_cluster(cluster), best.plan, best.prediction)) is not None:
+        console.print(f"[bold]float8:[/] {note}")
     for i, c in enumerate(result.top[1:], start=2):
         d = c.step_time_s / best.step_time_s - 1
         console.print(f"  #{i} is {d:+.1%} slower")

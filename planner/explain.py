@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.prediction import Prediction, predict
+from costmodel.fp8 import probe_every
 from costmodel.hardware import GiB
-
 
 
 @dataclass
@@ -37,6 +37,37 @@ def binding_constraint(pred: Prediction) -> str:
             f"peaks at {use:.0%} of the GPU")
 
 
+BF16 = dict(fp8_layers=0, fp8_rotation_steps=0, fp8_temperature=0.0)
+"""The plan keys that turn float8 off."""
+
+
+def float8_effect(model: ModelSpec, cluster: ClusterSpec, plan: Plan, pred: Prediction,
+                  profile: HardwareProfile | None = None) -> str | None:
+    """One sentence on float8 in ``plan``: the share of blocks it quantizes and how the set moves, the step time
+    against the same plan in bf16, and the sensitivity probes' cost; None when no block runs in float8."""
+    L = model.num_hidden_layers
+    share = plan.fp8_share(L)
+    if share == 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bf16 = predict(model, cluster, plan.replace(**BF16), profile=profile or profile_for(cluster))
+    if not plan.fp8_rotation_steps:
+        how = "a fixed set"
+    elif plan.fp8_temperature == 0:
+        how = f"a sliding window moved every {plan.fp8_rotation_steps} steps"
+    else:
+        how = (f"drawn every {plan.fp8_rotation_steps} steps, loss-aware at temperature {plan.fp8_temperature:g}")
+    gain = bf16.step_time_s / pred.step_time_s - 1
+    text = (f"{sum(plan.per_stage('fp8_layers', L))} of {L} blocks run in float8 ({share:.0%} of block-steps, "
+            f"{how}), making the step {abs(gain):.1%} {'faster' if gain >= 0 else 'slower'} than in bf16 "
+            f"({bf16.step_time_s:.4f} s → {pred.step_time_s:.4f} s)")
+    if pred.fp8_probe_s:
+        k = probe_every(pred.fp8_probe_s, pred.step_time_s)
+        text += f"; its sensitivity probe takes {pred.fp8_probe_s * 1e3:.1f} ms every {k} steps (≤ 1 %)"
+    return text
+
+
 def _neighbours(plan: Plan, model: ModelSpec) -> list[tuple[str, dict]]:
     L = model.num_hidden_layers
     out = []
@@ -60,6 +91,8 @@ def _neighbours(plan: Plan, model: ModelSpec) -> list[tuple[str, dict]]:
             out.append((f"recompute {rec}", dict(recompute=rec, recompute_layers=None)))
     out.append(("compile " + ("off" if plan.compile else "on"),
                 dict(compile=not plan.compile, fp8_layers=0 if plan.compile else plan.fp8_layers)))
+    if any(plan.per_stage("fp8_layers", L)):
+        out.append(("float8 off", dict(BF16)))
     if plan.pp == 1:
         other = "every" if plan.grad_reduce == "last" else "last"
         out.append((f"grad_reduce {other}", dict(grad_reduce=other)))

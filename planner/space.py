@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from costmodel import Plan, SpecError, check_plan
+from costmodel import Plan, SpecError, check_plan, parse_fp8_budget
 from costmodel.specs import ClusterSpec, ModelSpec
 
 ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), so the tuner never offers it
@@ -33,10 +33,13 @@ class SearchSpace:
     """torch.compile off/on."""
     offload: bool = True
     """Consider offloading activations and state to the CPU."""
-    max_fp8_fraction: float = 0.0
-    """Largest share of a stage's blocks that may run in float8 (0 = off; float8 changes numerics)."""
+    fp8_budget: float = 0.0
+    """Quality budget: the largest share of block-steps that may run in float8 (Plan.fp8_share), in [0, 1];
+    "off" (0) and "auto" are accepted too (costmodel.parse_fp8_budget). 0 = no float8: it changes numerics."""
     fp8_rotation_steps: int = 100
     """When only part of a stage runs in float8, rotate the float8 set every this many steps (DPQuant)."""
+    fp8_temperature: float = 1.0
+    """How such a rotating set is chosen (Plan.fp8_temperature): > 0 drawn loss-aware, 0 the sliding window."""
     schedules: tuple[str, ...] = ("1F1B", "Interleaved1F1B")
     """Pipeline schedules to consider (Interleaved1F1B is tried on the best 1F1B plans)."""
     cross_node_tp: bool = False
@@ -51,8 +54,7 @@ class SearchSpace:
     """Largest micro-batch considered."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_fp8_fraction <= 1.0:
-            raise ValueError(f"max_fp8_fraction {self.max_fp8_fraction} must be between 0 and 1")
+        object.__setattr__(self, "fp8_budget", parse_fp8_budget(self.fp8_budget, "search space"))
         bad = set(self.recompute) - {"none", "full", "selective"}
         if bad:
             raise ValueError(f"recompute {sorted(bad)} unknown; use none, full or selective")
@@ -61,6 +63,19 @@ class SearchSpace:
         bad = set(self.schedules) - {"1F1B", "Interleaved1F1B", "GPipe"}
         if bad:
             raise ValueError(f"schedules {sorted(bad)} unknown; use 1F1B, Interleaved1F1B or GPipe")
+
+    @property
+    def max_fp8_fraction(self) -> float:
+        """The share of each stage's blocks the tuner may put in float8: the budget itself, since stages within it
+        keep the model within it. (A constraint on the sum over stages would let a bottleneck stage take more.)"""
+        return self.fp8_budget
+
+    def fp8_schedule_keys(self, partial: bool) -> dict:
+        """Plan keys of the float8 schedule: a set covering only part of some stage rotates every
+        ``fp8_rotation_steps`` and is drawn at ``fp8_temperature``; a full or empty set stays fixed."""
+        if not partial or self.fp8_rotation_steps <= 0:
+            return {"fp8_rotation_steps": 0, "fp8_temperature": 0.0}
+        return {"fp8_rotation_steps": self.fp8_rotation_steps, "fp8_temperature": self.fp8_temperature}
 
 
 def divisors(n: int) -> list[int]:

@@ -107,7 +107,7 @@ def to_plan(model: ModelSpec, g: Group, options: list[StageTable], picks: list[i
     data = dict(global_batch_size=global_batch_size, micro_batch_size=g.mbs, seq_len=seq_len, dp=g.dp, tp=g.tp,
                 pp=g.pp, zero=zero, recompute=rec, recompute_layers=one(r) if rec != "none" else None,
                 offload_activation_layers=one(oa), offload_state_layers=one(os_), fp8_layers=one(f),
-                fp8_rotation_steps=space.fp8_rotation_steps if partial_fp8 else 0,
+                **space.fp8_schedule_keys(partial_fp8),
                 layers_per_stage=None if l == even else l, compile=bool(compile_),
                 grad_reduce="every" if rev else "last",
                 sequence_parallel=space.sequence_parallel)

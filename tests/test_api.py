@@ -171,7 +171,7 @@ def test_plan_that_cannot_fit_returns_the_diagnosis():
     res = planner.plan(TINY, FOUR_H100, global_batch_size=16, seq_len=2048, tp=3)
     assert res.best is None and res.top == [] and res.diagnosis
     assert len(res.to_frame()) == 0
-    with pytest.raises(ValueError, match=r"plan pin 'tensor' is not a search-space pin; valid keys: .*max_fp8"):
+    with pytest.raises(ValueError, match=r"plan pin 'tensor' is not a search-space pin; valid keys: .*fp8_budget"):
         planner.plan(TINY, FOUR_H100, global_batch_size=16, seq_len=2048, tensor=2)
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from benchmarks import trainer_gpu, tuner_vs_grid
-from benchmarks.fp8_loss_curves import write_zipf_tokens
+from benchmarks.gpu.fp8_schedule import write_zipf_tokens
 from benchmarks.gpu import run as gpu_run
 from benchmarks.plot_loss_curves import compare
 

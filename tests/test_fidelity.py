@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _committed():
     files = fidelity.measured_files()
     if not files:
-        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.runtime.bench *.jsonl from the GPU "
-                    "campaign)")
+        pytest.skip(f"{fidelity.DATA} holds no measured runs yet (launcher.runtime.bench *.jsonl from GPU "
+                    "runs)")
     rows, s = fidelity.table(files)
     assert s["runs"] >= 15
     return s

@@ -35,7 +35,7 @@ CLUSTER = {"nodes": 1, "gpus_per_node": 4, "gpu": "l4"}
 PLAN = {"global_batch_size": 8, "micro_batch_size": 2, "seq_len": 128, "dp": 4, "tp": 1, "pp": 1, "zero": 3,
         "recompute": "none"}
 PLAN_KEYS = ["recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers",
-             "fp8_rotation_steps", "fp8_recipe", "layers_per_stage", "pp_schedule", "virtual_stages",
+             "fp8_rotation_steps", "fp8_temperature", "fp8_recipe", "layers_per_stage", "pp_schedule", "virtual_stages",
              "sequence_parallel", "compile", "grad_reduce", "model", "cluster"]
 MODEL_KEYS = ["head_dim", "tie_word_embeddings", "hidden_act", "rms_norm_eps", "rope_theta", "name",
               "architectures", "num_local_experts"]
@@ -120,7 +120,7 @@ def absurd_but_valid(draw) -> tuple[bytes, bytes, bytes]:
     plan = {"global_batch_size": mbs * dp * k, "micro_batch_size": mbs, "seq_len": pick(8, 128, 10**6, 10**9),
             "dp": dp, "tp": tp, "pp": pp, "zero": pick(0, 1, 2, 3), "recompute": pick("none", "full", "selective"),
             "offload_activation_layers": stage(), "offload_state_layers": stage(), "fp8_layers": stage(),
-            "compile": pick(True, False), "fp8_rotation_steps": pick(0, 10)}
+            "compile": pick(True, False), "fp8_rotation_steps": pick(0, 10), "fp8_temperature": pick(0.0, 1.0)}
     FUZZ_SUMMARY["absurd-but-valid triples"] += 1
     return tuple(yaml.safe_dump(d).encode() for d in (model, cluster, plan))
 

@@ -152,7 +152,7 @@ def test_float8_never_makes_the_predicted_step_slower():
     for model, cluster in (("llama3-8b", "8xh100"), ("llama3.2-1b", "1xh200")):
         base = tune(model, cluster, 64, 4096).best.step_time_s
         for frac in (0.5, 1.0):
-            with_fp8 = tune(model, cluster, 64, 4096, SearchSpace(max_fp8_fraction=frac)).best
+            with_fp8 = tune(model, cluster, 64, 4096, SearchSpace(fp8_budget=frac)).best
             assert with_fp8.step_time_s <= base * (1 + 1e-9)
             f = with_fp8.plan.per_stage("fp8_layers", with_fp8.plan.stage_layers(0 or 32)[0] * with_fp8.plan.pp)
             assert with_fp8.plan.compile or not any(f)
@@ -176,7 +176,7 @@ def test_no_legal_layout_is_explained():
     r = tune("llama3-8b", "8xh100", 7, 4096, SearchSpace(dp=8))   # 7 sequences cannot split over dp = 8
     assert r.best is None and "does not split" in r.diagnosis[0]
     with pytest.raises(ValueError):
-        SearchSpace(max_fp8_fraction=2.0)
+        SearchSpace(fp8_budget=2.0)
 
 
 def test_plan_cli_writes_a_plan_that_predict_accepts(tmp_path, run_cli):

@@ -16,7 +16,8 @@ from launcher.runtime.model import Transformer, apply_rope, build_model, rope_ta
 from launcher.runtime.optim import lr_factor
 from launcher.runtime.parallel.ac import apply_ac
 from costmodel.fp8 import fp8_skipped
-from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
+from launcher.runtime.parallel.fp8 import apply_fp8
+from launcher.runtime.parallel.fp8_schedule import Fp8Schedule
 from launcher.runtime.parallel.offload import SaveOnCpuWrapper, apply_offload
 from launcher.runtime.parallel.pipeline import split_pipeline
 
@@ -173,7 +174,8 @@ def test_float8_rotation_window(n, k, expected):
     model = real_model()
     groups = apply_fp8(model, num_blocks=n, recipe="tensorwise", emulate=True, rotating=True, skip_small=False)
     assert len(groups) == 4  # every block converted, only the window active
-    rot = Fp8Rotation(groups, num_blocks=n, rotation_steps=k)
+    rot = Fp8Schedule.from_parts([(0, model)], plan=plan_of(fp8_layers=n, fp8_rotation_steps=k), num_layers=4,
+                                 seed=0)
     for step, window in enumerate(expected):
         assert rot.set_step(step) == window
         assert [all(m.float8_enabled for m in g) for g in groups] == [i in window for i in range(4)]

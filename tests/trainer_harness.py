@@ -117,10 +117,13 @@ def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: 
     model_.init_weights(seed=SEED)
     rotation = None
     if fp8_layers:
-        from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
-        groups = apply_fp8(model_, num_blocks=fp8_layers, recipe="tensorwise", emulate=True,
-                           rotating=fp8_rotation_steps > 0, skip_small=False)
-        rotation = Fp8Rotation(groups, num_blocks=fp8_layers, rotation_steps=fp8_rotation_steps)
+        from launcher.runtime.parallel.fp8 import apply_fp8
+        from launcher.runtime.parallel.fp8_schedule import Fp8Schedule
+        apply_fp8(model_, num_blocks=fp8_layers, recipe="tensorwise", emulate=True,
+                  rotating=fp8_rotation_steps > 0, skip_small=False)
+        rotation = Fp8Schedule.from_parts([(0, model_)], plan=plan.replace(
+            pp=1, layers_per_stage=None, fp8_layers=fp8_layers, fp8_rotation_steps=fp8_rotation_steps),
+            num_layers=model.num_hidden_layers, seed=SEED)
     source = SyntheticTokens(vocab_size=model.vocab_size, seq_len=plan.seq_len, seed=SEED) if data is None \
         else TokenFile(data, dtype="uint16", vocab_size=model.vocab_size, seq_len=plan.seq_len)
     losses, norms = [], []

@@ -1,2 +1,2 @@
-"""The GPU measurement campaign (README.md here); run from the repository root, e.g.
-``python -m benchmarks.gpu.collect``."""
+"""GPU measurement scripts (README.md here); run from the repository root, e.g.
+``python -m benchmarks.gpu.run --list``."""

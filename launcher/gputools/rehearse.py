@@ -221,7 +221,7 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
     cfg = TrainConfig(plan=plan, model=spec, steps=warmup_steps + steps, fp8_skip_small=device.type == "cuda")
     with fake_process_group(rank, plan.world_size), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        meshes, parts, rotations = build_parts(cfg, device)
+        meshes, parts, fp8 = build_parts(cfg, device)
         optimizers = [build_optimizer(m, kind="adamw", lr=1e-4, weight_decay=0.1, impl=plan.optimizer_impl)
                       for _, m in parts]
         M, b = plan.num_microbatches, plan.micro_batch_size
@@ -233,8 +233,8 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
         params = [p for _, m in parts for p in m.parameters()]
         times = []
         for step in range(warmup_steps + steps):
-            for rotation in rotations:
-                rotation.set_step(step)
+            if fp8 is not None:   # the float8 set of this step, as the trainer's (its probe is not timed)
+                fp8.set_step(step)
             _sync(device)
             if step == warmup_steps and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

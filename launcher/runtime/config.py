@@ -64,6 +64,10 @@ class TrainConfig:
     """torchao float8 emulation; None = emulate exactly when no CUDA GPU is present."""
     fp8_skip_small: bool = True
     """Leave Linears torchao's size filter would skip in bf16 (False only for tiny test models)."""
+    fp8_probe_every: int | None = None
+    """Measure each block's loss sensitivity to float8 every this many steps (0: never); None = only when the plan
+    draws its float8 set (fp8_temperature > 0), as often as costs 1 % of the predicted step time (once per rotation
+    period without a GPU profile)."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
     plan_source: str | None = field(default=None, metadata={"flag": False})
@@ -93,7 +97,10 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     if plan.fp8_layers and importlib.util.find_spec("torchao") is None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
+    if plan.fp8_layers and not cfg.fp8_emulate:
+        _check_float8_gpu(src)
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
+                             ("fp8_probe_every", cfg.fp8_probe_every or 0, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:
             raise SpecError("<flags>", name, f"is {value}", f"use {low} or more")
@@ -107,6 +114,20 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         from launcher.runtime.data import TokenFile
         TokenFile(cfg.data, dtype=cfg.token_dtype, vocab_size=cfg.model.vocab_size,
                   seq_len=plan.seq_len).validate()
+
+
+def _check_float8_gpu(src: str) -> None:
+    """float8 matmuls (torch._scaled_mm) need compute capability 8.9 (Ada, Hopper) or newer. Checked here, on the
+    device that runs, not from the plan's cluster: the GPU found is the fact (on a CPU there is nothing to check:
+    emulation is the default there)."""
+    import torch
+    if not torch.cuda.is_available():
+        return
+    cap = torch.cuda.get_device_capability()
+    if tuple(cap) < (8, 9):
+        raise SpecError(src, "fp8_layers", f"float8 needs a GPU of compute capability 8.9 or newer (H100, H200, L4, "
+                        f"B200); this {torch.cuda.get_device_name()} is {cap[0]}.{cap[1]}",
+                        "set fp8_layers: 0 on this GPU (or plan with --fp8-budget off)")
 
 
 def world_size_from_env() -> int:

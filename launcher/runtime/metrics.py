@@ -68,15 +68,16 @@ def peak_tflops(cluster: ClusterSpec | None) -> float | None:
 
 def step_record(*, step: int, time_s: float, loss: float, grad_norm: float, lr: float, model: ModelSpec,
                 plan: Plan, peak_tflops_: float | None, peak_alloc: float | None, peak_reserved: float | None,
-                fp8_window: list[int] | None) -> dict:
-    """One metrics.jsonl line; memory is already the max over ranks."""
+                fp8: dict | None = None) -> dict:
+    """One metrics.jsonl line; memory is already the max over ranks; ``fp8`` adds the float8 schedule's fields
+    (Fp8Schedule.metrics: the window, and on probe steps the sensitivities)."""
     world = plan.world_size
     tps = plan.tokens_per_step / time_s / world
     rec = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": lr, "step_time_s": time_s,
            "tokens_per_s_per_gpu": tps, "mfu": mfu(model, plan.seq_len, tps, peak_tflops_) if peak_tflops_ else None, "peak_memory_bytes": peak_alloc,
            "peak_reserved_bytes": peak_reserved}
-    if fp8_window is not None:
-        rec["fp8_window"] = fp8_window
+    if fp8 is not None:
+        rec.update(fp8)
     return rec
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,7 +29,8 @@ from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, 
                               step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
-from launcher.runtime.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
+from launcher.runtime.parallel import Fp8Schedule, Meshes, PartOptions, build_meshes, parallelize_part
+from launcher.runtime.parallel.fp8_schedule import default_probe_every
 from launcher.runtime.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -112,7 +113,7 @@ class Session:
     schedule: object | None
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[torch.optim.lr_scheduler.LambdaLR]
-    rotations: list[Fp8Rotation] = field(default_factory=list)
+    fp8: Fp8Schedule | None = None
     source: object = None
 
     @property
@@ -143,9 +144,9 @@ def materialize(part: Transformer, device: torch.device, offload_blocks: set[str
 
 
 def build_parts(cfg: TrainConfig, device: torch.device
-                ) -> tuple[Meshes, list[tuple[int, Transformer]], list[Fp8Rotation]]:
+                ) -> tuple[Meshes, list[tuple[int, Transformer]], "Fp8Schedule | None"]:
     """This rank's stage modules, parallelised and materialised: the meshes, [(stage, module)] and the float8
-    rotations (the trainer's build, and `loadmaster rehearse`, which runs them under fake collectives)."""
+    schedule (the trainer's build, and `loadmaster rehearse`, which runs them under fake collectives)."""
     plan, spec = cfg.plan, cfg.model
     torch.manual_seed(cfg.seed)
     meshes = build_meshes(plan, device.type)
@@ -161,19 +162,19 @@ def build_parts(cfg: TrainConfig, device: torch.device
                                pp_rank=meshes.pp_rank, pp=plan.pp, virtual_stages=plan.virtual_stages)
     else:
         parts = [(0, whole)]
-    rotations = []
     for stage, part in parts:
-        rotation, offload_blocks = parallelize_part(part, stage=stage, plan=plan, meshes=meshes, options=options)
-        if rotation is not None:
-            rotations.append(rotation)
+        _, offload_blocks = parallelize_part(part, stage=stage, plan=plan, meshes=meshes, options=options)
         materialize(part, device, offload_blocks, cfg.seed)
-    return meshes, parts, rotations
+    # every rank holds the schedule when any stage runs float8: its sensitivity probe is collective
+    fp8 = Fp8Schedule.from_parts(parts, plan=plan, num_layers=spec.num_hidden_layers, seed=cfg.seed) \
+        if any(plan.per_stage("fp8_layers", spec.num_hidden_layers)) else None
+    return meshes, parts, fp8
 
 
 def build(cfg: TrainConfig, device: torch.device) -> Session:
     """Meta model → pipeline split → per-part parallelisation → materialisation → optimizers and schedule."""
     plan, spec = cfg.plan, cfg.model
-    meshes, parts, rotations = build_parts(cfg, device)
+    meshes, parts, fp8 = build_parts(cfg, device)
     modules = [part for _, part in parts]
     schedule = None
     if plan.pp > 1:
@@ -186,7 +187,7 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
     source = make_source(data=cfg.data, dtype=cfg.token_dtype, vocab_size=spec.vocab_size, seq_len=plan.seq_len,
                          seed=cfg.seed)
     return Session(cfg=cfg, device=device, meshes=meshes, parts=modules, stages=[s for s, _ in parts],
-                   schedule=schedule, optimizers=optimizers, schedulers=schedulers, rotations=rotations,
+                   schedule=schedule, optimizers=optimizers, schedulers=schedulers, fp8=fp8,
                    source=source)
 
 
@@ -221,12 +222,14 @@ def train_step(s: Session, step: int, batch: tuple[torch.Tensor, torch.Tensor]
                ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """One optimizer step (0-based ``step``) on this rank's (tokens, labels): (this rank's mean loss or None,
     global gradient norm)."""
-    for rotation in s.rotations:
-        rotation.set_step(step)
+    if s.fp8 is not None:
+        s.fp8.set_step(step)
     for opt in s.optimizers:
         opt.zero_grad(set_to_none=True)
     tokens, labels = batch
     loss = forward_backward(s, tokens, labels)
+    if s.fp8 is not None:   # the float8 sensitivity probe reads this step's gradients before clipping
+        s.fp8.after_backward(step, s.device)
     pp_group = s.meshes.pp_mesh.get_group() if s.meshes.pp > 1 else None
     grad_norm = clip_grad_norm_(s.parameters(), s.cfg.max_grad_norm, device=s.device, pp_group=pp_group)
     for opt in s.optimizers:
@@ -249,6 +252,8 @@ def _global_loss_and_stop(s: Session, loss: torch.Tensor | None, stop: bool) -> 
 def _save(ckpt: Checkpointer, s: Session, done: int) -> Path:
     train_state = {"step": done, "data_position": samples_consumed(s.cfg.plan, done), "seed": s.cfg.seed,
                    "data": s.cfg.data, "total_steps": s.cfg.steps}
+    if s.fp8 is not None:
+        train_state["fp8"] = s.fp8.state_dict()
     return ckpt.save(done, parts=s.parts, optimizers=s.optimizers, schedulers=s.schedulers,
                      train_state=train_state)
 
@@ -277,12 +282,17 @@ def run(cfg: TrainConfig) -> dict:
     s = build(cfg, device)
     cluster = detect_cluster(device, cfg.cluster)
     peak = peak_tflops(cluster)
+    if s.fp8 is not None:
+        s.fp8.probe_every = cfg.fp8_probe_every if cfg.fp8_probe_every is not None else \
+            default_probe_every(cfg.plan, cfg.model, cluster)
     start, resumed_from = 0, None
     if ckpt and cfg.resume:
         found = ckpt.find_resume()
         if found is not None:
             train = ckpt.load(found, parts=s.parts, optimizers=s.optimizers, schedulers=s.schedulers)
             start, resumed_from = int(train["step"]), str(found)
+            if s.fp8 is not None:
+                s.fp8.load_state_dict(train.get("fp8"), keep_probe_every=cfg.fp8_probe_every is not None)
             _check_resume(cfg, train, found)
     if cfg.out and dist.get_rank() == 0:
         Path(cfg.out, "preempted").unlink(missing_ok=True)
@@ -302,7 +312,7 @@ def run(cfg: TrainConfig) -> dict:
             record = step_record(step=done, time_s=elapsed, loss=global_loss, grad_norm=float(grad_norm), lr=lr,
                                  model=cfg.model, plan=cfg.plan, peak_tflops_=peak, peak_alloc=alloc,
                                  peak_reserved=reserved,
-                                 fp8_window=s.rotations[0].window(step) if s.rotations else None)
+                                 fp8=s.fp8.metrics(step) if s.fp8 is not None else None)
             records.append(record)
             writer.step(record)
             if stop:

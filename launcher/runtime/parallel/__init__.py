@@ -15,7 +15,8 @@ from costmodel import Plan
 from launcher.runtime.model import Transformer
 from launcher.runtime.parallel.ac import apply_ac
 from launcher.runtime.parallel.compile import apply_compile
-from launcher.runtime.parallel.fp8 import Fp8Rotation, apply_fp8
+from launcher.runtime.parallel.fp8 import apply_fp8
+from launcher.runtime.parallel.fp8_schedule import Fp8Schedule
 from launcher.runtime.parallel.fsdp import apply_fsdp
 from launcher.runtime.parallel.mesh import Meshes, build_meshes
 from launcher.runtime.parallel.offload import apply_offload
@@ -23,7 +24,7 @@ from launcher.runtime.parallel.pipeline import build_schedule, split_pipeline
 from launcher.runtime.parallel.tp import apply_tp
 
 __all__ = ["apply_ac", "apply_compile", "apply_fp8", "apply_fsdp", "apply_offload", "apply_tp", "split_pipeline",
-           "build_schedule", "build_meshes", "Meshes", "Fp8Rotation", "PartOptions", "parallelize_part"]
+           "build_schedule", "build_meshes", "Meshes", "Fp8Schedule", "PartOptions", "parallelize_part"]
 
 
 @dataclass(kw_only=True)
@@ -45,20 +46,19 @@ class PartOptions:
 
 
 def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshes,
-                     options: PartOptions) -> tuple[Fp8Rotation | None, set[str]]:
+                     options: PartOptions) -> tuple[list[list[torch.nn.Module]], set[str]]:
     """Apply every technique the plan asks for to one stage module (the whole model when pp = 1), in place,
-    on the meta device. Returns the stage's float8 rotation controller (None without float8) and the keys of
-    the blocks whose state is offloaded (materialise those on the CPU)."""
+    on the meta device. Returns the float8 Linears of each converted block (apply_fp8; ``Fp8Schedule.from_parts``
+    finds them in the parts) and the keys of the blocks whose state is offloaded (materialise those on the CPU)."""
     L = part.spec.num_hidden_layers
     recompute = plan.per_stage("recompute_layers", L)[stage]
     offload_act = plan.per_stage("offload_activation_layers", L)[stage]
     offload_state = plan.per_stage("offload_state_layers", L)[stage]
     fp8_blocks = plan.per_stage("fp8_layers", L)[stage]
-    rotation = None
+    groups = []
     if fp8_blocks > 0:
         groups = apply_fp8(part, num_blocks=fp8_blocks, recipe=plan.fp8_recipe, emulate=options.fp8_emulate,
                            rotating=plan.fp8_rotation_steps > 0, skip_small=options.fp8_skip_small)
-        rotation = Fp8Rotation(groups, num_blocks=fp8_blocks, rotation_steps=plan.fp8_rotation_steps)
     apply_tp(part, meshes.tp_mesh, sequence_parallel=plan.sequence_parallel, vocab_parallel=plan.vocab_parallel)
     apply_ac(part, mode=plan.recompute, num_blocks=recompute)
     offload_blocks = apply_offload(part, first_block=recompute, num_activation_blocks=offload_act,
@@ -69,4 +69,4 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
                reduce_dtype=options.reduce_dtype, offload_blocks=offload_blocks,
                pin_memory=options.pin_memory, pipelined=plan.pp > 1 and not plan.pp_reshard_after_forward,
                last_stage=stage == plan.num_stages - 1)
-    return rotation, offload_blocks
+    return groups, offload_blocks

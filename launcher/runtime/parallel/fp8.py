@@ -1,4 +1,5 @@
-"""torchao float8 training on the Linear layers of some blocks, with an optional rotating float8 window."""
+"""torchao float8 training on the Linear layers of some blocks; which of them run in float8 at each step is
+``fp8_schedule.Fp8Schedule``'s choice."""
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,7 @@ def apply_fp8(model: Transformer, *, num_blocks: int, recipe: Literal["tensorwis
 
     Without rotation only the Linears of the first ``num_blocks`` blocks of the stage are converted (and run
     in float8 from then on). With ``rotating`` every block's Linears are converted but only the current window
-    (``Fp8Rotation``) runs in float8; the others compute ``F.linear`` in the parameter dtype. Linears torchao's
+    (``Fp8Schedule``) runs in float8; the others compute ``F.linear`` in the parameter dtype. Linears torchao's
     size filter would skip stay ``nn.Linear`` (``skip_small=False`` only for CPU tests on tiny models). The
     weight ``Parameter`` objects are kept, so apply this before TP/FSDP and before building the optimizer.
     ``emulate=True`` (no CUDA GPU) computes float8 casts and scaled matmuls in high precision on any device.
@@ -67,31 +68,3 @@ def apply_fp8(model: Transformer, *, num_blocks: int, recipe: Literal["tensorwis
             converted.append(new)
         groups.append(converted)
     return groups
-
-
-class Fp8Rotation:
-    """DPQuant-style rotation of the float8 window over one stage's blocks.
-
-    At step ``t`` the window is blocks [w, w + n) modulo the stage's B blocks, with
-    w = (t // rotation_steps) · n mod B: every ``rotation_steps`` steps it shifts by ``n`` = fp8_layers blocks,
-    so over B / n periods every block spends the same number of steps in float8.
-    """
-
-    def __init__(self, groups: list[list[nn.Module]], *, num_blocks: int, rotation_steps: int) -> None:
-        self.groups, self.num_blocks, self.rotation_steps = groups, num_blocks, rotation_steps
-
-    def window(self, step: int) -> list[int]:
-        """Stage-local indices of the blocks that run in float8 at ``step``."""
-        total = len(self.groups)
-        if self.rotation_steps <= 0 or self.num_blocks >= total:
-            return list(range(min(self.num_blocks, total)))
-        start = (step // self.rotation_steps) * self.num_blocks % total
-        return sorted((start + i) % total for i in range(self.num_blocks))
-
-    def set_step(self, step: int) -> list[int]:
-        """Route each converted Linear through float8 or not for ``step``; returns the window."""
-        active = set(self.window(step))
-        for i, linears in enumerate(self.groups):
-            for lin in linears:
-                lin.float8_enabled = i in active
-        return sorted(active)
