@@ -234,9 +234,9 @@ def load_profile(ref: str | Path | HardwareProfile) -> HardwareProfile:
     """A profile from an object, a path, a name in profiles/ or a variant in profiles/variants/."""
     if isinstance(ref, HardwareProfile):
         return ref
-    from .specs import PROFILES
+    from .specs import PROFILES, _probe
     variant = PROFILES / "variants" / f"{ref}.yaml"
-    if isinstance(ref, str) and not Path(ref).exists() and variant.is_file():
+    if isinstance(ref, str) and not _probe(Path(ref).exists) and _probe(variant.is_file):
         v = build_dataclass(Variant, read_yaml(variant), variant, what="variant")
         return derive_variant(load_profile(v.base), v)
     path = resolve(ref, "profiles")

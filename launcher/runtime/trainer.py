@@ -28,6 +28,7 @@ from launcher.runtime.faults import Preemption, inject_fault
 from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
                               step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
+from launcher.runtime.moe import set_aux_loss_scale
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from launcher.runtime.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
 from launcher.runtime.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
@@ -162,6 +163,8 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
     rotations = []
     for stage, part in parts:
         rotation, offload_blocks = parallelize_part(part, stage=stage, plan=plan, meshes=meshes, options=options)
+        # balance losses get the micro-batch weight the loss gets (a pipeline schedule scales gradients itself)
+        set_aux_loss_scale(part, 1.0 / plan.num_microbatches if plan.pp == 1 else 1.0)
         if rotation is not None:
             rotations.append(rotation)
         _materialize(part, device, offload_blocks, cfg.seed)
