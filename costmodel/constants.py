@@ -106,6 +106,10 @@ RUNTIME: dict[str, ConstantDef] = {
     "moe_permute_bytes_compiled": ConstantDef("the same, compiled", 0, 1000),
     "moe_kernels_per_block_eager": ConstantDef("extra forward kernels of a MoE block over a dense one, eager", 0, 1000),
     "moe_kernels_per_block_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "moe_index_bytes_per_copy": ConstantDef("bytes a MoE block saves per routed copy besides activations: sort, "
+                                            "gather and combine indices and the top-k weights", 0, 1000),
+    "moe_pad_rows_per_expert": ConstantDef("rows each local expert's group is padded by at most (grouped GEMM "
+                                           "alignment); the trainer allocates the bound", 0, 1024),
     "moe_sync_exposed_kernels": ConstantDef("kernel launches whose latency a MoE block's host sync exposes (ep > 1)",
                                             0, 1000),
 }

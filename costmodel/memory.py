@@ -179,10 +179,10 @@ def moe_saved_bytes(compiled: bool) -> sp.Expr:
     scores (softmax/sigmoid output) and the top-k indices and weights; the grouped GEMMs' input (the routed copies
     this rank received) and hidden activations; the routed outputs back at their tokens (for the weights' gradient);
     the shared experts' hidden activations. Compiled, the activation's inputs are saved and SiLU recomputed, as for
-    the dense MLP."""
-    T, Ti = tokens(), routed_tokens()
+    the dense MLP. Indices and top-k weights: R.moe_idx bytes per routed copy."""
+    T, rows = tokens(), routed_tokens() + R.moe_pad * M.E / K.e   # grouped GEMM rows: padded per local expert
     hidden = (1 + M.gated) if compiled else (2 + 2 * M.gated)
-    return (FP32 * T * M.E + 12 * T * M.topk + BF16 * Ti * M.h + hidden * BF16 * (Ti * M.Fe + T * M.Fs)
+    return (FP32 * T * M.E + R.moe_idx * T * M.topk + BF16 * rows * M.h + hidden * BF16 * (rows * M.Fe + T * M.Fs)
             + BF16 * T * M.topk * M.h)
 
 
@@ -216,7 +216,8 @@ def selective_checkpoint_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr
         return sp.Add(*(v for k, v in terms.items() if k not in ("softmax", "softmax_lse")))
     T, t, mu = tokens(), K.t, moe_share()
     # a MoE block's matmuls: the router logits, the grouped GEMMs (gate/up and down) and the shared experts'
-    moe_mm = M.E + (1 + M.gated) * (routed_tokens() * M.Fe / T + M.Fs) + routed_tokens() * M.h / T
+    rows = routed_tokens() + R.moe_pad * M.E / K.e
+    moe_mm = M.E + (1 + M.gated) * (rows * M.Fe / T + M.Fs) + rows * M.h / T
     matmul_outputs = BF16 * T * (M.a + 2 * M.g) * M.dh / t + (1 - mu) * (1 + M.gated) * BF16 * T * M.F / t \
         + 2 * BF16 * T * M.h + mu * BF16 * T * moe_mm
     share = sp.Rational(1, 2) if opts.selective == "every_other_matmul" else 1

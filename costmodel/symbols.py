@@ -96,6 +96,7 @@ class R:
     permute_eager, permute_comp = _syms("permute_eager permute_comp", nonnegative=True)
     kern_moe_eager, kern_moe_comp, moe_sync = _syms("kern_moe_eager kern_moe_comp moe_sync", nonnegative=True)
     imb = sp.Symbol("imb_default", positive=True)
+    moe_idx, moe_pad = _syms("moe_idx moe_pad", nonnegative=True)
 
 
 RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
@@ -114,6 +115,7 @@ RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol
     "moe_permute_bytes_eager": R.permute_eager, "moe_permute_bytes_compiled": R.permute_comp,
     "moe_kernels_per_block_eager": R.kern_moe_eager, "moe_kernels_per_block_compiled": R.kern_moe_comp,
     "moe_sync_exposed_kernels": R.moe_sync, "expert_load_imbalance": R.imb,
+    "moe_index_bytes_per_copy": R.moe_idx, "moe_pad_rows_per_expert": R.moe_pad,
 }
 
 

@@ -108,19 +108,26 @@ def attention_s(opts: ArchOptions = RUNTIME) -> tuple[sp.Expr, sp.Expr]:
     return fwd, 2 * fwd
 
 
+def moe_elementwise_bytes(compiled: bool) -> sp.Expr:
+    """HBM bytes of a MoE block's memory-bound forward ops in place of the MLP activation: the activation over
+    the routed copies and the shared experts, the router's score ops (per token and expert) and the token
+    permutation (dispatch gather, score multiply, combine; per routed copy element)."""
+    T = tokens()
+    act, gate, router, permute = (R.act_comp, R.gate_comp, R.router_comp, R.permute_comp) if compiled else \
+        (R.act_eager, R.gate_eager, R.router_eager, R.permute_eager)
+    return (act + gate * M.gated) * (routed_tokens() * M.Fe + T * M.Fs) + router * T * M.E \
+        + permute * T * M.topk * M.h
+
+
 def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
     """HBM bytes of one block's memory-bound forward ops (norms, residual adds, RoPE, the MLP activation), eager
     or compiled; bytes per element are runtime constants (profiles/runtime/loadmaster.yaml)."""
     T, q, mu = tokens(), seq_share(), moe_share()
-    # the MLP activation runs over the dense width, or a MoE block's routed copies and shared experts; a MoE block
-    # adds the router's score ops and the token permutation (gather, score multiply, combine)
-    width = (1 - mu) * T * M.F / K.t + mu * (routed_tokens() * M.Fe + T * M.Fs)
-    routing = mu * T * M.E
-    permuted = mu * T * M.topk * M.h
+    width = (1 - mu) * T * M.F / K.t
     eager = R.normres_eager * T * M.h * q + R.rope_eager * T * (M.a + M.g) * M.dh / K.t \
-        + (R.act_eager + R.gate_eager * M.gated) * width + R.router_eager * routing + R.permute_eager * permuted
+        + (R.act_eager + R.gate_eager * M.gated) * width + mu * moe_elementwise_bytes(compiled=False)
     fused = R.normres_comp * T * M.h * q + R.rope_comp * T * (M.a + M.g) * M.dh / K.t \
-        + (R.act_comp + R.gate_comp * M.gated) * width + R.router_comp * routing + R.permute_comp * permuted
+        + (R.act_comp + R.gate_comp * M.gated) * width + mu * moe_elementwise_bytes(compiled=True)
     dropout = 2 * 5 * T * M.h * q * int(opts.dropout)   # mask + scale after attention and MLP
     return (1 - K.k) * eager + K.k * fused + dropout
 
