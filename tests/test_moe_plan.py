@@ -284,3 +284,14 @@ def test_trainer_alignment_is_the_runtime_constant_the_model_uses():
 
 def test_gib_helper_unchanged():
     assert GiB == 2**30
+
+
+def test_rehearsal_roles_are_plans_that_fit():
+    from costmodel import load_cluster
+    roles = yaml.safe_load(open("benchmarks/gpu/rehearse_moe.yaml"))
+    assert len(roles) >= 6 - 1 and sum(len(r["ranks"]) for r in roles) >= 6
+    for r in roles:
+        plan = parse_plan(r["plan"])
+        assert plan.ep > 1 and 8 <= load_cluster(r["cluster"]).num_gpus <= 64
+        assert quiet(predict, r["model"], r["cluster"], plan).feasible, r["name"]
+        assert all(0 <= k < plan.world_size for k in r["ranks"])
