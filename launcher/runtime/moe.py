@@ -65,6 +65,12 @@ def _grouped(x: torch.Tensor, w1, w2, w3, counts: torch.Tensor) -> torch.Tensor:
     return torch._grouped_mm(h, w2.transpose(-2, -1), offs=offs).index_select(0, dest)
 
 
+def expert_counts(idx: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Token copies per expert (int64). A histogram, not bincount: its size does not depend on the data, so the
+    block traces under FakeTensorMode (loadmaster verify) where no host sync is needed (ep = 1 on CUDA)."""
+    return torch.histc(idx.flatten().float(), bins=num_experts, min=0, max=num_experts).long()
+
+
 class _AllToAll(torch.autograd.Function):
     """``all_to_all_single`` of rows with explicit split sizes; its backward sends the gradients back."""
 
@@ -131,7 +137,7 @@ class MoE(nn.Module):
             top = top / top.sum(dim=-1, keepdim=True)
         # Switch Transformer's balance loss: E · Σ_e (share of copies routed to e) · (mean score of e)
         probs = scores / scores.sum(dim=-1, keepdim=True)
-        share = torch.bincount(idx.flatten(), minlength=self.num_experts).float() / idx.numel()
+        share = expert_counts(idx, self.num_experts).float() / idx.numel()
         aux = self.aux_coef * self.num_experts * (share * probs.mean(dim=0)).sum()
         return top * self.scale, idx, aux
 
@@ -141,7 +147,7 @@ class MoE(nn.Module):
         weights, idx, aux = self.route(x)
         order = idx.flatten().argsort(stable=True)
         token = order // self.top_k
-        counts = torch.bincount(idx.flatten(), minlength=self.num_experts)
+        counts = expert_counts(idx, self.num_experts)
         routed = x.index_select(0, token)
         if self.ep_group is None:
             out = self.experts(routed, counts)
