@@ -20,6 +20,12 @@ CASES = [  # (model, cluster, global batch, seq len, target seconds)
     ("llama3-70b", "64x8xh100", 1024, 8192, 10.0),
     ("llama3-405b", "256x8xh100", 2048, 8192, 60.0),
     ("gpt3-22b", "4x8xa100-40g", 512, 4096, 10.0),
+    # mixture of experts (issue 16): expert parallelism is one more dimension of the same targets by GPU count
+    ("qwen3-30b-a3b", "8xh100", 256, 4096, 1.0),
+    ("mixtral-8x7b", "8x8xh100", 1024, 4096, 10.0),
+    ("mixtral-8x22b", "16x8xh100", 1024, 4096, 10.0),
+    ("qwen3-235b-a22b", "32x8xh100", 2048, 4096, 10.0),
+    ("deepseek-v3", "256x8xh100", 4096, 4096, 60.0),
 ]
 
 
@@ -39,7 +45,7 @@ def main() -> None:
             res = tune(model, cluster, gbs, seq, space)
             best_s = min(best_s, time.perf_counter() - t0)
         b = res.best
-        plan = (f"tp{b.plan.tp} pp{b.plan.pp} dp{b.plan.dp} zero{b.plan.zero} mbs{b.plan.micro_batch_size} "
+        plan = (f"tp{b.plan.tp} pp{b.plan.pp} dp{b.plan.dp}{f' ep{b.plan.ep}' if b.plan.ep > 1 else ''} zero{b.plan.zero} mbs{b.plan.micro_batch_size} "
                 f"{b.plan.pp_schedule if b.plan.pp > 1 else ''} {b.plan.recompute} "
                 f"step {b.step_time_s:.2f} s mfu {b.prediction.mfu:.2f}") if b else "nothing fits"
         gap = f"{b.gap:.2%}" if b else "-"

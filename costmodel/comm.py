@@ -16,7 +16,10 @@ Rules where nothing was measured (each stated once, here):
   bytes takes what a 2-rank all-gather of ``2s`` takes (each rank sends its half once);
 - **between nodes**: the inter-node curve was measured with ``members_per_node`` GPUs of each node in the group;
   NCCL gives each of them a NIC (rail), so a group with ``m`` members per node gets ``m / members_per_node`` of
-  that bus bandwidth, and never more than the same collective inside a node.
+  that bus bandwidth, and never more than the same collective inside a node;
+- **all-to-all between nodes** also takes at least the bytes each GPU sends to other nodes, ``size · (n - m) / n``,
+  over its own NIC: nothing aggregates them as hierarchical all-reduces do. A NIC's rate is the inter-node tier's
+  largest all-reduce bus bandwidth per member of a node (the convention ``HardwareProfile.with_cluster`` scales by).
 """
 from __future__ import annotations
 
@@ -143,4 +146,13 @@ def group_time_s(intra: Tier, inter: Tier, op: str, n: int, members_per_node: in
         raise SpecError("profile", "collectives.inter_node.members_per_node", "missing",
                         "say how many GPUs of each node the inter-node curves had")
     share = members_per_node / inter.members_per_node
-    return np.maximum(t_in, inter.time_s(op, n, nbytes) / share)
+    t = np.maximum(t_in, inter.time_s(op, n, nbytes) / share)
+    if op == "all_to_all":
+        t = np.maximum(t, np.asarray(nbytes, dtype=float) * (n - members_per_node) / n / nic_bytes_per_s(inter))
+    return t
+
+
+def nic_bytes_per_s(inter: Tier) -> float:
+    """One GPU's NIC rate between nodes (B/s): the tier's largest all-reduce bus bandwidth per node member."""
+    best = max(pts[-1][1] for pts in inter.curves["all_reduce"].values())
+    return best * 1e9 * inter.scale / (inter.members_per_node or 1)

@@ -62,6 +62,8 @@ HARDWARE: dict[str, ConstantDef] = {
                                0.0, 64.0),
     "fragmentation": ConstantDef("caching allocator's reserved / allocated - 1 at the peak", 0.0, 1.0),
     "host_memory_usable_fraction": ConstantDef("share of a node's CPU memory offloaded state may take", 0.05, 1.0),
+    "grouped_gemm_efficiency": ConstantDef("grouped (MoE expert) GEMM throughput over a dense GEMM of one expert's "
+                                           "FLOPs", 0.05, 1.5),
 }
 
 RUNTIME: dict[str, ConstantDef] = {
@@ -98,6 +100,22 @@ RUNTIME: dict[str, ConstantDef] = {
     "optimizer_kernels_fixed": ConstantDef("optimizer-step kernels per stage besides the blocks'", 0, 1000),
     "fp8_probe_bytes_per_param": ConstantDef("HBM bytes per local float8 weight element of one loss-sensitivity "
                                              "probe (quantisation error · gradient)", 0, 1000),
+    "expert_load_imbalance": ConstantDef("routed tokens on the busiest expert-parallel rank over the mean (plan "
+                                         "key moe_imbalance's default)", 1.0, 64.0),
+    "moe_router_bytes_per_score_eager": ConstantDef("HBM bytes per (token, expert) score of the router's "
+                                                    "memory-bound forward ops, eager", 0, 1000),
+    "moe_router_bytes_per_score_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "moe_permute_bytes_eager": ConstantDef("HBM bytes per routed-copy element (token x top-k x hidden) of the "
+                                           "dispatch gather, score multiply and combine, forward, eager", 0, 1000),
+    "moe_permute_bytes_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "moe_kernels_per_block_eager": ConstantDef("extra forward kernels of a MoE block over a dense one, eager", 0, 1000),
+    "moe_kernels_per_block_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "moe_index_bytes_per_copy": ConstantDef("bytes a MoE block saves per routed copy besides activations: sort, "
+                                            "gather and combine indices and the top-k weights", 0, 1000),
+    "moe_pad_rows_per_expert": ConstantDef("rows each local expert's group is padded by at most (grouped GEMM "
+                                           "alignment); the trainer allocates the bound", 0, 1024),
+    "moe_sync_exposed_kernels": ConstantDef("kernel launches whose latency a MoE block's host sync exposes (ep > 1)",
+                                            0, 1000),
 }
 
 QUALITY: dict[str, ConstantDef] = {

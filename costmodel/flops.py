@@ -1,6 +1,7 @@
 """The FLOPs convention every MFU figure of loadmaster uses (trainer, predict, plan, benchmarks).
 
-Model FLOPs per token = 6 × (matmul weights of the blocks and of the output projection)
+Model FLOPs per token = 6 × (matmul weights of the blocks and of the output projection that one token uses: of a
+                            mixture-of-experts block the router, the shared experts and its top-k routed experts)
                       + 6 × L × s × a × head_dim   (attention scores and values: 12·L·s·a·dh halved,
                                                     because a causal mask does half the work).
 The embedding lookup is not a matmul and counts nothing; recomputation never counts (it is not model work).
@@ -11,10 +12,9 @@ from .specs import ModelSpec
 
 
 def matmul_params(model: ModelSpec) -> int:
-    """Weights that take part in a matmul per token: all blocks' projections and the output projection."""
-    h = model.hidden_size
-    per_block = model.params_per_block() - 2 * h  # norm vectors are elementwise
-    return model.num_hidden_layers * per_block + model.vocab_size * h
+    """Weights that take part in a matmul per token: all blocks' active projections and the output projection."""
+    norms = 2 * model.hidden_size * model.num_hidden_layers  # norm vectors are elementwise
+    return model.block_params(active=True) - norms + model.vocab_size * model.hidden_size
 
 
 def model_flops_per_token(model: ModelSpec, seq_len: int) -> float:

@@ -80,11 +80,57 @@ def seq_share() -> sp.Expr:
     return 1 - K.sp_ + K.sp_ / K.t
 
 
+def moe_share() -> sp.Expr:
+    """Share of the stage's blocks that are mixture-of-experts blocks (0 for a dense model). Per-block terms below
+    are the stage's mean block, so a stage mixing dense and MoE blocks (DeepSeek's first) sums exactly."""
+    return K.lm / K.l
+
+
+def imbalance() -> sp.Expr:
+    """Routed tokens on this rank over the mean: the plan's moe_imbalance (else the runtime default) when experts
+    are spread over ep > 1 ranks; 1 with every expert local."""
+    imb = K.imb + R.imb * (1 - smin(K.imb, 1))
+    return 1 + smin(K.e - 1, 1) * (imb - 1)
+
+
+def routed_tokens() -> sp.Expr:
+    """Token copies this rank's experts process per micro-batch of a MoE block: b·s·top-k on average, times the
+    imbalance (the all-to-all gives each EP rank the copies routed to its experts)."""
+    return tokens() * M.topk * imbalance()
+
+
+def expert_params_local() -> sp.Expr:
+    """Routed-expert weights of one MoE block on this rank (its E / ep experts' gated MLPs)."""
+    return (2 + M.gated) * M.h * M.Fe * M.E / K.e
+
+
+def attention_params_local() -> sp.Expr:
+    return (M.h * M.dh * (M.a + 2 * M.g) + M.a * M.dh * M.h) / K.t
+
+
+def dense_mlp_params_local() -> sp.Expr:
+    return (2 + M.gated) * M.h * M.F / K.t
+
+
 def block_params_local() -> sp.Expr:
-    """Weights of one block held per tensor-parallel rank (norm vectors are replicated)."""
-    attn = M.h * M.dh * (M.a + 2 * M.g) + M.a * M.dh * M.h
-    mlp = (2 + M.gated) * M.h * M.F
-    return (attn + mlp) / K.t + 2 * M.h
+    """Weights of one (mean) block held per rank: attention and the MLP sharded over TP (norm vectors are
+    replicated); a MoE block's router, shared experts and this EP rank's routed experts instead of the MLP."""
+    moe = M.h * M.E + (2 + M.gated) * M.h * M.Fs + expert_params_local()
+    mu = moe_share()
+    return attention_params_local() + (1 - mu) * dense_mlp_params_local() + mu * moe + 2 * M.h
+
+
+def block_expert_params_local() -> sp.Expr:
+    """The routed-expert part of block_params_local (FSDP-sharded over dp / ep ranks, not dp)."""
+    return moe_share() * expert_params_local()
+
+
+def block_state_params() -> sp.Expr:
+    """Parameters of one (mean) block whose fp32 master weight, gradient and AdamW state this rank holds: the
+    non-expert weights over ``ds`` ranks (dp, or 1 under zero 0), the routed experts over ``dse`` (dp / ep, or 1):
+    with zero >= 1 both come to 1/dp of the block, whatever ep."""
+    experts = block_expert_params_local()
+    return (block_params_local() - experts) / K.ds + experts / K.dse
 
 
 def vocab_share() -> sp.Expr:
@@ -112,7 +158,9 @@ def saved_activation_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "proj_inputs": 2 * BF16 * T * M.h * gathered,        # norm outputs = inputs of wq/wk/wv and w1(/w3)
         "qkv": BF16 * T * (M.a + 2 * M.g) * M.dh / t,        # q, k (after RoPE), v saved by attention
         "attn_out": BF16 * T * M.a * M.dh / t,               # attention output = input of wo
-        "mlp_hidden": (2 + 2 * M.gated) * BF16 * T * M.F / t,  # act input + wo2 input (+ silu out, w3 out)
+        "mlp_hidden": (1 - moe_share()) * (2 + 2 * M.gated) * BF16 * T * M.F / t,  # act input + w2 input
+                                                                                 # (+ silu out, w3 out)
+        "moe": moe_share() * moe_saved_bytes(compiled=False),
     }
     if opts.norm_stats:
         terms["norm_stats"] = 2 * FP32 * T * q               # per-token rstd of both norms
@@ -124,6 +172,18 @@ def saved_activation_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     if opts.dropout:
         terms["dropout_masks"] = 2 * T * M.h * q              # 1-byte masks after attention and MLP
     return terms
+
+
+def moe_saved_bytes(compiled: bool) -> sp.Expr:
+    """What a MoE block saves instead of the dense MLP's hidden activations (launcher.runtime.moe): the fp32 router
+    scores (softmax/sigmoid output) and the top-k indices and weights; the grouped GEMMs' input (the routed copies
+    this rank received) and hidden activations; the routed outputs back at their tokens (for the weights' gradient);
+    the shared experts' hidden activations. Compiled, the activation's inputs are saved and SiLU recomputed, as for
+    the dense MLP. Indices and top-k weights: R.moe_idx bytes per routed copy."""
+    T, rows = tokens(), routed_tokens() + R.moe_pad * M.E / K.e   # grouped GEMM rows: padded per local expert
+    hidden = (1 + M.gated) if compiled else (2 + 2 * M.gated)
+    return (FP32 * T * M.E + R.moe_idx * T * M.topk + BF16 * rows * M.h + hidden * BF16 * (rows * M.Fe + T * M.Fs)
+            + BF16 * T * M.topk * M.h)
 
 
 def activation_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr:
@@ -138,7 +198,7 @@ def compiled_activation_bytes_per_block() -> sp.Expr:
     T, q, t = tokens(), seq_share(), K.t
     return (2 * BF16 * T * M.h * q + 2 * FP32 * T * q + 2 * BF16 * T * M.h * K.sp_
             + BF16 * T * (M.a + 2 * M.g) * M.dh / t + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t
-            + (1 + M.gated) * BF16 * T * M.F / t)
+            + (1 - moe_share()) * (1 + M.gated) * BF16 * T * M.F / t + moe_share() * moe_saved_bytes(compiled=True))
 
 
 def full_checkpoint_bytes_per_block() -> sp.Expr:
@@ -154,8 +214,12 @@ def selective_checkpoint_bytes_per_block(opts: ArchOptions = RUNTIME) -> sp.Expr
     if opts.selective == "attention_core":
         terms = saved_activation_terms(opts)
         return sp.Add(*(v for k, v in terms.items() if k not in ("softmax", "softmax_lse")))
-    T, t = tokens(), K.t
-    matmul_outputs = BF16 * T * (M.a + 2 * M.g) * M.dh / t + (1 + M.gated) * BF16 * T * M.F / t + 2 * BF16 * T * M.h
+    T, t, mu = tokens(), K.t, moe_share()
+    # a MoE block's matmuls: the router logits, the grouped GEMMs (gate/up and down) and the shared experts'
+    rows = routed_tokens() + R.moe_pad * M.E / K.e
+    moe_mm = M.E + (1 + M.gated) * (rows * M.Fe / T + M.Fs) + rows * M.h / T
+    matmul_outputs = BF16 * T * (M.a + 2 * M.g) * M.dh / t + (1 - mu) * (1 + M.gated) * BF16 * T * M.F / t \
+        + 2 * BF16 * T * M.h + mu * BF16 * T * moe_mm
     share = sp.Rational(1, 2) if opts.selective == "every_other_matmul" else 1
     return (full_checkpoint_bytes_per_block() + BF16 * T * M.a * M.dh / t + FP32 * T * M.a / t
             + share * matmul_outputs)
@@ -208,23 +272,23 @@ def phase_peak(terms: dict, phase: str):
 
 def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     """Every memory term of a stage (bytes per GPU) and the peak over the phases of a step."""
-    Pb, Pv = block_params_local(), vocab_params_local()
-    P_gpu = (K.l - K.os_) * Pb + Pv                      # parameters whose fp32 state lives on the GPU
+    Pb, Pv, Sb = block_params_local(), vocab_params_local(), block_state_params()
+    S_gpu = (K.l - K.os_) * Sb + Pv / K.ds               # this rank's share of the fp32 state kept on the GPU
     P_all = K.l * Pb + Pv
     acts = stage_activation_bytes(opts)
     log_softmax = K.last * FP32 * tokens() * M.V * vocab_share()  # one micro-batch's fp32 log-softmax output
     reshard = K.z3 * (1 - K.keep)                         # bf16 parameters re-sharded after each forward
     t = {
-        "master_params": FP32 * P_gpu / K.ds,
-        "optimizer_state": 2 * FP32 * P_gpu / K.ds,       # AdamW exp_avg + exp_avg_sq
-        "gradients": FP32 * P_gpu / K.ds,                 # sharded fp32 grads, end of backward to step
-        "optimizer_temporaries": K.fe * R.opt_fe_temp * P_gpu / K.ds,   # foreach AdamW's buffers in the step
+        "master_params": FP32 * S_gpu,
+        "optimizer_state": 2 * FP32 * S_gpu,              # AdamW exp_avg + exp_avg_sq
+        "gradients": FP32 * S_gpu,                        # sharded fp32 grads, end of backward to step
+        "optimizer_temporaries": K.fe * R.opt_fe_temp * S_gpu,   # foreach AdamW's buffers in the step
         # zero 3 keeps the block being computed and the prefetched one; otherwise all blocks between forward
         # and backward (zero 2/0) or across micro-batches (pipeline stages skip the reshard)
         "unsharded_params": BF16 * Pb * (2 * reshard + (1 - reshard) * K.l) + BF16 * Pv,
         "unsharded_params_at_loss": BF16 * Pb * (reshard + (1 - reshard) * K.l) + (1 - reshard) * BF16 * Pv,
         # grads of earlier micro-batches: unsharded fp32 while sync is off, else the sharded fp32 grads
-        "grad_accumulators": FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync)) * K.acc,
+        "grad_accumulators": FP32 * (P_all * K.nosync + S_gpu * (1 - K.nosync)) * K.acc,
         "activations": K.m * acts["gpu"],
         "logits_forward": logits_bytes("forward"),
         "logits_backward": logits_bytes("backward"),
@@ -238,12 +302,13 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         # a fully checkpointed last block is recomputed whole before its backward
         "recompute_buffer": pos(K.r - K.l + 1) * (1 - K.sel) * acts["block_plain"],
         # float8 casts each converted Linear's weight per use; one block's fp8 copies (1 B) live at a time
-        "fp8_weight_copies": smin(K.f, 1) * (Pb - 2 * M.h),
+        # (routed and shared experts stay bf16: launcher.runtime.parallel.fp8 converts attention and dense MLPs)
+        "fp8_weight_copies": smin(K.f, 1) * (attention_params_local() + (1 - moe_share()) * dense_mlp_params_local()),
         # torch.distributed.pipelining keeps a receive buffer per micro-batch for the stage input (all but the
         # first stage) and for the output gradient (all but the last), allocated once and kept across steps
         "pipeline_buffers": int(opts.pipeline_recv_buffers) * (2 - K.first - K.last) * K.M * BF16 * tokens()
                             * M.h * seq_share(),
-        "host_state": 16 * K.os_ * Pb / K.ds,              # fp32 params, grads, AdamW state on the CPU
+        "host_state": 16 * K.os_ * Sb,                     # fp32 params, grads, AdamW state on the CPU
         "host_activations": K.m * acts["host"],
     }
     for phase in PHASE_TERMS:
@@ -253,5 +318,5 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
     t["act_per_microbatch"] = acts["gpu"] + log_softmax
     t["host_act_per_microbatch"] = acts["host"]
-    t["accumulator_bytes"] = FP32 * (P_all * K.nosync + P_gpu / K.ds * (1 - K.nosync))
+    t["accumulator_bytes"] = FP32 * (P_all * K.nosync + S_gpu * (1 - K.nosync))
     return t

@@ -55,6 +55,14 @@ class Plan:
     """Tensor-parallel degree (Megatron-style column/row split with DTensor)."""
     pp: int
     """Pipeline-parallel degree (ranks in the pipeline)."""
+    ep: int = 1
+    """Expert-parallel degree, folded from dp (as TorchTitan does): each group of ``ep`` consecutive data-parallel
+    ranks splits a MoE block's routed experts among its members and exchanges tokens with all-to-all; expert
+    weights are FSDP-sharded over the remaining dp / ep ranks, other weights over all dp ranks. 1 = no EP."""
+    moe_imbalance: float | None = None
+    """Routed tokens on the busiest expert-parallel rank over the mean (>= 1), for the cost model: the trainer is
+    dropless, every rank waits for the busiest one in the all-to-all. None = the runtime constant
+    ``expert_load_imbalance`` (profiles/runtime/loadmaster.yaml)."""
     zero: Literal[0, 1, 2, 3]
     """Sharding level, see the class docstring."""
     recompute: Literal["none", "full", "selective"]
@@ -182,10 +190,14 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
     """A Plan from a dict, with every check that needs no model or cluster."""
     plan = build_dataclass(Plan, data, source, what="plan")
     object.__setattr__(plan, "source", str(source))
-    for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "virtual_stages"):
+    for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "ep", "virtual_stages"):
         v = getattr(plan, key)
         require(v >= 1, source, key, f"is {v}", "it must be a positive integer")
         require(v <= 10**9, source, key, f"is {v}, beyond any cluster or batch", "check the value")
+    require(plan.dp % plan.ep == 0, source, "ep", f"{plan.ep} does not divide dp {plan.dp} (expert parallelism is "
+            "folded from the data-parallel ranks)", f"use ep in {[e for e in range(1, plan.dp + 1) if plan.dp % e == 0][:12]}")
+    require(plan.moe_imbalance is None or 1.0 <= plan.moe_imbalance <= 64.0, source, "moe_imbalance",
+            f"is {plan.moe_imbalance}", "use the busiest rank's routed tokens over the mean: 1 (balanced) or more")
     require(plan.fp8_rotation_steps >= 0, source, "fp8_rotation_steps", f"is {plan.fp8_rotation_steps}",
             "use 0 (fixed set) or a positive step count")
     require(plan.fp8_temperature >= 0, source, "fp8_temperature", f"is {plan.fp8_temperature}",
@@ -269,6 +281,29 @@ def load_plan(ref: str | Path | Plan | dict) -> Plan:
     return parse_plan(read_yaml(ref), Path(ref))
 
 
+def ep_choices(model: ModelSpec, dp: int) -> list[int]:
+    """Expert-parallel degrees that divide both the routed experts and dp (1 for a dense model)."""
+    n = math.gcd(model.num_experts, dp) if model.is_moe else 1
+    return [e for e in range(1, n + 1) if n % e == 0]
+
+
+def _check_moe(plan: Plan, model: ModelSpec, source: str | Path) -> None:
+    """The expert-parallel rules (check_plan's part for mixture-of-experts models and MoE plan keys)."""
+    name = model.name or "the model"
+    if not model.is_moe:
+        for key, off in (("ep", 1), ("moe_imbalance", None)):
+            require(getattr(plan, key) == off, source, key, f"is {getattr(plan, key)} but {name} is dense (no "
+                    "experts)", f"drop {key} or use a mixture-of-experts model")
+        return
+    require(model.num_experts % plan.ep == 0, source, "ep",
+            f"{plan.ep} does not divide the {model.num_experts} experts of {name}",
+            f"use ep in {ep_choices(model, plan.dp)}")
+    # the trainer's experts are not tensor-parallel (launcher.runtime.moe): attention could be, experts would run
+    # whole on every TP rank; refuse rather than plan a waste the cost model would have to invent
+    require(plan.tp == 1, source, "tp", f"is {plan.tp} with mixture-of-experts {name}: the trainer shards experts "
+            "over ep, not tp", "use tp: 1 with ep (and pp for depth)")
+
+
 def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
                source: str | Path | None = None) -> None:
     """Every rule a plan must follow to run this model on this cluster (the trainer, the launcher, the exporters
@@ -276,6 +311,7 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
     model or cluster are in ``parse_plan``."""
     source = source or plan.source
     L = model.num_hidden_layers
+    _check_moe(plan, model, source)
     for heads_key in ("num_attention_heads", "num_key_value_heads"):
         heads = getattr(model, heads_key)
         require(heads % plan.tp == 0, source, "tp",

@@ -17,7 +17,7 @@ from .stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
 MEMORY_TERMS = tuple(dict.fromkeys(n for terms in PHASE_TERMS.values() for n in terms))
 PHASES = tuple(PHASE_TERMS)
-TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "fsdp_fwd", "fsdp_bwd",
+TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "ep_comm", "fsdp_fwd", "fsdp_bwd",
               "offload_activations", "fsdp_step", "optimizer")
 
 
@@ -64,6 +64,8 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
     rank = idx % pp
     first, last = (idx == 0).astype(float), (idx == S - 1).astype(float)
     nV = vocab_matrices(first, last, S, model.tie_word_embeddings)
+    layers = plan.stage_layers(L)
+    starts = np.cumsum([0] + layers[:-1])
     knobs = knob_inputs(
         b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, zero=plan.zero,
         sequence_parallel=plan.sequence_parallel, selective=float(plan.recompute == "selective"),
@@ -72,7 +74,9 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
         f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
         m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV,
         reduce_every=float(plan.grad_reduce == "every"), vocab_parallel=float(plan.vocab_parallel),
-        foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward))
+        foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward),
+        lm=[model.moe_layers_in(int(a), n) for a, n in zip(starts, layers)], ep=plan.ep,
+        imbalance=plan.moe_imbalance or 0.0)
     return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **knobs}
 
 

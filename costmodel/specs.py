@@ -23,9 +23,19 @@ _HF_IGNORED = {
     "tokenizer_class", "auto_map", "quantization_config", "generation_config", "output_attentions",
     "output_hidden_states", "return_dict", "is_decoder", "task_specific_params", "finetuning_task",
 }
-# HF keys that mean "not a dense decoder": refused rather than silently costed wrong.
-_HF_UNSUPPORTED = {"num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
-                   "num_experts_per_tok", "kv_lora_rank", "q_lora_rank"}
+# Hugging Face MoE keys read under another name (Mixtral, DeepSeek) -> the ModelSpec field they fill.
+_HF_RENAMED = {"num_local_experts": "num_experts", "n_routed_experts": "num_experts",
+               "n_shared_experts": "num_shared_experts", "aux_loss_alpha": "router_aux_loss_coef"}
+# MoE and latent-attention keys that change nothing loadmaster costs or trains, each with why.
+_HF_MOE_IGNORED = {
+    "output_router_logits": "inference output switch", "router_jitter_noise": "routing noise (0 in the configs)",
+    "seq_aux": "DeepSeek's per-sequence balance loss is trained as the batch-level one",
+    "n_group": "group-limited routing (see topk_method)", "topk_group": "group-limited routing (see topk_method)",
+    "ep_size": "DeepSeek's inference expert-parallel size", "moe_layer_freq": "read as decoder_sparse_step",
+    "qk_nope_head_dim": "latent attention (see kv_lora_rank)", "qk_rope_head_dim": "latent attention",
+    "v_head_dim": "latent attention", "kv_lora_rank": "latent attention", "q_lora_rank": "latent attention",
+    "num_nextn_predict_layers": "multi-token prediction module (not trained here)",
+}
 _GATED_ACTS = {"silu", "swiglu", "swish"}
 
 
@@ -61,8 +71,38 @@ class ModelSpec:
     """RMSNorm epsilon (runtime only)."""
     rope_theta: float = 10000.0
     """RoPE base (runtime only)."""
+    # ---- mixture of experts (Hugging Face names; config.json aliases in _HF_RENAMED) ----
+    num_experts: int = 0
+    """Routed experts of each MoE block (num_local_experts in Mixtral, n_routed_experts in DeepSeek); 0 = dense."""
+    num_experts_per_tok: int = 0
+    """Routed experts each token goes to (top-k)."""
+    moe_intermediate_size: int | None = None
+    """Width of one expert's gated MLP; default intermediate_size (Mixtral's experts are full-width)."""
+    num_shared_experts: int = 0
+    """Experts every token goes through besides the routed ones (DeepSeek's n_shared_experts)."""
+    shared_expert_intermediate_size: int | None = None
+    """Width of the shared experts together; default num_shared_experts × moe_intermediate_size."""
+    first_k_dense_replace: int = 0
+    """The first this many blocks keep a dense MLP of intermediate_size (DeepSeek)."""
+    decoder_sparse_step: int = 1
+    """Block i is a MoE block when (i + 1) is a multiple of this (Qwen-MoE; DeepSeek's moe_layer_freq 1)."""
+    mlp_only_layers: tuple[int, ...] = ()
+    """Blocks that keep a dense MLP whatever the step (Qwen-MoE)."""
+    norm_topk_prob: bool = True
+    """Renormalise the top-k routing weights to sum to one (Mixtral always does)."""
+    router_aux_loss_coef: float = 0.001
+    """Load-balancing loss coefficient (Switch Transformer form); 0.001 is transformers' default for Mixtral and
+    Qwen-MoE configs that leave it out; DeepSeek's aux_loss_alpha."""
+    scoring_func: Literal["softmax", "sigmoid"] = "softmax"
+    """Router scores: softmax over experts (Mixtral, Qwen) or per-expert sigmoid (DeepSeek-V3)."""
+    topk_method: Literal["greedy", "noaux_tc", "group_limited_greedy"] = "greedy"
+    """Expert choice: plain top-k, or DeepSeek's bias-corrected / group-limited top-k (trained as plain top-k,
+    with a warning)."""
+    routed_scaling_factor: float = 1.0
+    """Multiplier of the routed experts' weights (DeepSeek-V3: 2.5)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None and self.num_attention_heads > 0:
@@ -76,12 +116,49 @@ class ModelSpec:
     def kv_heads(self) -> int:
         return int(self.num_key_value_heads)  # set in __post_init__
 
-    def params_per_block(self) -> int:
-        """Weights of one block (attention, MLP and two norm vectors)."""
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def expert_width(self) -> int:
+        """One routed expert's MLP width."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    @property
+    def shared_width(self) -> int:
+        """The shared experts' MLP width together (0 without shared experts)."""
+        if self.shared_expert_intermediate_size is not None:
+            return self.shared_expert_intermediate_size
+        return self.num_shared_experts * self.expert_width
+
+    def is_moe_layer(self, i: int) -> bool:
+        """Whether block ``i`` (0-based) has experts instead of a dense MLP (Hugging Face's rule)."""
+        return (self.is_moe and i >= self.first_k_dense_replace and i not in self.mlp_only_layers
+                and (i + 1) % self.decoder_sparse_step == 0)
+
+    def moe_layers_in(self, start: int, count: int) -> int:
+        """MoE blocks among blocks ``start .. start + count - 1`` (a pipeline stage's), counted without a loop."""
+        if not self.is_moe:
+            return 0
+        lo, hi, k = max(start, self.first_k_dense_replace), start + count, self.decoder_sparse_step
+        sparse = max(0, hi // k - lo // k)   # i in [lo, hi) with (i + 1) % k == 0
+        return sparse - sum(1 for i in set(self.mlp_only_layers) if lo <= i < hi and (i + 1) % k == 0)
+
+    def attention_params(self) -> int:
         h, dh = self.hidden_size, int(self.head_dim)
-        attn = h * dh * (self.num_attention_heads + 2 * self.kv_heads) + self.num_attention_heads * dh * h
-        mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
-        return attn + mlp + 2 * h
+        return h * dh * (self.num_attention_heads + 2 * self.kv_heads) + self.num_attention_heads * dh * h
+
+    def params_per_block(self, layer: int | None = None, active: bool = False) -> int:
+        """Weights of block ``layer`` (attention, MLP or router + experts, two norm vectors); ``active``: only
+        those one token uses (top-k of the routed experts). ``layer`` None: a dense block."""
+        h, mats = self.hidden_size, (3 if self.gated_mlp else 2)
+        if layer is None or not self.is_moe_layer(layer):
+            mlp = mats * h * self.intermediate_size
+        else:
+            routed = self.num_experts_per_tok if active else self.num_experts
+            mlp = h * self.num_experts + mats * h * (routed * self.expert_width + self.shared_width)
+        return self.attention_params() + mlp + 2 * h
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -89,8 +166,14 @@ class ModelSpec:
     def num_params(self) -> int:
         """All weights, counting a tied embedding once."""
         head = 0 if self.tie_word_embeddings else self.embedding_params()
-        return self.num_hidden_layers * self.params_per_block() + self.embedding_params() + head \
-            + self.hidden_size
+        return self.block_params() + self.embedding_params() + head + self.hidden_size
+
+    def block_params(self, active: bool = False) -> int:
+        """Weights of all blocks (``active``: those one token uses)."""
+        L, n_moe = self.num_hidden_layers, self.moe_layers_in(0, self.num_hidden_layers)
+        first_moe = next((i for i in range(L) if self.is_moe_layer(i)), None) if n_moe else None
+        moe = self.params_per_block(first_moe, active) if n_moe else 0
+        return (L - n_moe) * self.params_per_block() + n_moe * moe
 
 
 def _validate_model(m: ModelSpec, source: str | Path) -> None:
@@ -106,6 +189,89 @@ def _validate_model(m: ModelSpec, source: str | Path) -> None:
             "hidden_act", f"{m.hidden_act!r} is not supported", "use silu (SwiGLU) or gelu")
     require(m.rms_norm_eps > 0, source, "rms_norm_eps", f"is {m.rms_norm_eps}", "it must be positive")
     require(m.rope_theta > 0, source, "rope_theta", f"is {m.rope_theta}", "it must be positive")
+    _validate_moe(m, source)
+
+
+_MOE_KEYS = ("num_experts_per_tok", "moe_intermediate_size", "num_shared_experts", "shared_expert_intermediate_size",
+             "first_k_dense_replace", "mlp_only_layers")
+
+
+def _validate_moe(m: ModelSpec, source: str | Path) -> None:
+    """The mixture-of-experts fields: consistent with each other, or absent from a dense model."""
+    if not m.is_moe:
+        require(m.num_experts == 0, source, "num_experts", f"is {m.num_experts}", "use 0 (dense) or more experts")
+        given = [k for k in _MOE_KEYS if getattr(m, k) not in (0, None, ())]
+        require(not given, source, given[0] if given else "", "is a mixture-of-experts key on a dense model "
+                "(num_experts is 0)", "set num_experts (num_local_experts, n_routed_experts) or drop the key")
+        return
+    require(1 <= m.num_experts_per_tok <= m.num_experts, source, "num_experts_per_tok",
+            f"is {m.num_experts_per_tok} with {m.num_experts} experts", f"use 1 to {m.num_experts}")
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+        v = getattr(m, key)
+        require(v is None or 1 <= v <= 10**7, source, key, f"is {v}", "it must be a positive integer")
+    for key, lo in (("num_shared_experts", 0), ("first_k_dense_replace", 0), ("decoder_sparse_step", 1)):
+        v = getattr(m, key)
+        require(lo <= v <= m.num_hidden_layers + 1000 * (key == "num_shared_experts"), source, key, f"is {v}",
+                f"use {lo} or more")
+    bad = [i for i in m.mlp_only_layers if not 0 <= i < m.num_hidden_layers]
+    require(not bad, source, "mlp_only_layers", f"{bad} are not blocks of {m.num_hidden_layers}",
+            f"use indices 0 to {m.num_hidden_layers - 1}")
+    require(any(m.is_moe_layer(i) for i in range(m.num_hidden_layers)), source, "first_k_dense_replace",
+            "leaves no block with experts", "lower first_k_dense_replace / decoder_sparse_step or set num_experts: 0")
+    require(m.hidden_act in _GATED_ACTS, source, "hidden_act", f"{m.hidden_act!r} with experts",
+            "the trainer's experts are SwiGLU MLPs: use silu")
+    require(m.router_aux_loss_coef >= 0, source, "router_aux_loss_coef", f"is {m.router_aux_loss_coef}",
+            "use 0 (no balance loss) or a positive coefficient")
+    require(m.routed_scaling_factor > 0, source, "routed_scaling_factor", f"is {m.routed_scaling_factor}",
+            "it must be positive")
+
+
+def _hf_router_type(data: dict, path: Path) -> None:
+    """One line for a router the trainer does not implement (its key named), before the type check words it."""
+    for key, known in (("scoring_func", ("softmax", "sigmoid")),
+                       ("topk_method", ("greedy", "noaux_tc", "group_limited_greedy"))):
+        if key in data and data[key] not in known:
+            raise SpecError(path, key, f"router type {data[key]!r} is not supported",
+                            f"use one of {', '.join(known)} (token-choice top-k routing)")
+
+
+def _renamed(data: dict) -> dict:
+    """Mixtral's and DeepSeek's names of MoE keys as the ModelSpec fields (YAML recipes may use them too)."""
+    out = {k: v for k, v in data.items() if k not in _HF_RENAMED}
+    for key, field in _HF_RENAMED.items():
+        if data.get(key) is not None:
+            out.setdefault(field, data[key])
+    return out
+
+
+def _hf_moe(data: dict, path: Path) -> dict:
+    """A config.json's mixture-of-experts and latent-attention keys as ModelSpec fields, with a warning for what
+    is trained or costed differently."""
+    _hf_router_type(data, path)
+    freq = data.get("moe_layer_freq", 1)
+    require(freq == 1, path, "moe_layer_freq", f"is {freq}", "give the pattern as decoder_sparse_step instead")
+    if data.get("kv_lora_rank") or data.get("q_lora_rank"):
+        dh = data.get("v_head_dim") or data.get("head_dim")
+        if dh:
+            data["head_dim"] = dh
+        warnings.warn(f"{path}: multi-head latent attention (kv_lora_rank) is costed and trained as multi-head "
+                      f"attention with {data.get('num_key_value_heads')} key/value heads of head_dim {dh}; its "
+                      "low-rank projections are not modelled (the deepseek-v3 recipe uses GQA of matching size)",
+                      stacklevel=3)
+    if data.get("topk_method", "greedy") != "greedy":
+        warnings.warn(f"{path}: topk_method {data['topk_method']!r} is trained as plain top-k over the router "
+                      "scores (no expert bias update, no group limit)", stacklevel=3)
+    if data.get("num_nextn_predict_layers"):
+        warnings.warn(f"{path}: the multi-token-prediction module (num_nextn_predict_layers) is not trained or "
+                      "costed", stacklevel=3)
+    for key in _HF_MOE_IGNORED:
+        data.pop(key, None)
+    if data.get("num_experts") is None:   # dense configs of MoE families (e.g. Qwen2) spell it null
+        data.pop("num_experts", None)
+    for key in ("moe_intermediate_size", "shared_expert_intermediate_size", "mlp_only_layers"):
+        if data.get(key) is None:
+            data.pop(key, None)
+    return data
 
 
 def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
@@ -115,10 +281,9 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     path = resolve(ref, "models")
     data = read_yaml(path)
     is_hf = path.suffix == ".json" or "architectures" in data or "transformers_version" in data
+    data = _renamed(data)
     if is_hf:
-        bad = sorted(_HF_UNSUPPORTED & data.keys())
-        require(not bad, path, bad[0] if bad else "", "is a mixture-of-experts or latent-attention key",
-                "loadmaster models dense decoders (Llama family) only")
+        data = _hf_moe(data, path)
         data = {k: v for k, v in data.items() if k not in _HF_IGNORED or k == "hidden_act"}
         known = {f.name for f in dataclasses.fields(ModelSpec)}
         extra = sorted(k for k in data if k not in known)

@@ -24,7 +24,9 @@ from .timing import stage_time_terms
 def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, float]:
     return {"h": model.hidden_size, "F": model.intermediate_size, "a": model.num_attention_heads,
             "g": model.kv_heads, "dh": int(model.head_dim), "V": model.vocab_size,
-            "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe)}
+            "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe),
+            "E": model.num_experts, "topk": model.num_experts_per_tok, "Fe": model.expert_width if model.is_moe else 0,
+            "Fs": model.shared_width}
 
 
 def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
@@ -48,27 +50,30 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
         "slow_comm": c("comm_compute_slowdown"), "comm_eff": c("comm_efficiency"),
         "slow_h2d": c("h2d_compute_slowdown"), "launch": c("kernel_launch_s"),
         "hook": c("fsdp_hook_s"), "ew_eff": c("elementwise_efficiency"),
-        "row_slow": c("fp8_rowwise_gemm_slowdown"), **rt,
+        "row_slow": c("fp8_rowwise_gemm_slowdown"), "gg_eff": c("grouped_gemm_efficiency"), **rt,
     }
 
 
-COMM_SYMBOLS = ("bw_tp", "bw_tp_rs", "bw_ag", "bw_rs", "bw_rag", "bw_rrs", "bw_pp", "t_tiny")
+COMM_SYMBOLS = ("bw_tp", "bw_tp_rs", "bw_ag", "bw_rs", "bw_rag", "bw_rrs", "bw_pp", "t_tiny", "bw_a2a", "bw_eag",
+                "bw_ers", "t_a2a_tiny")
 
 
 def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict) -> dict[str, np.ndarray]:
     """The effective bus bandwidth (B/s) of every collective of a stage, looked up on the profile's measured
     curves (costmodel.comm) at that collective's own size and group, for the rank layout (pp, dp, tp), tp
     innermost: a TP group is the t consecutive ranks, a DP group the d ranks t apart, pipeline neighbours t·d
-    apart. A group spanning nodes has min(n, GPUs per node / stride) members on each of its nodes."""
-    t, d, pp = (np.asarray(knobs[k], dtype=float) for k in ("t", "d", "pp"))
+    apart. An expert-parallel group is e consecutive DP ranks (stride t), the ranks holding the same experts the
+    d / e ranks t·e apart. A group spanning nodes has min(n, GPUs per node / stride) members on each of its nodes."""
+    t, d, pp, e = (np.asarray(knobs[k], dtype=float) for k in ("t", "d", "pp", "e"))
     sp_on, z0 = np.asarray(knobs["sp"], dtype=float), np.asarray(knobs["z0"], dtype=float)
-    n = max(np.size(x) for x in (t, d, pp, sp_on, z0, *msgs.values()))
-    t, d, pp, sp_on, z0 = (np.broadcast_to(x, (n,)) for x in (t, d, pp, sp_on, z0))
+    n = max(np.size(x) for x in (t, d, pp, e, sp_on, z0, *msgs.values()))
+    t, d, pp, e, sp_on, z0 = (np.broadcast_to(x, (n,)) for x in (t, d, pp, e, sp_on, z0))
     G = gpus_per_node
     out = {k: np.ones(n) for k in COMM_SYMBOLS}
     out["t_tiny"] = np.zeros(n)
+    out["t_a2a_tiny"] = np.zeros(n)
 
-    OPS = ("all_gather", "reduce_scatter", "all_reduce")
+    OPS = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all")
 
     def each(group, stride, nbytes, op, key, p2p=False):
         """Fill ``out[key]`` with factor·(n-1)/n·size / time (the form timing.coll_s divides by)."""
@@ -97,6 +102,9 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
             if key == "bw_ag":   # the gradient norm's all-reduce of one number over the same group
                 out["t_tiny"][idx] = group_time_s(p.intra_node, p.inter_node, "all_reduce", g, members, nodes,
                                                   np.full(n, 8.0)[idx])
+            if key == "bw_a2a":  # the token counts sent before each dispatch (latency-bound)
+                out["t_a2a_tiny"][idx] = group_time_s(p.intra_node, p.inter_node, "all_to_all", g, members, nodes,
+                                                      np.full(n, 8.0 * g)[idx])
     ar = OPS.index("all_reduce")
     each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("all_gather"), ar), "bw_tp")
     each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("reduce_scatter"), ar), "bw_tp_rs")
@@ -106,10 +114,13 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
     each(d, t, msgs["msg_root_ag"], "all_gather", "bw_rag")
     each(d, t, msgs["msg_root_rs"], grad_op, "bw_rrs")
     each(np.where(pp > 1, 2.0, 1.0), t * d, msgs["msg_pp"], "all_gather", "bw_pp", p2p=True)
+    each(e, t, msgs["msg_a2a"], "all_to_all", "bw_a2a")
+    each(d / e, t * e, msgs["msg_eag"], "all_gather", "bw_eag")
+    each(d / e, t * e, msgs["msg_ers"], grad_op, "bw_ers")
     return out
 
 
-MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp")
+MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp", "msg_eag", "msg_ers", "msg_a2a")
 
 
 def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfile, gpus_per_node: int,
@@ -213,7 +224,8 @@ def names(outputs: Iterable[str]) -> tuple[str, ...]:
 
 
 def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
-                last, nV, reduce_every=0, vocab_parallel=1, foreach=0, pp_reshard=0) -> dict[str, np.ndarray]:
+                last, nV, reduce_every=0, vocab_parallel=1, foreach=0, pp_reshard=0, lm=0, ep=1,
+                imbalance=0) -> dict[str, np.ndarray]:
     """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
 
     zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
@@ -221,7 +233,9 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
     and fp32 gradient accumulators across micro-batches (torch.distributed.pipelining turns resharding and
     gradient sync off until the last backward); so does gradient accumulation without pipelining unless
     ``reduce_every`` (grad_reduce: every) reduce-scatters after each micro-batch, and a pipeline under zero 3
-    re-shards after each forward when ``pp_reshard`` (pp_reshard_after_forward).
+    re-shards after each forward when ``pp_reshard`` (pp_reshard_after_forward). ``lm`` of the ``l`` blocks are
+    mixture-of-experts blocks, their experts spread over ``ep`` ranks; ``imbalance`` is the plan's moe_imbalance
+    (0: the runtime default).
     """
     arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
@@ -235,4 +249,5 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
         "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
         "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
         "vp": arr(vocab_parallel),
+        "lm": arr(lm), "e": arr(ep), "dse": np.where(zero >= 1, d / arr(ep), 1.0), "imb": arr(imbalance),
     }

@@ -20,6 +20,9 @@ class M:
     e_q, e_kv, e_o, e_up, e_down = _syms("e_q e_kv e_o e_up e_down", nonnegative=True)
     row = sp.Symbol("row", nonnegative=True)                  # 1: float8 rowwise recipe, 0: tensorwise (with the
                                                               # eligibility above, it comes from the plan's recipe)
+    # mixture of experts (0 for a dense model): routed experts, experts per token, one expert's MLP width, the
+    # shared experts' MLP width together
+    E, topk, Fe, Fs = _syms("E topk Fe Fs", nonnegative=True)
 
 
 class K:
@@ -47,6 +50,10 @@ class K:
     pp = sp.Symbol("pp", positive=True)                       # pipeline degree (1: no sends)
     vp = sp.Symbol("vp", nonnegative=True)                    # embedding, output and loss sharded over TP (1)
     fe = sp.Symbol("fe", nonnegative=True)                    # foreach AdamW (1) instead of fused (0)
+    lm = sp.Symbol("lm", nonnegative=True)                    # MoE blocks among the stage's l blocks
+    e = sp.Symbol("e", positive=True)                         # expert-parallel degree (folded from d)
+    dse = sp.Symbol("dse", positive=True)                     # divisor of expert fp32 states: d/e if zero >= 1 else 1
+    imb = sp.Symbol("imb", nonnegative=True)                  # plan's moe_imbalance (0: the runtime default)
 
 
 class H:
@@ -62,6 +69,11 @@ class H:
     bw_tp, bw_tp_rs, bw_ag, bw_rs, bw_rag, bw_rrs, bw_pp = _syms("bw_tp bw_tp_rs bw_ag bw_rs bw_rag bw_rrs bw_pp",
                                                                  positive=True)
     t_tiny = sp.Symbol("t_tiny", nonnegative=True)
+    # expert parallelism: all-to-all over the EP group (dispatch and combine) and the experts' FSDP all-gather and
+    # reduce-scatter over the dp / ep ranks holding the same experts; the token-count exchange's latency
+    bw_a2a, bw_eag, bw_ers = _syms("bw_a2a bw_eag bw_ers", positive=True)
+    t_a2a_tiny = sp.Symbol("t_a2a_tiny", nonnegative=True)
+    gg_eff = sp.Symbol("gg_eff", positive=True)               # grouped GEMM / dense GEMM throughput (per expert size)
     slow_comm, comm_eff, slow_h2d = _syms("slow_comm comm_eff slow_h2d", nonnegative=True)
     launch = sp.Symbol("launch", nonnegative=True)            # host seconds per eager kernel
     hook = sp.Symbol("hook", nonnegative=True)                # host seconds of FSDP2 hooks per block per pass
@@ -81,6 +93,11 @@ class R:
     opt_bytes, opt_kern_block, opt_kern_fixed = _syms("opt_bytes opt_kern_block opt_kern_fixed", nonnegative=True)
     opt_fe_bytes, opt_fe_temp = _syms("opt_fe_bytes opt_fe_temp", nonnegative=True)
     probe = sp.Symbol("probe_bytes", nonnegative=True)
+    router_eager, router_comp = _syms("router_eager router_comp", nonnegative=True)
+    permute_eager, permute_comp = _syms("permute_eager permute_comp", nonnegative=True)
+    kern_moe_eager, kern_moe_comp, moe_sync = _syms("kern_moe_eager kern_moe_comp moe_sync", nonnegative=True)
+    imb = sp.Symbol("imb_default", positive=True)
+    moe_idx, moe_pad = _syms("moe_idx moe_pad", nonnegative=True)
 
 
 RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
@@ -95,6 +112,11 @@ RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol
     "optimizer_bytes_per_param": R.opt_bytes, "optimizer_kernels_per_block": R.opt_kern_block,
     "optimizer_foreach_bytes_per_param": R.opt_fe_bytes, "optimizer_foreach_temp_bytes_per_param": R.opt_fe_temp,
     "optimizer_kernels_fixed": R.opt_kern_fixed, "fp8_probe_bytes_per_param": R.probe,
+    "moe_router_bytes_per_score_eager": R.router_eager, "moe_router_bytes_per_score_compiled": R.router_comp,
+    "moe_permute_bytes_eager": R.permute_eager, "moe_permute_bytes_compiled": R.permute_comp,
+    "moe_kernels_per_block_eager": R.kern_moe_eager, "moe_kernels_per_block_compiled": R.kern_moe_comp,
+    "moe_sync_exposed_kernels": R.moe_sync, "expert_load_imbalance": R.imb,
+    "moe_index_bytes_per_copy": R.moe_idx, "moe_pad_rows_per_expert": R.moe_pad,
 }
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .memory import BF16, FP32, RUNTIME, ArchOptions, block_params_local, seq_share, stage_activation_bytes, tokens, \
+from .memory import BF16, FP32, RUNTIME, ArchOptions, block_expert_params_local, block_params_local, block_state_params, \
+    expert_params_local, imbalance, moe_share, routed_tokens, seq_share, stage_activation_bytes, tokens, \
     vocab_params_local, vocab_share
 from .symbols import H, K, M, R, pos, smax, smin
 
@@ -37,13 +38,34 @@ def block_linears() -> list[tuple[str, sp.Expr, sp.Expr, sp.Symbol]]:
     return out
 
 
+def _mlp_weight(name: str) -> sp.Expr:
+    """How much of a block Linear the mean block has: w3 only when gated; the MLP's only in dense blocks."""
+    gate = M.gated if name == "w3" else 1
+    return gate * (1 - moe_share()) if name in ("w1", "w2", "w3") else gate
+
+
+def moe_gemm_s() -> sp.Expr:
+    """Forward GEMMs of a MoE block's FFN, bf16: the router, the shared experts, and the routed experts as grouped
+    GEMMs — at the dense curve's efficiency for one expert's GEMM (the tokens one local expert gets) times the
+    profile's grouped-GEMM ratio. Routed copies grow per expert with ep (each EP rank gathers its experts' tokens
+    from ep ranks), which is where expert parallelism pays besides memory."""
+    T, Ti = tokens(), routed_tokens()
+
+    def dense(flops):   # a dense model has no router or shared experts: 0 FLOPs, 0 s
+        return flops / (H.peak * efficiency(smax(flops, 1), H.ge_max, H.ge_half, H.ge_exp))
+    per_matrix = 2 * Ti * M.h * M.Fe
+    per_expert = smax(per_matrix * K.e / smax(M.E, 1), 1)
+    grouped = (2 + M.gated) * per_matrix / (H.peak * efficiency(per_expert, H.ge_max, H.ge_half, H.ge_exp) * H.gg_eff)
+    return dense(2 * T * M.h * M.E) + (2 + M.gated) * dense(2 * T * M.h * M.Fs) + grouped
+
+
 def block_gemm_s(fp8: sp.Expr) -> sp.Expr:
-    """Forward GEMMs of one block (backward is twice this: input and weight gradients)."""
+    """Forward GEMMs of one (mean) block (backward is twice this: input and weight gradients); a MoE block's FFN
+    stays bf16 in a float8 block (launcher.runtime.parallel.fp8 converts attention and dense MLPs only)."""
     T = tokens()
-    total = 0
+    total = moe_share() * moe_gemm_s()
     for name, Kd, Nd, elig in block_linears():
-        weight = M.gated if name == "w3" else 1
-        total += weight * gemm_s(2 * T * Kd * Nd, fp8 * elig)
+        total += _mlp_weight(name) * gemm_s(2 * T * Kd * Nd, fp8 * elig)
     return total
 
 
@@ -60,8 +82,7 @@ def fp8_cast_s() -> sp.Expr:
     T = tokens()
     total = 0
     for name, Kd, Nd, elig in block_linears():
-        weight = M.gated if name == "w3" else 1
-        total += weight * elig * (T * Kd + Kd * Nd + T * Nd)
+        total += _mlp_weight(name) * elig * (T * Kd + Kd * Nd + T * Nd)
     return (R.cast_comp * K.k + R.cast_eager * (1 - K.k)) * total / (H.hbm * H.ew_eff)
 
 
@@ -100,21 +121,35 @@ def attention_s(opts: ArchOptions = RUNTIME) -> tuple[sp.Expr, sp.Expr]:
     return fwd, 2 * fwd
 
 
+def moe_elementwise_bytes(compiled: bool) -> sp.Expr:
+    """HBM bytes of a MoE block's memory-bound forward ops in place of the MLP activation: the activation over
+    the routed copies and the shared experts, the router's score ops (per token and expert) and the token
+    permutation (dispatch gather, score multiply, combine; per routed copy element)."""
+    T = tokens()
+    act, gate, router, permute = (R.act_comp, R.gate_comp, R.router_comp, R.permute_comp) if compiled else \
+        (R.act_eager, R.gate_eager, R.router_eager, R.permute_eager)
+    return (act + gate * M.gated) * (routed_tokens() * M.Fe + T * M.Fs) + router * T * M.E \
+        + permute * T * M.topk * M.h
+
+
 def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
     """HBM bytes of one block's memory-bound forward ops (norms, residual adds, RoPE, the MLP activation), eager
     or compiled; bytes per element are runtime constants (profiles/runtime/loadmaster.yaml)."""
-    T, q = tokens(), seq_share()
+    T, q, mu = tokens(), seq_share(), moe_share()
+    width = (1 - mu) * T * M.F / K.t
     eager = R.normres_eager * T * M.h * q + R.rope_eager * T * (M.a + M.g) * M.dh / K.t \
-        + (R.act_eager + R.gate_eager * M.gated) * T * M.F / K.t
+        + (R.act_eager + R.gate_eager * M.gated) * width + mu * moe_elementwise_bytes(compiled=False)
     fused = R.normres_comp * T * M.h * q + R.rope_comp * T * (M.a + M.g) * M.dh / K.t \
-        + (R.act_comp + R.gate_comp * M.gated) * T * M.F / K.t
+        + (R.act_comp + R.gate_comp * M.gated) * width + mu * moe_elementwise_bytes(compiled=True)
     dropout = 2 * 5 * T * M.h * q * int(opts.dropout)   # mask + scale after attention and MLP
     return (1 - K.k) * eager + K.k * fused + dropout
 
 
 def kernels_per_block_fwd() -> sp.Expr:
-    """Kernels one block launches in forward (eager or compiled; TP adds its collectives)."""
-    return (1 - K.k) * R.kern_eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1)
+    """Kernels one (mean) block launches in forward (eager or compiled; TP adds its collectives, a MoE block its
+    router, permutation and experts)."""
+    moe = (1 - K.k) * R.kern_moe_eager + K.k * R.kern_moe_comp
+    return (1 - K.k) * R.kern_eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1) + moe_share() * moe
 
 
 def coll_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
@@ -125,9 +160,12 @@ def coll_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, factor: sp.Expr = 1) -> s
 
 def message_bytes() -> dict[str, sp.Expr]:
     """The size of each collective the trainer issues (nccl-tests' size), for the curve lookup."""
-    Pb, Pv = block_params_local(), vocab_params_local()
-    return {"msg_tp": BF16 * tokens() * M.h, "msg_ag": BF16 * Pb, "msg_rs": FP32 * Pb, "msg_root_ag": BF16 * Pv,
-            "msg_root_rs": FP32 * Pv, "msg_pp": BF16 * tokens() * M.h * seq_share()}
+    Pb, Pv, Pe = block_params_local(), vocab_params_local(), block_expert_params_local()
+    return {"msg_tp": BF16 * tokens() * M.h, "msg_ag": BF16 * (Pb - Pe), "msg_rs": FP32 * (Pb - Pe),
+            "msg_root_ag": BF16 * Pv, "msg_root_rs": FP32 * Pv, "msg_pp": BF16 * tokens() * M.h * seq_share(),
+            # one MoE block's routed experts (FSDP over dp / ep), and one dispatch's routed copies (all-to-all)
+            "msg_eag": BF16 * expert_params_local(), "msg_ers": FP32 * expert_params_local(),
+            "msg_a2a": BF16 * tokens() * M.topk * M.h * imbalance()}
 
 
 def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -154,8 +192,11 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # host side: kernel launches and FSDP2 hooks; a block is never faster than the host feeds it
     host_f = K.l * (kernels_per_block_fwd() * H.launch + H.hook)
     host_b = K.l * (2 * kernels_per_block_fwd() * H.launch + H.hook) + K.r * kernels_per_block_fwd() * H.launch
-    x["compute_fwd"] = smax(fwd_gpu + fp8_cast / 3, host_f)
-    x["compute_bwd"] = smax(bwd_gpu + recompute + 2 * fp8_cast / 3, host_b)
+    # with ep > 1 each MoE block's forward waits on the host for its token counts (all_to_all_single takes Python
+    # split sizes): the GPU idles while the kernels after the sync are launched (recomputed forwards again)
+    stall = smin(K.e - 1, 1) * R.moe_sync * H.launch
+    x["compute_fwd"] = smax(fwd_gpu + fp8_cast / 3, host_f) + K.lm * stall
+    x["compute_bwd"] = smax(bwd_gpu + recompute + 2 * fp8_cast / 3, host_b) + K.r * moe_share() * stall
     # ---- embedding, output projection and loss: the head GEMM forward + its two backward GEMMs, the loss's
     # memory-bound kernels, the final RMSNorm (read + write 2 B, forward and backward); on the first stage the
     # embedding's gather (read + write 2 B per element, both passes) and its gradient's fp32 scatter-add ----
@@ -183,12 +224,21 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     x["tp_comm"] = K.l * (tp_fwd + tp_bwd) + recomputed * tp_fwd + (K.first + K.last) * vocab_tp
     # ---- pipeline: receive the activation in forward and its gradient in backward ----
     x["pp_comm"] = 2 * smin(K.pp - 1, 1) * message_bytes()["msg_pp"] / H.bw_pp
+    # ---- expert parallelism, exposed, as the trainer issues it (launcher.runtime.moe): per MoE block a dispatch
+    # and a combine all-to-all of the routed copies in forward and again in backward, the dispatch preceded by a
+    # small all-to-all of the token counts; a checkpointed block redoes its forward's (neither is saved) ----
+    a2a = coll_s(message_bytes()["msg_a2a"], K.e, H.bw_a2a)
+    ep_fwd = K.lm * (2 * a2a + H.t_a2a_tiny)
+    x["ep_comm"] = ep_fwd + K.lm * 2 * a2a + K.r * moe_share() * (2 * a2a + H.t_a2a_tiny)
     # ---- activation offload: saved tensors copied to and from pinned host memory on the compute stream ----
     x["offload_activations"] = 2 * acts["host"] / H.host
     # ---- FSDP2: all-gather bf16 params per block, reduce-scatter (all-reduce for zero 0) fp32 grads ----
-    h2d = FP32 * Pb / K.ds / H.host                    # an offloaded block's fp32 shard, each way
-    ag = coll_s(BF16 * Pb, K.d, H.bw_ag * H.comm_eff)
-    rs = coll_s(FP32 * Pb, K.d, H.bw_rs * H.comm_eff, factor=1 + K.z0)
+    h2d = FP32 * block_state_params() / H.host        # an offloaded block's fp32 shard, each way
+    # a MoE block's routed experts are gathered and reduced over the dp / ep ranks that hold the same experts
+    Pe = block_expert_params_local()
+    ag = coll_s(BF16 * (Pb - Pe), K.d, H.bw_ag * H.comm_eff) + coll_s(BF16 * Pe, K.d / K.e, H.bw_eag * H.comm_eff)
+    rs = coll_s(FP32 * (Pb - Pe), K.d, H.bw_rs * H.comm_eff, factor=1 + K.z0) \
+        + coll_s(FP32 * Pe, K.d / K.e, H.bw_ers * H.comm_eff, factor=1 + K.z0)
     blk_f = x["compute_fwd"] / K.l
     blk_b = x["compute_bwd"] / K.l
     nos = K.l - K.os_
@@ -220,15 +270,15 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     root = coll_s(BF16 * Pv, K.d, H.bw_rag) * (2 - K.keep) + coll_s(FP32 * Pv, K.d, H.bw_rrs, factor=1 + K.z0)
     x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out) + root
     # ---- optimizer: fused AdamW + clipping over the local fp32 parameters; offloaded blocks on the CPU ----
-    P_gpu = (K.l - K.os_) * Pb + Pv
+    S_gpu = (K.l - K.os_) * block_state_params() + Pv / K.ds
     opt_bytes = (1 - K.fe) * R.opt_bytes + K.fe * R.opt_fe_bytes
-    gpu_opt = opt_bytes * P_gpu / K.ds / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
-    cpu_opt = K.os_ * Pb / K.ds / H.cpu_adam
+    gpu_opt = opt_bytes * S_gpu / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
+    cpu_opt = K.os_ * block_state_params() / H.cpu_adam
     x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.t_tiny   # the gradient norm's all-reduces
     x["t_fwd"] = x["compute_fwd"] + x["fsdp_fwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
-        + x["offload_activations"] / 2 + x["head"] / 3
+        + x["offload_activations"] / 2 + x["head"] / 3 + ep_fwd
     x["t_bwd"] = x["compute_bwd"] + x["fsdp_bwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
-        + x["offload_activations"] / 2 + 2 * x["head"] / 3
+        + x["offload_activations"] / 2 + 2 * x["head"] / 3 + x["ep_comm"] - ep_fwd
     x["t_mb"] = x["t_fwd"] + x["t_bwd"]
     x["fp8_probe"] = fp8_probe_s()
     x.update(message_bytes())

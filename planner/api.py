@@ -32,7 +32,7 @@ PLAN_KEYS = tuple(f.name for f in dataclasses.fields(Plan) if f.init and f.name 
 """Plan keys a sweep may vary or ``predict`` may override."""
 SPACE_KEYS = tuple(f.name for f in dataclasses.fields(SearchSpace))
 """Search-space pins ``plan`` accepts."""
-_TABLE_KEYS = ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "zero", "recompute",
+_TABLE_KEYS = ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "ep", "zero", "recompute",
                *PER_STAGE_KEYS, "compile", "pp_schedule")
 
 
@@ -94,12 +94,14 @@ class Evaluation:
 
     @property
     def layout(self) -> str:
-        """The parallel layout, e.g. ``tp2·pp8·dp4`` (``pp4×2`` for two interleaved chunks per rank)."""
+        """The parallel layout, e.g. ``tp2·pp8·dp4`` (``pp4×2`` for two interleaved chunks per rank, ``dp8(ep4)``
+        with expert parallelism folded from dp)."""
         if self.plan is None:
             return "?"
         p = self.plan
         chunks = f"×{p.virtual_stages}" if p.virtual_stages > 1 else ""
-        return f"tp{p.tp}·pp{p.pp}{chunks}·dp{p.dp}"
+        ep = f"(ep{p.ep})" if p.ep > 1 else ""
+        return f"tp{p.tp}·pp{p.pp}{chunks}·dp{p.dp}{ep}"
 
     @property
     def label(self) -> str:
@@ -186,7 +188,7 @@ def _pandas():
     return pandas
 
 
-_INT_COLUMNS = ("gpus", "global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "zero", "rank")
+_INT_COLUMNS = ("gpus", "global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "ep", "zero", "rank")
 
 
 def _frame(rows: list[dict]) -> "pd.DataFrame":

@@ -30,14 +30,14 @@ def _knobs(c: Candidate) -> list[str]:
     p = c.plan
     rec = "-" if p.recompute == "none" else \
         f"{p.recompute[:3]} {'all' if p.recompute_layers is None else _short(p.recompute_layers)}"
-    layout = f"{p.tp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}"
+    layout = f"{p.tp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}{f'(ep{p.ep})' if p.ep > 1 else ''}"
     return [layout, str(p.micro_batch_size), str(p.zero), rec,
             f"{_short(p.offload_activation_layers)}/{_short(p.offload_state_layers)}", _short(p.fp8_layers),
             "y" if p.compile else "n", p.grad_reduce]
 
 
 def top_table(result: TuneResult) -> Table:
-    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp; offload act/state blocks)")
+    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp(ep); offload act/state blocks)")
     for c in ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync", "step", "tok/s/GPU", "MFU",
               "peak", "free"):
         table.add_column(c, justify="right", no_wrap=c not in ("ckpt",))

@@ -8,21 +8,24 @@ from costmodel.hardware import HardwareProfile
 from costmodel.prediction import Prediction, predict
 from costmodel.hardware import GiB
 
-from .space import SearchSpace, layouts, micro_batches
+from .space import SearchSpace, expert_degrees, layouts, micro_batches
 
 
 
 def _frugal(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: SearchSpace,
             prof: HardwareProfile, offload: bool) -> tuple[Prediction, dict] | None:
-    """The least-memory plan of the space: zero 3, full checkpointing, micro-batch 1, offload if allowed,
-    over every legal layout."""
+    """The least-memory plan of the space: zero 3, full checkpointing, micro-batch 1, offload if allowed, the
+    largest expert-parallel degree allowed, over every legal layout."""
     best = None
     for t, p, d in layouts(model, cluster, space, seq):
         mbs = micro_batches(gbs, d, p, space)
         if not mbs:
             continue
         n = model.num_hidden_layers
-        plan = dict(global_batch_size=gbs, micro_batch_size=mbs[0][0], seq_len=seq, dp=d, tp=t, pp=p,
+        eps = expert_degrees(model, d, space)
+        if not eps:
+            continue
+        plan = dict(global_batch_size=gbs, micro_batch_size=mbs[0][0], seq_len=seq, dp=d, tp=t, pp=p, ep=eps[-1],
                     zero=(2 if p > 1 else 3) if 3 in space.zero else max(space.zero),
                     grad_reduce="every" if p == 1 else "last",
                     recompute="full" if "full" in space.recompute else space.recompute[0],
@@ -57,7 +60,8 @@ def diagnose(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: 
     pred, plan = found
     mem = pred.memory_breakdown
     top = max(mem, key=mem.get)
-    lines = [f"even the least-memory plan (tp={plan['tp']}, pp={plan['pp']}, dp={plan['dp']}, micro-batch "
+    ep = f", ep={plan['ep']}" if plan["ep"] > 1 else ""
+    lines = [f"even the least-memory plan (tp={plan['tp']}, pp={plan['pp']}, dp={plan['dp']}{ep}, micro-batch "
              f"{plan['micro_batch_size']}, zero 3, full checkpointing"
              f"{', state offloaded' if space.offload else ''}) needs {pred.peak_memory_bytes / GiB:.1f} GiB per "
              f"GPU of {prof.memory_gib:.1f}; the largest term is {top.replace('_', ' ')} "

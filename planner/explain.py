@@ -80,6 +80,9 @@ def _neighbours(plan: Plan, model: ModelSpec) -> list[tuple[str, dict]]:
             d = plan.dp * plan.pp // p
             out.append((f"pp={p}, dp={d}", dict(pp=p, dp=d, layers_per_stage=None, pp_schedule="1F1B",
                                                    virtual_stages=1, grad_reduce="last" if p > 1 else plan.grad_reduce)))
+    for e in (plan.ep * 2, plan.ep // 2):   # expert parallelism (check_plan drops degrees the experts forbid)
+        if model.is_moe and e >= 1 and plan.dp % e == 0:
+            out.append((f"ep={e}", dict(ep=e)))
     for mbs in (plan.micro_batch_size * 2, plan.micro_batch_size // 2):
         if mbs >= 1:
             out.append((f"micro-batch {mbs}", dict(micro_batch_size=mbs)))

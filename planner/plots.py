@@ -1,4 +1,5 @@
-"""Figures of what-if results: memory per pipeline rank, step-time breakdown, TP×PP heatmap, Pareto front.
+"""Figures of what-if results: memory per pipeline rank, step-time breakdown, TP×PP heatmap, Pareto front,
+throughput along one swept degree.
 
 Each function returns a matplotlib ``Figure`` built without pyplot, so it works under any backend (Agg in
 scripts and CI) and leaves no global figure state behind: a notebook cell ending with it shows it as a PNG;
@@ -24,12 +25,13 @@ TIME_GROUPS: dict[str, tuple[str, ...]] = {
     "compute": ("compute_fwd", "compute_bwd", "head"),
     "TP comm (exposed)": ("tp_comm",),
     "PP comm (exposed)": ("pp_comm",),
+    "EP all-to-all (exposed)": ("ep_comm",),
     "FSDP comm (exposed)": ("fsdp_fwd", "fsdp_bwd", "fsdp_step"),
     "activation offload": ("offload_activations",),
     "optimizer": ("optimizer",),
     "pipeline bubble": ("pipeline_bubble",),
 }
-_TIME_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#937860", "#55a868", "#b0b0b0")
+_TIME_COLORS = ("#4c72b0", "#dd8452", "#c44e52", "#da8bc3", "#8172b3", "#937860", "#55a868", "#b0b0b0")
 INFEASIBLE_MARK = "✗"
 _PHASE = {"peak_forward": "fwd", "peak_loss": "loss", "peak_backward": "bwd", "peak_optimizer": "opt"}
 
@@ -208,4 +210,39 @@ def pareto_front(source: Sweep | PlanResult | Iterable[Evaluation], *, title: st
     ax.set_ylabel("step time (s)")
     ax.legend(fontsize=8)
     ax.set_title(title or "step time vs memory of the evaluated plans", fontsize=10)
+    return fig
+
+
+def degree_lines(sweep: Sweep | Iterable[Evaluation], x: str, series: str | None = None, *,
+                 title: str | None = None) -> Figure:
+    """Tokens/s per GPU against one swept plan key ``x`` (e.g. ``ep``), one line per value of ``series`` (e.g.
+    ``cp``) if given; points that do not fit are drawn hollow at the axis floor with the reason's first words."""
+    evs = [e for e in _evaluations(sweep) if e.plan is not None]
+    fig = WhatIfFigure(figsize=(7.0, 4.2))
+    ax = fig.add_subplot()
+    groups: dict = {}
+    for e in evs:
+        groups.setdefault(getattr(e.plan, series) if series else None, []).append(e)
+    for key, pts in sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0])):
+        pts = sorted(pts, key=lambda e: getattr(e.plan, x))
+        xs = [getattr(e.plan, x) for e in pts]
+        ys = [e.tokens_per_s_per_gpu if e.feasible else math.nan for e in pts]
+        label = f"{series}={key}" if series else None
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        for e, xv in zip(pts, xs):
+            if not e.feasible:
+                ax.plot([xv], [0], marker="o", mfc="none", color=line.get_color())
+                ax.annotate(_short_reason(e), (xv, 0), textcoords="offset points", xytext=(0, 6), fontsize=7,
+                            rotation=90, color=line.get_color())
+    ax.set_xscale("log", base=2)
+    xs_all = sorted({getattr(e.plan, x) for e in evs})
+    ax.set_xticks(xs_all, [str(v) for v in xs_all])
+    ax.set_xlabel(x)
+    ax.set_ylabel("tokens/s per GPU")
+    ax.set_ylim(bottom=0)
+    if series:
+        ax.legend()
+    first = evs[0] if evs else None
+    ax.set_title(title or (f"{model_label(first.model)} on {cluster_label(first.cluster)}" if first else ""))
+    fig.tight_layout()
     return fig

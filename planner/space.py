@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from costmodel import Plan, SpecError, check_plan, parse_fp8_budget
+from costmodel.plan import ep_choices
 from costmodel.specs import ClusterSpec, ModelSpec
 
 ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), so the tuner never offers it
@@ -23,6 +24,11 @@ class SearchSpace:
     """Pinned pipeline degree."""
     dp: int | None = None
     """Pinned data-parallel degree."""
+    ep: int | None = None
+    """Pinned expert-parallel degree (mixture-of-experts models; dense models always use 1)."""
+    max_ep: int = 64
+    """Largest expert-parallel degree considered: beyond 8 nodes of all-to-all the search grows for plans the cost
+    model rarely favours (pin ``ep`` to go further)."""
     micro_batch_size: int | None = None
     """Pinned micro-batch size."""
     zero: tuple[int, ...] = ZERO_LEVELS
@@ -146,3 +152,34 @@ def layer_counts(num_layers: int, stages: int, slack: int) -> list[int]:
     even = num_layers / stages
     lo, hi = max(1, math.floor(even) - slack), min(num_layers - stages + 1, math.ceil(even) + slack)
     return list(range(lo, hi + 1))
+
+
+def expert_degrees(model: ModelSpec, dp: int, space: SearchSpace) -> list[int]:
+    """Expert-parallel degrees the tuner tries with ``dp`` data-parallel ranks: those check_plan allows (divisors
+    of both the routed experts and dp; [1] for a dense model), at most ``max_ep`` unless pinned."""
+    legal = ep_choices(model, dp)
+    if space.ep is not None:
+        return [space.ep] if space.ep in legal else []
+    return [e for e in legal if e <= space.max_ep]
+
+
+def moe_layers_of_role(model: ModelSpec, role: str, layers: np.ndarray, pp: int) -> np.ndarray:
+    """MoE blocks of a stage of each block count in ``layers`` for a stage role (costmodel.prediction counts them
+    from the actual split): the first stage's blocks start at 0, the last's end at L, a middle stage is taken in
+    the middle of the model (exact when the middle stages' blocks are all alike, ``middle_exact``; otherwise the
+    plan is costed again, exactly, before it is kept)."""
+    L = model.num_hidden_layers
+    start = {"only": lambda n: 0, "first": lambda n: 0, "last": lambda n: L - n,
+             "middle": lambda n: (L - n) // 2}[role]
+    counts = {int(n): model.moe_layers_in(start(int(n)), int(n)) for n in np.unique(layers)}
+    return np.array([counts[int(n)] for n in np.asarray(layers).reshape(-1)], dtype=float).reshape(np.shape(layers))
+
+
+def middle_exact(model: ModelSpec, pp: int, slack: int) -> bool:
+    """Whether every block a middle stage may hold is of one kind (all MoE or all dense)."""
+    if pp <= 2 or not model.is_moe:
+        return True
+    lo = 1   # a first stage holds at least one block, a last one too
+    hi = model.num_hidden_layers - 1
+    n = model.moe_layers_in(lo, hi - lo)
+    return n in (0, hi - lo)

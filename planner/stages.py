@@ -13,7 +13,7 @@ from costmodel.plan import vocab_matrices
 from costmodel.specs import ClusterSpec, ModelSpec
 from costmodel.stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
-from .space import SearchSpace, layer_counts, levels
+from .space import SearchSpace, layer_counts, levels, moe_layers_of_role
 
 OUTPUTS = ("t_mb", "delta", *IN_STEP_PHASES, "peak_optimizer", "act_per_microbatch",
            "accumulator_bytes", "host_state", "host_act_per_microbatch")
@@ -32,6 +32,7 @@ class Group:
     dp: int
     mbs: int
     M: int
+    ep: int = 1
 
 
 @dataclass
@@ -91,7 +92,8 @@ def evaluate_role(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile,
     inputs = knob_inputs(b=g.mbs, s=seq_len, t=g.tp, d=g.dp, pp=g.pp, zero=kn["zero"],
                          sequence_parallel=space.sequence_parallel, selective=(kn["mode"] == 2), l=kn["l"],
                          r=kn["r"], oa=kn["oa"], os=kn["os"], f=kn["f"], compile=kn["k"], m=0.0, M=g.M,
-                         first=first, last=last, nV=nV, reduce_every=kn["rev"])
+                         first=first, last=last, nV=nV, reduce_every=kn["rev"], ep=g.ep,
+                         lm=moe_layers_of_role(model, role, kn["l"], g.pp))
     inputs["acc"] = np.zeros(1)
     fixed = fixed or {**model_inputs(model), **hardware_inputs(prof)}
     out = evaluate(OUTPUTS, {**fixed, **inputs}, prof, cluster.gpus_per_node)
@@ -113,7 +115,9 @@ def fitting_microbatches(out: dict, prof: HardwareProfile, cluster: ClusterSpec,
     ok_opt = out["peak_optimizer"] <= cap
     below_M = np.floor((cap - base - out["accumulator_bytes"]) / act)
     fits_all = base + M * act <= cap
-    m = np.where(fits_all, M, np.clip(below_M, 0, M - 1))
+    # all M in flight needs no accumulators; fewer do (acc): M counts only if every smaller number fits too, as the
+    # caller asks for "at least m_needed" (a MoE stage's unsharded fp32 accumulators can outweigh M - m activations)
+    m = np.where(fits_all & ((below_M >= M - 1) | (M == 1)), M, np.clip(below_M, 0, M - 1))
     host_cap = prof.host_budget_bytes / cluster.gpus_per_node
     host_m = np.floor((host_cap - out["host_state"]) / np.maximum(out["host_act_per_microbatch"], 1.0))
     m = np.minimum(m, np.where(out["host_state"] <= host_cap, host_m, -1))

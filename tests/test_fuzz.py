@@ -36,9 +36,11 @@ PLAN = {"global_batch_size": 8, "micro_batch_size": 2, "seq_len": 128, "dp": 4, 
         "recompute": "none"}
 PLAN_KEYS = ["recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers",
              "fp8_rotation_steps", "fp8_temperature", "fp8_recipe", "layers_per_stage", "pp_schedule", "virtual_stages",
-             "sequence_parallel", "compile", "grad_reduce", "model", "cluster"]
+             "sequence_parallel", "compile", "grad_reduce", "model", "cluster", "ep", "moe_imbalance"]
 MODEL_KEYS = ["head_dim", "tie_word_embeddings", "hidden_act", "rms_norm_eps", "rope_theta", "name",
-              "architectures", "num_local_experts"]
+              "architectures", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
+              "num_shared_experts", "first_k_dense_replace", "decoder_sparse_step", "mlp_only_layers", "scoring_func",
+              "topk_method", "n_routed_experts", "kv_lora_rank"]
 CLUSTER_KEYS = ["name", "intra_node_bandwidth_gbps", "inter_node_bandwidth_gbps", "host_memory_gib"]
 
 
@@ -110,6 +112,11 @@ def absurd_but_valid(draw) -> tuple[bytes, bytes, bytes]:
              "num_hidden_layers": pick(1, 2, 3, 80, 10**4, 10**7), "num_attention_heads": heads,
              "num_key_value_heads": kv, "vocab_size": pick(1, 256, 10**7), "hidden_act": pick("silu", "gelu"),
              "tie_word_embeddings": pick(True, False)}
+    experts = pick(0, 0, 8, 256)   # a mixture of experts half the time
+    if experts:
+        model.update(hidden_act="silu", num_experts=experts, num_experts_per_tok=pick(1, 2, experts),
+                     moe_intermediate_size=pick(1, 768, 10**6), first_k_dense_replace=pick(0, 1, 3),
+                     num_shared_experts=pick(0, 1))
     nodes, per_node = pick(1, 2, 1000, 125_000), pick(1, 8)
     cluster = {"nodes": nodes, "gpus_per_node": per_node, "gpu": pick("l4", "h100-sxm", "a100-40g", "b200")}
     tp = pick(*[t for t in (1, 2, 8) if kv % t == 0 and ffn % t == 0])
@@ -120,7 +127,8 @@ def absurd_but_valid(draw) -> tuple[bytes, bytes, bytes]:
     plan = {"global_batch_size": mbs * dp * k, "micro_batch_size": mbs, "seq_len": pick(8, 128, 10**6, 10**9),
             "dp": dp, "tp": tp, "pp": pp, "zero": pick(0, 1, 2, 3), "recompute": pick("none", "full", "selective"),
             "offload_activation_layers": stage(), "offload_state_layers": stage(), "fp8_layers": stage(),
-            "compile": pick(True, False), "fp8_rotation_steps": pick(0, 10), "fp8_temperature": pick(0.0, 1.0)}
+            "compile": pick(True, False), "fp8_rotation_steps": pick(0, 10), "fp8_temperature": pick(0.0, 1.0),
+            "ep": pick(*[e for e in (1, 2, 8, 256) if dp % e == 0])}
     FUZZ_SUMMARY["absurd-but-valid triples"] += 1
     return tuple(yaml.safe_dump(d).encode() for d in (model, cluster, plan))
 

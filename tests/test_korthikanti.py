@@ -10,7 +10,7 @@ from costmodel.specs import ClusterSpec, ModelSpec
 from costmodel.symbols import K, M
 
 s, b, h, a, t = K.s, K.b, M.h, M.a, K.t
-GPT = {M.F: 4 * h, M.gated: 0, M.g: a, M.dh: h / a}   # GPT block: plain 4h MLP, multi-head attention
+GPT = {M.F: 4 * h, M.gated: 0, M.g: a, M.dh: h / a, K.lm: 0}  # GPT block: plain 4h MLP (dense), multi-head attention
 
 
 def act(expr, **knobs):

@@ -54,12 +54,6 @@ def test_real_hf_config_json_loads_like_the_recipe(tmp_path):
     assert m.num_params() == ref.num_params()
 
 
-def test_moe_config_json_is_refused(tmp_path):
-    p = write(tmp_path, "config.json", {**LLAMA3_8B_CONFIG, "num_local_experts": 8})
-    with pytest.raises(SpecError, match="num_local_experts"):
-        load_model(p)
-
-
 @pytest.mark.parametrize("mutation, key, fragment", [
     ({"hidden_size": "4096"}, "hidden_size", "must be an integer"),
     ({"hidden_size": 4096.5}, "hidden_size", "must be an integer"),

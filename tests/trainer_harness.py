@@ -21,6 +21,7 @@ from costmodel import ModelSpec, parse_plan
 from launcher.runtime.config import TrainConfig
 from launcher.runtime.data import SyntheticTokens, TokenFile
 from launcher.runtime.model import Transformer
+from launcher.runtime.moe import set_aux_loss_scale
 from launcher.runtime.optim import lr_factor
 
 torch.set_num_threads(1)
@@ -30,6 +31,11 @@ needs_torchao = pytest.mark.skipif(importlib.util.find_spec("torchao") is None, 
 
 TINY = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=256, name="tiny")
+# a mixture of experts small enough for CPU: a dense first block, 8 experts of which each token takes 2, one shared
+TINY_MOE = ModelSpec(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, vocab_size=256, name="tiny-moe", num_experts=8, num_experts_per_tok=2,
+                     moe_intermediate_size=32, num_shared_experts=1, first_k_dense_replace=1,
+                     router_aux_loss_coef=0.01)
 BASE_PLAN = dict(global_batch_size=8, micro_batch_size=2, seq_len=32, dp=1, tp=1, pp=1, zero=3, recompute="none")
 # CLIP is below the tiny model's gradient norms (~0.55-0.6), so every check also covers clipping
 STEPS, LR, SEED, CLIP = 5, 0.5, 1234, 0.5
@@ -133,6 +139,7 @@ def reference(plan, *, model: ModelSpec = TINY, steps: int = STEPS, fp8_layers: 
         ids = range(step * plan.global_batch_size, (step + 1) * plan.global_batch_size)
         rows = torch.stack([source.sample(i) for i in ids])
         chunks = rows.split(micro_batch_size or len(rows))
+        set_aux_loss_scale(model_, 1.0 / len(chunks))
         loss = 0.0
         for chunk in chunks:
             logits = model_(chunk[:, :-1])

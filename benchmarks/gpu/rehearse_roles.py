@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for rehearse.jsonl")
     ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--cases", default=str(CASES), help="the roles file (default: rehearse_roles.yaml)")
     ap.add_argument("--only", nargs="*", default=None, help="entry names to run (default: all)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--cpu-smoke", action="store_true")
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rehearse.jsonl"
     t0, lines, skipped = time.monotonic(), [], []
-    for e in yaml.safe_load(CASES.read_text()):
+    for e in yaml.safe_load(Path(a.cases).read_text()):
         if a.only and e["name"] not in a.only:
             continue
         if time.monotonic() - t0 > a.budget_s:

@@ -31,6 +31,12 @@ JOBS: dict[str, tuple[list[str], float, str]] = {
                 "kernel time by category of four plans (benchmarks/anatomy_fit.py turns it into profile constants)"),
     "rehearse": (["python", "-m", "benchmarks.gpu.rehearse_roles", "--out", "{out}", "--budget-s", "{budget}"], 420,
                  "rank roles of 8B/70B/405B plans rehearsed under fake collectives"),
+    "rehearse-moe": (["python", "-m", "benchmarks.gpu.rehearse_roles", "--cases", "benchmarks/gpu/rehearse_moe.yaml",
+                      "--out", "{out}", "--budget-s", "{budget}"], 180, "expert-parallel rank roles rehearsed"),
+    "moe-block": (["python", "-m", "benchmarks.gpu.moe_block", "--out", "{out}", "--budget-s", "{budget}"], 150,
+                  "a Qwen3-30B-A3B MoE block and grouped-GEMM efficiency against the cost model"),
+    "fp8-schedule": (["python", "-m", "benchmarks.gpu.fp8_schedule", "--out", "{out}", "--tokens", "/tmp/zipf.bin",
+                      "--budget-s", "{budget}"], 480, "float8 schedules: 300-step loss curves and tokens/s"),
 }
 
 

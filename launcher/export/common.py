@@ -90,6 +90,9 @@ def offloaded_param_fraction(view: StageView, model: ModelSpec) -> float:
 def common_warnings(plan: Plan, view: StageView, engine: str) -> list[str]:
     """Warnings for knobs no exported engine expresses the way loadmaster executes them."""
     out = []
+    if plan.moe_imbalance is not None:
+        out.append(f"moe_imbalance {plan.moe_imbalance}: a cost-model assumption (the busiest EP rank's share of "
+                   f"routed tokens), not an {engine} setting; dropped")
     if plan.fp8_rotation_steps > 0 and any(view.fp8):
         out.append(f"fp8_rotation_steps {plan.fp8_rotation_steps}: {engine} has no rotating float8 window; "
                    f"the export keeps a fixed set of float8 blocks")

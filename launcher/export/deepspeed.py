@@ -88,6 +88,11 @@ def ds_config(plan: Plan, model: ModelSpec, warnings: list[str]) -> dict:
                         f"use Transformer Engine or torchao in the model code")
     if plan.compile:
         warnings.append("compile: call engine.compile() in the training script (no ds_config key)")
+    if model.is_moe:
+        warnings.append(f"ep {plan.ep}: DeepSpeed sets expert parallelism in the model code, not in ds_config: "
+                        f"deepspeed.moe.layer.MoE(hidden_size={model.hidden_size}, num_experts={model.num_experts}, "
+                        f"ep_size={plan.ep}, k={model.num_experts_per_tok}) per MoE block, with "
+                        "deepspeed.moe.utils.split_params_into_different_moe_groups_for_optimizer for the optimizer")
     if plan.grad_reduce == "every" and plan.num_microbatches > 1 and stage < 2:
         warnings.append("grad_reduce every: DeepSpeed ZeRO 0-1 reduce gradients at the accumulation boundary")
     return config

@@ -34,6 +34,39 @@ def model_args(model: ModelSpec, seq_len: int) -> list[str]:
         a.append("--swiglu")
     if not model.tie_word_embeddings:
         a.append("--untie-embeddings-and-output-weights")
+    return a + moe_args(model)
+
+
+def moe_layer_freq(model: ModelSpec) -> str | None:
+    """Megatron's --moe-layer-freq for the model's dense/MoE pattern (None: every block has experts)."""
+    L = model.num_hidden_layers
+    pattern = [int(model.is_moe_layer(i)) for i in range(L)]
+    if all(pattern):
+        return None
+    dense = pattern.index(1)
+    if pattern == [0] * dense + [1] * (L - dense):
+        return f"([0]*{dense}+[1]*{L - dense})"
+    return "[" + ",".join(map(str, pattern)) + "]"
+
+
+def moe_args(model: ModelSpec) -> list:
+    """Mixture-of-experts shape flags (Megatron-core MoE: grouped GEMM, all-to-all dispatcher, dropless)."""
+    if not model.is_moe:
+        return []
+    a = ["--num-experts", model.num_experts, "--moe-router-topk", model.num_experts_per_tok,
+         "--moe-ffn-hidden-size", model.expert_width, "--moe-grouped-gemm", "--moe-token-dispatcher-type", "alltoall",
+         "--moe-router-load-balancing-type", "aux_loss", "--moe-aux-loss-coeff", f"{model.router_aux_loss_coef:g}"]
+    freq = moe_layer_freq(model)
+    if freq:
+        a += ["--moe-layer-freq", freq]
+    if model.shared_width:
+        a += ["--moe-shared-expert-intermediate-size", model.shared_width]
+    if model.scoring_func == "sigmoid":
+        a += ["--moe-router-score-function", "sigmoid"]
+    elif not model.norm_topk_prob:   # Megatron's default softmax over the top-k equals renormalised top-k
+        a.append("--moe-router-pre-softmax")
+    if model.routed_scaling_factor != 1.0:
+        a += ["--moe-router-topk-scaling-factor", f"{model.routed_scaling_factor:g}"]
     return a
 
 
@@ -118,6 +151,8 @@ def megatron_args(plan: Plan, model: ModelSpec, warnings: list[str]) -> list[str
     warnings += common_warnings(plan, view, "Megatron-LM")
     a: list = model_args(model, plan.seq_len)
     a += ["--tensor-model-parallel-size", plan.tp]
+    if model.is_moe:   # Megatron too carves the expert-parallel group out of the data-parallel ranks
+        a += ["--expert-model-parallel-size", plan.ep, "--expert-tensor-parallel-size", 1]
     if plan.tp > 1 and plan.sequence_parallel:
         a.append("--sequence-parallel")
     a += _pipeline_args(plan, view, warnings)

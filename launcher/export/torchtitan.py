@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from costmodel.errors import SpecError
 from costmodel.plan import Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
@@ -28,6 +29,38 @@ FLAVORS: dict[tuple, tuple[str, str]] = {
     (8192, 80, 64, 8, 28672, 128256, False): ("70B", "llama3_70b"),
     (16384, 126, 128, 8, 53248, 128256, False): ("405B", "llama3_405b"),
 }
+
+
+# TorchTitan's mixture-of-experts flavors (0.3.x: torchtitan/models/qwen3, torchtitan/models/deepseek_v3): shape ->
+# (model package, flavor, recipe fn). Shape: hidden, blocks, heads, routed experts, top-k, expert width.
+MOE_FLAVORS: dict[tuple, tuple[str, str, str]] = {
+    (2048, 48, 32, 128, 8, 768): ("qwen3", "30B-A3B", "qwen3_30b_a3b"),
+    (7168, 61, 128, 256, 8, 2048): ("deepseek_v3", "671B", "deepseek_v3_671b"),
+}
+
+
+def _moe_shape(m: ModelSpec) -> tuple:
+    return (m.hidden_size, m.num_hidden_layers, m.num_attention_heads, m.num_experts, m.num_experts_per_tok,
+            m.expert_width)
+
+
+def _moe_model_code(model: ModelSpec, warnings: list[str]) -> tuple[str, str, str]:
+    """(source of ``_model_spec``, recipe fn, model package) of a TorchTitan MoE flavor; SpecError for a shape
+    TorchTitan has no model of (it builds MoE models only from its own flavors)."""
+    match = MOE_FLAVORS.get(_moe_shape(model))
+    if match is None:
+        known = ", ".join(f"{pkg} {flavor}" for pkg, flavor, _ in MOE_FLAVORS.values())
+        raise SpecError(model.name or "<model>", "num_experts", f"TorchTitan 0.3 has no mixture-of-experts model of "
+                        f"{model.name or 'this'}'s shape (its MoE flavors: {known})",
+                        "export with --to megatron, or add the model to TorchTitan")
+    package, flavor, recipe = match
+    if package == "deepseek_v3":
+        warnings.append(f"{model.name}: TorchTitan's DeepSeek-V3 671B trains multi-head latent attention and its "
+                        "aux-loss-free balancing; the plan was costed with the recipe's GQA stand-in (more attention "
+                        "weights, smaller saved keys/values)")
+    code = (f"def _model_spec(converters):\n"
+            f"    return model_registry({flavor!r}, converters=converters or None)\n")
+    return code, recipe, package
 
 
 def _shape(m: ModelSpec) -> tuple:
@@ -147,11 +180,16 @@ def _knob_warnings(plan: Plan, model: ModelSpec, view: StageView) -> list[str]:
 
 
 def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None) -> ExportResult:
-    """The plan as a TorchTitan 0.3.x config module plus its torchrun line."""
+    """The plan as a TorchTitan 0.3.x config module plus its torchrun line (a mixture-of-experts model: one of
+    TorchTitan's MoE flavors, with ``expert_parallel_degree``)."""
     view = stage_view(plan, model)
     warnings = _knob_warnings(plan, model, view)
-    model_code, recipe, own_assets = _model_code(model, plan.seq_len, warnings)
-    custom = _shape(model) not in FLAVORS
+    if model.is_moe:
+        model_code, recipe, package = _moe_model_code(model, warnings)
+        own_assets, custom = False, False
+    else:
+        model_code, recipe, own_assets = _model_code(model, plan.seq_len, warnings)
+        custom, package = _shape(model) not in FLAVORS, "llama3"
     if plan.pp > 1:
         local_batch = plan.micro_batch_size * plan.num_microbatches  # one step's micro-batches, split by PP
     else:
@@ -164,6 +202,8 @@ def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None 
                    f"fsdp_reshard_after_forward={reshard!r}", f"tensor_parallel_degree={plan.tp}",
                    f"enable_sequence_parallel={plan.sequence_parallel}", f"pipeline_parallel_degree={plan.pp}",
                    f"disable_loss_parallel={not plan.vocab_parallel}"]
+    if model.is_moe:   # TorchTitan folds EP from the data-parallel shards too; experts not tensor-parallel
+        parallelism += [f"expert_parallel_degree={plan.ep}", "expert_tensor_parallel_degree=1"]
     if plan.pp > 1:
         parallelism += [f"pipeline_parallel_schedule={plan.pp_schedule!r}",
                         f"pipeline_parallel_microbatch_size={plan.micro_batch_size}",
@@ -198,7 +238,7 @@ Flags after it override fields, e.g. --training.steps 100.
 from torchtitan.components.quantization import Float8LinearConverter
 from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC
-from torchtitan.models.llama3 import config_registry, model_registry
+from torchtitan.models.{package} import config_registry, model_registry
 from torchtitan.trainer import Trainer
 {_CUSTOM_IMPORTS if custom else ""}
 

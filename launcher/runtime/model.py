@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from costmodel import ModelSpec
+from launcher.runtime.moe import MoE
 
 # Wrappers (activation checkpointing, torch.compile) insert these into FQNs; checkpoints and init strip them.
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
@@ -70,12 +71,13 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, width: int | None = None) -> None:
         super().__init__()
         self.gated = spec.gated_mlp
-        self.w1 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)
-        self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
-        self.w3 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False) if self.gated else None
+        width = width or spec.intermediate_size
+        self.w1 = nn.Linear(spec.hidden_size, width, bias=False)
+        self.w2 = nn.Linear(width, spec.hidden_size, bias=False)
+        self.w3 = nn.Linear(spec.hidden_size, width, bias=False) if self.gated else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w3 is not None:
@@ -90,7 +92,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
         self.attention = Attention(spec)
         self.ffn_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
-        self.feed_forward = FeedForward(spec)
+        # a mixture-of-experts block replaces the MLP (launcher.runtime.moe); the spec says which blocks
+        self.feed_forward = MoE(spec) if spec.is_moe_layer(layer_id) else FeedForward(spec)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin)
@@ -137,7 +140,8 @@ class Transformer(nn.Module):
         depth_std = 0.02 / math.sqrt(2 * spec.num_hidden_layers)
         for name, param in self.named_parameters():
             fqn = clean_fqn(name)
-            leaf = fqn.rsplit(".", 2)[-2] if "." in fqn else fqn
+            parts = fqn.split(".")
+            leaf = parts[-2] if parts[-1] == "weight" and len(parts) > 1 else parts[-1]  # experts' w1/w2/w3
             if param.dim() == 1:
                 with torch.no_grad():
                     _local(param).fill_(1.0)

@@ -28,6 +28,7 @@ from launcher.runtime.faults import Preemption, inject_fault
 from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
                               step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
+from launcher.runtime.moe import set_aux_loss_scale
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from launcher.runtime.parallel import Fp8Schedule, Meshes, PartOptions, build_meshes, parallelize_part
 from launcher.runtime.parallel.fp8_schedule import default_probe_every
@@ -164,6 +165,8 @@ def build_parts(cfg: TrainConfig, device: torch.device
         parts = [(0, whole)]
     for stage, part in parts:
         _, offload_blocks = parallelize_part(part, stage=stage, plan=plan, meshes=meshes, options=options)
+        # balance losses get the micro-batch weight the loss gets (a pipeline schedule scales gradients itself)
+        set_aux_loss_scale(part, 1.0 / plan.num_microbatches if plan.pp == 1 else 1.0)
         materialize(part, device, offload_blocks, cfg.seed)
     # every rank holds the schedule when any stage runs float8: its sensitivity probe is collective
     fp8 = Fp8Schedule.from_parts(parts, plan=plan, num_layers=spec.num_hidden_layers, seed=cfg.seed) \

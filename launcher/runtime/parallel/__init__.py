@@ -1,7 +1,7 @@
 """Parallelism and memory techniques, one function each, composed in TorchTitan's order.
 
 PP splits first (``split_pipeline``); then every stage module goes through ``parallelize_part``:
-float8 conversion → TP → AC → activation offload → compile → FSDP (with state offload). The order matters:
+float8 conversion → TP → EP → AC → activation offload → compile → FSDP (with state offload). The order matters:
 float8 swaps Linear modules before TP shards their weights; AC and offload wrap whole (TP-sharded) blocks;
 compile traces the wrapped block; FSDP goes last so its hooks stay outside compiled graphs.
 """
@@ -15,6 +15,7 @@ from costmodel import Plan
 from launcher.runtime.model import Transformer
 from launcher.runtime.parallel.ac import apply_ac
 from launcher.runtime.parallel.compile import apply_compile
+from launcher.runtime.parallel.ep import apply_ep
 from launcher.runtime.parallel.fp8 import apply_fp8
 from launcher.runtime.parallel.fp8_schedule import Fp8Schedule
 from launcher.runtime.parallel.fsdp import apply_fsdp
@@ -23,7 +24,7 @@ from launcher.runtime.parallel.offload import apply_offload
 from launcher.runtime.parallel.pipeline import build_schedule, split_pipeline
 from launcher.runtime.parallel.tp import apply_tp
 
-__all__ = ["apply_ac", "apply_compile", "apply_fp8", "apply_fsdp", "apply_offload", "apply_tp", "split_pipeline",
+__all__ = ["apply_ac", "apply_compile", "apply_ep", "apply_fp8", "apply_fsdp", "apply_offload", "apply_tp", "split_pipeline",
            "build_schedule", "build_meshes", "Meshes", "Fp8Schedule", "PartOptions", "parallelize_part"]
 
 
@@ -60,6 +61,7 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
         groups = apply_fp8(part, num_blocks=fp8_blocks, recipe=plan.fp8_recipe, emulate=options.fp8_emulate,
                            rotating=plan.fp8_rotation_steps > 0, skip_small=options.fp8_skip_small)
     apply_tp(part, meshes.tp_mesh, sequence_parallel=plan.sequence_parallel, vocab_parallel=plan.vocab_parallel)
+    apply_ep(part, meshes.ep_mesh)
     apply_ac(part, mode=plan.recompute, num_blocks=recompute)
     offload_blocks = apply_offload(part, first_block=recompute, num_activation_blocks=offload_act,
                                            num_state_blocks=offload_state, pin_memory=options.pin_memory)
@@ -68,5 +70,5 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
     apply_fsdp(part, meshes.fsdp_mesh, zero=plan.zero, param_dtype=options.param_dtype,
                reduce_dtype=options.reduce_dtype, offload_blocks=offload_blocks,
                pin_memory=options.pin_memory, pipelined=plan.pp > 1 and not plan.pp_reshard_after_forward,
-               last_stage=stage == plan.num_stages - 1)
+               last_stage=stage == plan.num_stages - 1, expert_mesh=meshes.expert_fsdp_mesh, dp=plan.dp)
     return groups, offload_blocks

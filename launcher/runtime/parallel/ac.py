@@ -13,12 +13,25 @@ from launcher.runtime.model import Transformer
 _aten = torch.ops.aten
 # Ops whose outputs selective AC saves: every matmul and every SDPA backend (names vary by device and version).
 _SAVED_OP_NAMES = [
-    ("mm", "default"), ("addmm", "default"), ("bmm", "default"), ("_scaled_mm", "default"),
+    ("mm", "default"), ("addmm", "default"), ("bmm", "default"), ("_scaled_mm", "default"), ("_grouped_mm", "default"),
     ("_scaled_dot_product_flash_attention", "default"),
     ("_scaled_dot_product_efficient_attention", "default"),
     ("_scaled_dot_product_cudnn_attention", "default"),
     ("_scaled_dot_product_flash_attention_for_cpu", "default"),
 ]
+
+
+def _ignore_profiler_markers() -> None:
+    """Let selective checkpointing ignore the profiler's record_function markers, as it ignores ``aten.detach``.
+
+    FSDP2 wraps its hooks in ``record_function``; a unit nested in a checkpointed block (a MoE block's experts under
+    expert parallelism, launcher.runtime.parallel.fsdp) enters them a different number of times in the recompute
+    than in forward, which the cache of saved outputs reports as nondeterminism. The markers touch no tensor."""
+    from torch.utils import checkpoint
+    profiler = torch.ops.profiler
+    for packet, overloads in ((profiler._record_function_enter_new, ("default",)),
+                              (profiler._record_function_exit, ("default", "_RecordFunction"))):
+        checkpoint.SAC_IGNORED_OPS.update(getattr(packet, o) for o in overloads if hasattr(packet, o))
 
 
 def saved_ops() -> set:
@@ -37,6 +50,7 @@ def _selective_policy(saved: set, ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 def selective_context_fn():
     """A ``context_fn`` for ``torch.utils.checkpoint.checkpoint`` implementing the selective policy."""
+    _ignore_profiler_markers()
     return create_selective_checkpoint_contexts(functools.partial(_selective_policy, saved_ops()))
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from launcher.runtime.model import Transformer
+from launcher.runtime.moe import moe_blocks
 from launcher.runtime.parallel.offload import SaveOnCpuWrapper
 
 
@@ -14,4 +15,6 @@ def apply_compile(model: Transformer, *, backend: str = "inductor") -> None:
     trace. Embedding, final norm and output stay eager.
     """
     for block in model.layers.values():
-        block.compile(backend=backend, fullgraph=not isinstance(block, SaveOnCpuWrapper))
+        # a MoE block reads its token counts on the host (data-dependent shapes): graph breaks there
+        full = not isinstance(block, SaveOnCpuWrapper) and not moe_blocks(block)
+        block.compile(backend=backend, fullgraph=full)

@@ -11,6 +11,7 @@ from torch import nn
 
 from costmodel.fp8 import fp8_skipped
 from launcher.runtime.model import Transformer
+from launcher.runtime.moe import MoE
 
 
 def _switchable_class():
@@ -58,7 +59,9 @@ def apply_fp8(model: Transformer, *, num_blocks: int, recipe: Literal["tensorwis
     for name in chosen:
         block, converted = model.layers[name], []
         for child_name, child in list(block.named_modules()):
-            if type(child) is not nn.Linear:
+            # a MoE block's router and experts stay bf16 (the cost model prices them so)
+            if type(child) is not nn.Linear or isinstance(getattr(block, "feed_forward", None), MoE) \
+                    and child_name.startswith("feed_forward."):
                 continue
             if skip_small and fp8_skipped(child.in_features, child.out_features, recipe):
                 continue
