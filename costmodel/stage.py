@@ -128,7 +128,7 @@ def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfil
     """The stage model at ``inputs`` (model, hardware and knob inputs): first the size of every collective, then
     their bandwidth on the profile's curves at those sizes, then ``outputs`` (None: every term). ``comm=False``
     prices every collective at zero time (what a rank computes alone: `loadmaster rehearse` measures that)."""
-    free = {k: (0.0 if k == "t_tiny" else 1e30) for k in COMM_SYMBOLS}
+    free = {k: (0.0 if k.startswith("t_") else 1e30) for k in COMM_SYMBOLS}   # times nothing, bandwidths endless
     if not comm:
         return stage_model(outputs, opts)(**inputs, **free)
     msgs = stage_model(MESSAGES, opts)(**inputs, **free)

@@ -19,6 +19,7 @@ import yaml
 
 from benchmarks.rehearse import summary_lines, table_lines
 from costmodel import ModelSpec, load_model, parse_plan
+from benchmarks.gpu.smoke import SMOKE_LAYERS, smoke_plan
 from launcher.gputools.rehearse import pipeline_rank_of, rehearse
 
 CASES = Path(__file__).resolve().parent / "rehearse_roles.yaml"
@@ -27,8 +28,11 @@ SMOKE = ModelSpec(name="smoke", hidden_size=64, intermediate_size=128, num_hidde
 
 
 def _ranks(entry: dict, plan) -> list[int] | None:
-    per_pp = plan.world_size // plan.pp
-    return None if entry["ranks"] == "roles" else [p * per_pp for p in entry["ranks"]]
+    """Global ranks of an entry: ``ranks: roles`` (every distinct role), ``ranks: [...]`` (global ranks) or
+    ``pp_ranks: [...]`` (rank 0 of each named pipeline rank's data- and tensor-parallel group)."""
+    if "pp_ranks" in entry:
+        return [p * (plan.world_size // plan.pp) for p in entry["pp_ranks"]]
+    return None if entry["ranks"] == "roles" else list(entry["ranks"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,10 +59,13 @@ def main(argv: list[str] | None = None) -> int:
             plan = parse_plan(e["plan"], e["name"])
         model = load_model(e["model"])
         if a.cpu_smoke:   # the tiny model: 4 heads per TP rank, the plan's layout, a short sequence
-            model = dataclasses.replace(SMOKE, name=f"smoke-{model.name}")
-            plan = plan.replace(seq_len=64, fp8_layers=0, offload_state_layers=min(plan.offload_state_layers, 1)
-                                if isinstance(plan.offload_state_layers, int) else 0,
-                                recompute_layers=None, offload_activation_layers=0)
+            moe = dict(num_experts=16, num_experts_per_tok=2, moe_intermediate_size=32,
+                       num_shared_experts=min(model.num_shared_experts, 1)) if model.is_moe else {}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                plan = parse_plan({**smoke_plan(plan.to_dict(), model.num_hidden_layers), "fp8_layers": 0},
+                                  e["name"])
+            model = dataclasses.replace(SMOKE, name=f"smoke-{model.name}", num_hidden_layers=SMOKE_LAYERS, **moe)
         try:
             res = rehearse(model, e["cluster"], plan, ranks=_ranks(e, plan), steps=a.steps, warmup_steps=1)
         except (ValueError, RuntimeError) as err:
