@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / "benchmarks" / "gpu"
 
 SWEEPS = [GPU / "plans_1gpu.yaml", GPU / "plans_2gpu.yaml"]
-GRIDS = [GPU / "tuner_vs_grid_1gpu.yaml", GPU / "tuner_vs_grid_2gpu.yaml"]
+GRIDS = [GPU / "tuner_vs_grid_1gpu.yaml", GPU / "tuner_vs_grid_2gpu.yaml", GPU / "tuner_vs_grid_8k.yaml"]
 
 
 def entries(path: Path) -> list[dict]:

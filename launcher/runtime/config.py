@@ -66,6 +66,10 @@ class TrainConfig:
     """torchao float8 emulation; None = emulate exactly when no CUDA GPU is present."""
     fp8_skip_small: bool = True
     """Leave Linears torchao's size filter would skip in bf16 (False only for tiny test models)."""
+    gc_every_steps: int = 50
+    """Python's automatic garbage collection is off during training and a young-generation collection runs every
+    this many steps (TorchTitan's training.gc_freq default): no collection pause lands inside a step; 0 leaves
+    Python's automatic collection on."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
     plan_source: str | None = field(default=None, metadata={"flag": False})
@@ -96,6 +100,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
+                             ("gc_every_steps", cfg.gc_every_steps, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:
             raise SpecError("<flags>", name, f"is {value}", f"use {low} or more")
