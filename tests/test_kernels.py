@@ -34,7 +34,7 @@ def real_model(spec: ModelSpec = TINY, seq_len: int = 16, rope: str = "eager"):
 def test_sequence_major_rope_equals_the_transposed_rotate_half_rope():
     cos, sin = rope_tables(16, 12, 500000.0)
     x = torch.randn(2, 12, 3, 16, dtype=torch.float64, requires_grad=True)   # (b, s, heads, dh)
-    new = kernels.apply_rope("eager", x, x, *kernels.rope_tables("eager", cos.double(), sin.double(), 12,
+    new = kernels.apply_rope("eager", x, x, *kernels.rope_tables("eager", cos.double(), sin.double(),
                                                                   torch.float64))[0]
     old = kernels.rope_transposed(x.transpose(1, 2), cos.double(), sin.double()).transpose(1, 2)
     torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-6)
@@ -45,7 +45,7 @@ def test_sequence_major_rope_equals_the_transposed_rotate_half_rope():
 
 
 def test_the_written_out_rope_backward_is_the_gradient_of_its_forward():
-    cos, sin = kernels.rope_tables("eager", *rope_tables(8, 5, 10000.0), 5, torch.float64)
+    cos, sin = kernels.rope_tables("eager", *rope_tables(8, 5, 10000.0), torch.float64)
     x = torch.randn(1, 5, 2, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: kernels.RotateHalf.apply(t, cos, sin), (x,))
 
@@ -64,8 +64,8 @@ def test_blocks_without_rope_ignore_positions():
     assert [b.attention.use_rope for b in model.layers.values()] == [True, False, True, False]
     # tables for other positions change what a RoPE block computes, not what a NoPE block does
     block, x = model.layers["1"], torch.randn(1, 16, TINY.hidden_size)
-    tables = kernels.rope_tables("eager", model.rope_cos, model.rope_sin, 16, x.dtype)
-    shifted = kernels.rope_tables("eager", model.rope_cos.roll(3, 0), model.rope_sin.roll(3, 0), 16, x.dtype)
+    tables = kernels.rope_tables("eager", model.rope_cos, model.rope_sin, x.dtype)
+    shifted = kernels.rope_tables("eager", model.rope_cos.roll(3, 0), model.rope_sin.roll(3, 0), x.dtype)
     torch.testing.assert_close(block(x, *tables), block(x, *shifted))
     assert not torch.allclose(model.layers["0"](x, *tables), model.layers["0"](x, *shifted))
 
@@ -87,7 +87,7 @@ def test_no_rope_layers_come_from_a_config_interval(tmp_path):
 def test_the_rope_block_compiles_whole():
     model = real_model()
     block, x = model.layers["0"], torch.randn(2, 16, TINY.hidden_size, requires_grad=True)
-    tables = kernels.rope_tables("eager", model.rope_cos, model.rope_sin, 16, x.dtype)
+    tables = kernels.rope_tables("eager", model.rope_cos, model.rope_sin, x.dtype)
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, *tables), block(x, *tables))
     torch._dynamo.reset()

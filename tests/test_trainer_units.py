@@ -63,7 +63,7 @@ def test_gqa_attention_equals_repeated_kv_heads():
     out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                          is_causal=True)
     expected = attn.wo(out.transpose(1, 2).reshape(2, 16, -1))
-    torch.testing.assert_close(attn(x, *block_tables("eager", model.rope_cos, model.rope_sin, 16, x.dtype)), expected)
+    torch.testing.assert_close(attn(x, *block_tables("eager", model.rope_cos, model.rope_sin, x.dtype)), expected)
 
 
 def test_rope_rotates_pairs_without_changing_norms():
@@ -88,7 +88,7 @@ def backward_ops(mode: str) -> Counter:
     model = real_model()
     apply_ac(model, mode=mode, num_blocks=1)
     block, x = model.layers["0"], torch.randn(2, 16, TINY.hidden_size, requires_grad=True)
-    out = block(x, *block_tables("eager", model.rope_cos, model.rope_sin, 16, x.dtype))
+    out = block(x, *block_tables("eager", model.rope_cos, model.rope_sin, x.dtype))
     with OpCounter() as counter:
         out.sum().backward()
     return counter.ops

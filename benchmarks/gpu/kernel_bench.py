@@ -94,7 +94,7 @@ def bench_rope(b: Bench, spec, impls) -> list[dict]:
             return q.requires_grad_(), k.requires_grad_()
 
         def forward(q, k):   # the tables are made once per model forward, so inside the timed region too
-            cos, sin = kernels.rope_tables(impl, cos_full, sin_full, s, b.dtype)
+            cos, sin = kernels.rope_tables(impl, cos_full, sin_full, b.dtype)
             q2, k2 = kernels.apply_rope(impl, q * 1.0, k * 1.0, cos, sin)   # * 1.0: liger rotates in place
             return torch.cat([q2.flatten(), k2.flatten()]).float().sum()
         # the two copies (* 1.0), the cat and the sum are the same for every choice: measured alone and subtracted

@@ -66,12 +66,12 @@ def effective_kernels(plan: Plan, device_type: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- RoPE
-def rope_tables(impl: str, cos: torch.Tensor, sin: torch.Tensor, seq_len: int,
+def rope_tables(impl: str, cos: torch.Tensor, sin: torch.Tensor,
                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (cos, sin) a block's RoPE takes, made once per model forward from the fp32 (max_seq, dh) buffers:
-    eager: (s, 1, dh) in the compute dtype, sin with its first half negated; liger: (s, dh) in the compute dtype;
-    eager_transposed: the fp32 buffers cut to s (each block casts them, as the first RoPE did)."""
-    cos, sin = cos[:seq_len], sin[:seq_len]
+    """The (cos, sin) a block's RoPE takes, made once per model forward from the fp32 (max_seq, dh) buffers (a block
+    cuts them to its sequence: under sequence parallelism the model's input holds a shard of it): eager:
+    (max_seq, 1, dh) in the compute dtype, sin with its first half negated; liger: (max_seq, dh) in the compute
+    dtype; eager_transposed: the fp32 buffers (each block casts them, as the first RoPE did)."""
     if impl == "eager_transposed":
         return cos, sin
     if impl == "liger":
@@ -108,6 +108,7 @@ def rope_transposed(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 def apply_rope(impl: str, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
                sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE on sequence-major q and k (b, s, heads, dh) with the tables ``rope_tables`` made; same layout back."""
+    cos, sin = cos[:q.shape[1]], sin[:q.shape[1]]   # views: the first s positions
     if impl == "eager":
         return RotateHalf.apply(q, cos, sin), RotateHalf.apply(k, cos, sin)
     if impl == "liger":

@@ -134,7 +134,7 @@ class Transformer(nn.Module):
         ``labels`` (loss_impl liger_fused), the mean cross-entropy of the fused linear cross-entropy, computed here
         inside the root's forward, where FSDP2 has the output projection unsharded."""
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
-        cos, sin = kernels.rope_tables(self.rope_impl, self.rope_cos, self.rope_sin, h.shape[1], h.dtype)
+        cos, sin = kernels.rope_tables(self.rope_impl, self.rope_cos, self.rope_sin, h.dtype)
         for layer in self.layers.values():
             h = layer(h, cos, sin)
         if self.norm is not None:
