@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     tt = sorted({str(x.get("torchtitan")) for x in lines if x["engine"] == "torchtitan" and x.get("torchtitan")})
     print(f"GPU: {', '.join(gpus)}; TorchTitan {', '.join(tt) or '(did not run)'}\n")
     print(kit.table(rows, COLUMNS))
+    print("\nselective checkpointing is each engine's own: loadmaster saves every matmul output, TorchTitan's per-op "
+          "policy every second one (less memory, more recompute); RoPE: loadmaster rotate-half, TorchTitan complex")
     if v["compared"]:
         ok = v["min_speedup"] >= 1.0 and v["median_speedup"] >= 1.05 and not v["more_memory"]
         mem = "-" if v["max_memory_ratio"] is None else f"{v['max_memory_ratio']:.3f}"

@@ -234,3 +234,64 @@ def test_kernel_inputs_take_arrays_of_choices_over_candidates():
     got = kernel_inputs({"loss_impl": np.array(["eager", "liger_fused"])}, model=TINY, tokens=np.array([64, 64]))
     assert got["fl"].tolist() == [0.0, 1.0] and got["nch"][0] == 1.0 and got["nch"][1] == loss_chunks(64, 256, 64)
     assert got["loss_fwd"].tolist() == [10.0, 0.0]
+
+
+# ----------------------------------------------------------------------------------- on a GPU, with liger
+needs_liger = pytest.mark.skipif(kernels.liger_problem("cuda") is not None, reason="needs liger-kernel and a GPU")
+
+
+def _grads(fn, *inputs):
+    inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    out = fn(*inputs)
+    out = out if isinstance(out, tuple) else (out,)
+    torch.autograd.backward(out, [torch.ones_like(o) for o in out])
+    return [o.detach().float() for o in out], [x.grad.float() for x in inputs]
+
+
+@pytest.mark.gpu
+@needs_liger
+@pytest.mark.parametrize("what", ["rope", "norm", "swiglu", "loss"])
+def test_liger_kernels_match_the_plain_ones_on_a_gpu(what):
+    dev, bf = "cuda", torch.bfloat16
+    if what == "rope":
+        cos, sin = (t.to(dev) for t in rope_tables(64, 256, 500000.0))
+        q, k = torch.randn(2, 256, 8, 64, device=dev, dtype=bf), torch.randn(2, 256, 2, 64, device=dev, dtype=bf)
+
+        def run(impl):
+            tables = kernels.rope_tables(impl, cos, sin, bf)
+            return _grads(lambda a, b: kernels.apply_rope(impl, a * 1.0, b * 1.0, *tables), q, k)
+        got, want = run("liger"), run("eager")
+    elif what == "norm":
+        x, w = torch.randn(512, 1024, device=dev, dtype=bf), torch.rand(1024, device=dev, dtype=bf) + 0.5
+        got, want = (_grads(lambda a, b: kernels.rms_norm(i, a, b, 1e-5), x, w) for i in ("liger", "eager"))
+    elif what == "swiglu":
+        a, b = torch.randn(512, 2048, device=dev, dtype=bf), torch.randn(512, 2048, device=dev, dtype=bf)
+        got, want = (_grads(lambda x, y: kernels.swiglu(i, x * 1.0, y * 1.0), a, b) for i in ("liger", "eager"))
+    else:
+        h, w = torch.randn(1, 1024, 256, device=dev, dtype=bf), torch.randn(8192, 256, device=dev, dtype=bf) * 0.06
+        labels = torch.randint(0, 8192, (1, 1024), device=dev)
+        got = _grads(lambda x, y: kernels.fused_linear_cross_entropy(x, y, labels), h, w)
+        want = _grads(lambda x, y: kernels.cross_entropy_fp32(x @ y.T, labels), h, w)
+    for g, e in zip(got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(g, e, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_the_inductor_compiled_loss_matches_the_eager_loss_on_a_gpu():
+    logits = torch.randn(2, 512, 32000, device="cuda", dtype=torch.bfloat16)
+    labels = torch.randint(0, 32000, (2, 512), device="cuda")
+    got = _grads(lambda x: kernels.logits_loss("compiled", backend="inductor")(x, labels), logits)
+    want = _grads(lambda x: kernels.cross_entropy_fp32(x, labels), logits)
+    torch.testing.assert_close(got[0][0], want[0][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1][0], want[1][0], rtol=1e-2, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_exports_name_the_kernel_choices_the_engine_does_not_run():
+    from launcher.export.common import export_plan
+    model = ModelSpec(**{**TINY.__dict__, "name": "tiny"})
+    plan = plan_of(loss_impl="liger_fused", compile=True)
+    assert any("loss_impl liger_fused" in w for w in export_plan(plan, model, None, "torchtitan").warnings)
+    compiled = plan_of(loss_impl="compiled", compile=True)
+    assert not any("loss_impl" in w for w in export_plan(compiled, model, None, "torchtitan").warnings)
+    assert any("loss_impl compiled" in w for w in export_plan(compiled, model, None, "megatron").warnings)

@@ -214,7 +214,7 @@ def implied_constants(rows: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = kit.parser(__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
-    ap.set_defaults(budget_s=75.0)
+    ap.set_defaults(budget_s=60.0)
     args = ap.parse_args(argv)
     deadline = kit.Deadline(args.budget_s)
     kit.install_wheels()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from costmodel.plan import Plan
+from costmodel.plan import KERNEL_KEYS, Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
 Target = Literal["torchtitan", "megatron", "deepspeed"]
@@ -93,6 +93,13 @@ def common_warnings(plan: Plan, view: StageView, engine: str) -> list[str]:
     if plan.fp8_rotation_steps > 0 and any(view.fp8):
         out.append(f"fp8_rotation_steps {plan.fp8_rotation_steps}: {engine} has no rotating float8 window; "
                    f"the export keeps a fixed set of float8 blocks")
+    # kernel choices are loadmaster's (launcher.runtime.kernels); TorchTitan compiles its loss with its blocks
+    compiled_loss_kept = engine == "TorchTitan" and plan.compile
+    for key in KERNEL_KEYS:
+        value = getattr(plan, key)
+        if value not in ("eager", "eager_transposed") and not (value == "compiled" and compiled_loss_kept):
+            out.append(f"{key} {value}: a loadmaster kernel choice; {engine} runs its own kernels there, so its "
+                       "step time and memory differ from the prediction")
     return out
 
 
