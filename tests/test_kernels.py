@@ -295,3 +295,24 @@ def test_exports_name_the_kernel_choices_the_engine_does_not_run():
     compiled = plan_of(loss_impl="compiled", compile=True)
     assert not any("loss_impl" in w for w in export_plan(compiled, model, None, "torchtitan").warnings)
     assert any("loss_impl compiled" in w for w in export_plan(compiled, model, None, "megatron").warnings)
+
+
+def test_the_search_space_offers_kernel_choices_the_case_can_run():
+    from planner.space import SearchSpace, kernel_combinations
+    with pytest.raises(ValueError, match="loss_impl"):
+        SearchSpace(loss_impl=("fastest",))
+    space = SearchSpace.with_liger()
+    eager = kernel_combinations(space, TINY, plan_of(recompute="selective"))
+    assert {"rope_impl": "liger", "loss_impl": "eager", "norm_impl": "eager", "swiglu_impl": "eager"} not in eager
+    assert len(eager) == 1 * 3 * 2 * 2                     # liger RoPE cannot run under selective checkpointing
+    compiled = kernel_combinations(space, TINY, plan_of(compile=True))
+    assert len(compiled) == 3                             # compiled blocks: only the loss choice matters
+    assert all(c["loss_impl"] != "liger_fused" for c in kernel_combinations(space, TINY, plan_of(tp=2)))
+
+
+def test_best_kernels_picks_the_fastest_choice_that_fits():
+    from costmodel import load_cluster, load_model
+    from planner.space import SearchSpace, best_kernels
+    plan = plan_of(global_batch_size=8, micro_batch_size=2, seq_len=4096)
+    got, pred = best_kernels(load_model("llama3.2-1b"), load_cluster("1xh200"), plan, SearchSpace())
+    assert got.loss_impl == "compiled" and pred.step_time_s < _predict().step_time_s
