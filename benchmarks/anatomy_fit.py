@@ -37,6 +37,7 @@ import sympy as sp
 import yaml
 
 from costmodel import load_cluster, load_model, parse_plan, predict
+from costmodel.plan import LEGACY_KERNELS
 from costmodel.hardware import HardwareProfile, load_profile
 from costmodel.prediction import stage_inputs
 from costmodel.stage import lambdify_modules  # smax/smin as numpy
@@ -105,12 +106,19 @@ def isolated_cpu_adam(prof: HardwareProfile) -> float:
     return float(prof.records.get("cpu_adam_isolated_params_per_s", prof.cpu_adam_params_per_s))
 
 
+def as_ran(r: dict, entry: dict) -> dict:
+    """The plans-file entry of anatomy record ``r`` with the kernels that ran: those it records, else the ones the
+    trainer ran before kernel choices (costmodel.plan.LEGACY_KERNELS; the committed anatomy predates them)."""
+    ran = r["kernel_choices"] if "kernel_choices" in r else LEGACY_KERNELS   # ("kernels" counts kernels there)
+    return {**entry, "plan": {**entry["plan"], **ran}}
+
+
 def fit(results: list[dict], entries: dict[str, dict], base: HardwareProfile) -> tuple[dict, list[str]]:
     """The fitted constants and the table lines (model seconds with the base profile's in_training = 1)."""
     neutral = base.with_constants("neutral for the fit", **{k: 1.0 for k in IN_TRAINING})
     rows = []
     for r in results:
-        e = entries[r["name"]]
+        e = as_ran(r, entries[r["name"]])
         plan = e["plan"]
         rows.append((r["name"], e, measured_parts(r), model_parts(e, neutral), int(plan.get("fp8_layers", 0)) > 0,
                      plan.get("fp8_recipe", "tensorwise") == "rowwise",
@@ -171,7 +179,7 @@ def leave_one_out(results: list[dict], entries: dict[str, dict], base: HardwareP
         prof = apply(base, fitted)
         if "cpu_adam_params_per_s" not in fitted:  # no other plan to fit it on: the profiler's own measurement
             prof = dataclasses.replace(prof, cpu_adam_params_per_s=isolated_cpu_adam(base))
-        e = entries[r["name"]]
+        e = as_ran(r, entries[r["name"]])
         pred = predict(e["model"], "1xh200", parse_plan(e["plan"]), profile=prof).step_time_s
         out.append((r["name"], pred / r["step_s"] - 1))
     return out

@@ -67,13 +67,23 @@ HARDWARE: dict[str, ConstantDef] = {
 }
 
 RUNTIME: dict[str, ConstantDef] = {
-    "kernels_per_block_eager": ConstantDef("kernels an eager block launches in forward", 1, 1000),
+    "kernels_per_block_eager": ConstantDef("kernels an eager block launches in forward besides RoPE, its norms "
+                                           "and SwiGLU (counted per kernel choice)", 1, 1000),
     "kernels_per_block_compiled": ConstantDef("kernels a torch.compile'd block launches in forward", 1, 1000),
     "kernels_per_block_tp_extra": ConstantDef("extra forward kernels of a tensor-parallel block", 0, 1000),
     "norm_residual_bytes_eager": ConstantDef("HBM bytes per hidden element of a block's norms and residual "
                                              "adds, eager", 0, 1000),
     "norm_residual_bytes_compiled": ConstantDef("the same, compiled (fused)", 0, 1000),
-    "rope_bytes_eager": ConstantDef("HBM bytes per q/k element of eager RoPE", 0, 1000),
+    "norm_residual_bytes_liger": ConstantDef("the same, eager with liger-kernel's RMSNorm", 0, 1000),
+    "norm_kernels_eager": ConstantDef("forward kernels of one block's two RMSNorms, PyTorch's", 0, 100),
+    "norm_kernels_liger": ConstantDef("the same, liger-kernel's", 0, 100),
+    "rope_bytes_eager": ConstantDef("forward-equivalent HBM bytes per q/k element of the sequence-major eager RoPE",
+                                    0, 1000),
+    "rope_bytes_eager_transposed": ConstantDef("the same, the first RoPE on transposed q/k", 0, 1000),
+    "rope_bytes_liger": ConstantDef("the same, liger-kernel's fused RoPE", 0, 1000),
+    "rope_kernels_eager": ConstantDef("forward kernels of one block's RoPE, sequence-major eager", 0, 100),
+    "rope_kernels_eager_transposed": ConstantDef("the same, the first RoPE on transposed q/k", 0, 100),
+    "rope_kernels_liger": ConstantDef("the same, liger-kernel's", 0, 100),
     "rope_bytes_compiled": ConstantDef("HBM bytes per q/k element of RoPE, compiled", 0, 1000),
     "mlp_act_bytes_eager": ConstantDef("HBM bytes per MLP-width element of the activation, eager, plain MLP",
                                        0, 1000),
@@ -81,11 +91,40 @@ RUNTIME: dict[str, ConstantDef] = {
     "mlp_gate_bytes_eager": ConstantDef("extra bytes per MLP-width element of a gated (SwiGLU) activation, eager",
                                         0, 1000),
     "mlp_gate_bytes_compiled": ConstantDef("the same, compiled", 0, 1000),
+    "mlp_gate_bytes_liger": ConstantDef("the same, eager with liger-kernel's fused SiLU-multiply", 0, 1000),
+    "swiglu_kernels_eager": ConstantDef("forward kernels of one block's MLP activation, PyTorch's", 0, 100),
+    "swiglu_kernels_liger": ConstantDef("the same, liger-kernel's", 0, 100),
+    "mlp_gate_saved_tensors_eager": ConstantDef("MLP-wide bf16 tensors a gated MLP saves beyond its gate input and "
+                                                "the down projection's input, PyTorch's SwiGLU", 0, 10),
+    "mlp_gate_saved_tensors_liger": ConstantDef("the same, liger-kernel's SwiGLU", 0, 10),
     "loss_forward_bytes_per_logit": ConstantDef("live bytes per logit in the loss's forward (bf16 logits, fp32 "
                                                 "copy, log-softmax)", 0, 1000),
     "loss_backward_bytes_per_logit": ConstantDef("live bytes per logit in the loss's backward", 0, 1000),
     "loss_traffic_bytes_per_logit": ConstantDef("HBM bytes per logit the loss's memory-bound kernels move "
                                                 "(forward + backward)", 0, 1000),
+    "loss_retained_bytes_per_logit": ConstantDef("bytes per logit the eager loss keeps from forward to backward",
+                                                 0, 100),
+    "loss_forward_bytes_per_logit_compiled": ConstantDef("live bytes per logit in the compiled loss's forward",
+                                                         0, 1000),
+    "loss_backward_bytes_per_logit_compiled": ConstantDef("the same, its backward", 0, 1000),
+    "loss_traffic_bytes_per_logit_compiled": ConstantDef("HBM bytes per logit of the compiled loss (forward + "
+                                                         "backward)", 0, 1000),
+    "loss_retained_bytes_per_logit_compiled": ConstantDef("bytes per logit the compiled loss keeps for backward",
+                                                          0, 100),
+    "loss_forward_bytes_per_logit_liger_fused": ConstantDef("live bytes per logit in the fused linear "
+                                                            "cross-entropy's forward (full logits)", 0, 1000),
+    "loss_backward_bytes_per_logit_liger_fused": ConstantDef("the same, its backward", 0, 1000),
+    "loss_traffic_bytes_per_logit_liger_fused": ConstantDef("HBM bytes per logit of its cross-entropy kernel", 0, 1000),
+    "loss_retained_bytes_per_logit_liger_fused": ConstantDef("bytes per logit it keeps for backward", 0, 100),
+    "flce_chunk_bytes_per_logit": ConstantDef("bytes per logit of one chunk's logits buffer (fused linear "
+                                              "cross-entropy)", 0, 100),
+    "flce_token_bytes": ConstantDef("bytes per token x hidden the fused linear cross-entropy keeps (input "
+                                    "gradient)", 0, 100),
+    "flce_vocab_forward_bytes": ConstantDef("bytes per vocab x hidden element live in its forward (weight "
+                                            "gradient accumulators)", 0, 100),
+    "flce_vocab_backward_bytes": ConstantDef("the same, kept for backward", 0, 100),
+    "flce_accumulate_bytes": ConstantDef("HBM bytes per vocab x hidden element per chunk of the weight-gradient "
+                                         "accumulation", 0, 100),
     "fp8_cast_bytes_eager": ConstantDef("HBM bytes per element of torchao's two dynamic casts, eager", 0, 1000),
     "fp8_cast_bytes_compiled": ConstantDef("the same, compiled (amax fused into the producer)", 0, 1000),
     "tp_selective_redo_share": ConstantDef("share of a block pass's TP collectives selective recompute redoes",

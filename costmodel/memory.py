@@ -158,8 +158,9 @@ def saved_activation_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "proj_inputs": 2 * BF16 * T * M.h * gathered,        # norm outputs = inputs of wq/wk/wv and w1(/w3)
         "qkv": BF16 * T * (M.a + 2 * M.g) * M.dh / t,        # q, k (after RoPE), v saved by attention
         "attn_out": BF16 * T * M.a * M.dh / t,               # attention output = input of wo
-        "mlp_hidden": (1 - moe_share()) * (2 + 2 * M.gated) * BF16 * T * M.F / t,  # act input + w2 input
-                                                                                 # (+ silu out, w3 out)
+        # act input + w2 input, and for a gated MLP what its SwiGLU saves besides (SiLU out and w3 out with
+        # PyTorch's kernels, w3 out with liger's: R.gate_saved, costmodel.kernels); MoE blocks save their own
+        "mlp_hidden": (1 - moe_share()) * (2 + R.gate_saved * M.gated) * BF16 * T * M.F / t,
         "moe": moe_share() * moe_saved_bytes(compiled=False),
     }
     if opts.norm_stats:
@@ -239,10 +240,15 @@ def stage_activation_bytes(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
 
 
 def logits_bytes(phase: Literal["forward", "backward"]) -> sp.Expr:
-    """The cross-entropy's working set on the last stage, per logit: bf16 logits + fp32 copy + log-softmax output
-    in forward; log-softmax output + its gradient + the input gradient in backward (runtime constants)."""
+    """The cross-entropy's working set on the last stage, by the plan's loss kernel (costmodel.kernels): per logit
+    (eager: bf16 logits + fp32 copy + log-softmax output in forward, log-softmax output + its gradient + the
+    input gradient in backward); the fused linear cross-entropy (``K.fl``) instead holds one chunk's logits, the
+    hidden states' gradient and the output projection's gradient (fp32 accumulator in forward)."""
     per_logit = R.loss_fwd if phase == "forward" else R.loss_bwd
-    return K.last * per_logit * tokens() * M.V * vocab_share()
+    vocab = R.flce_voc_f if phase == "forward" else R.flce_voc_b
+    T, vs = tokens(), vocab_share()
+    fused = K.fl * (R.flce_chunk * T * M.V * vs / K.nch + R.flce_tok * T * M.h + vocab * M.V * M.h * vs)
+    return K.last * (per_logit * T * M.V * vs + fused)
 
 
 _STATIC = {k: k for k in ("master_params", "optimizer_state", "pipeline_buffers")}
@@ -276,7 +282,8 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     S_gpu = (K.l - K.os_) * Sb + Pv / K.ds               # this rank's share of the fp32 state kept on the GPU
     P_all = K.l * Pb + Pv
     acts = stage_activation_bytes(opts)
-    log_softmax = K.last * FP32 * tokens() * M.V * vocab_share()  # one micro-batch's fp32 log-softmax output
+    kept_logits = K.last * R.loss_keep * tokens() * M.V * vocab_share()  # what one micro-batch's loss keeps for
+    # its backward (eager: the fp32 log-softmax output)
     reshard = K.z3 * (1 - K.keep)                         # bf16 parameters re-sharded after each forward
     t = {
         "master_params": FP32 * S_gpu,
@@ -292,9 +299,9 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         "activations": K.m * acts["gpu"],
         "logits_forward": logits_bytes("forward"),
         "logits_backward": logits_bytes("backward"),
-        # the fp32 log-softmax output each other micro-batch in flight on the last stage keeps until its
-        # backward: all of them under GPipe, none under 1F1B or without a pipeline (m = 1)
-        "retained_logits": (K.m - 1) * log_softmax,
+        # what the loss of each other micro-batch in flight on the last stage keeps until its backward: all of
+        # them under GPipe, none under 1F1B or without a pipeline (m = 1)
+        "retained_logits": (K.m - 1) * kept_logits,
         # one block's param grads in bf16 + the fp32 reduce-scatter input while it is in flight
         "grad_buffers": (BF16 + FP32) * Pb,
         # the root's (embedding, output) bf16 grads: made at the start of backward, reduced at its end
@@ -316,7 +323,7 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     t["peak"] = smax(smax(smax(t["peak_forward"], t["peak_loss"]), t["peak_backward"]), t["peak_optimizer"])
     t["host_bytes"] = t["host_state"] + t["host_activations"]
     # the parts the tuner needs to find, per candidate, how many micro-batches in flight still fit
-    t["act_per_microbatch"] = acts["gpu"] + log_softmax
+    t["act_per_microbatch"] = acts["gpu"] + kept_logits
     t["host_act_per_microbatch"] = acts["host"]
     t["accumulator_bytes"] = FP32 * (P_all * K.nosync + S_gpu * (1 - K.nosync))
     return t

@@ -16,6 +16,10 @@ from .specs import ClusterSpec, ModelSpec
 PerStage = int | list[int] | None
 PER_STAGE_KEYS = ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers")
 """The plan keys that give a block count per pipeline stage (an int for every stage, or a list)."""
+KERNEL_KEYS = ("rope_impl", "loss_impl", "norm_impl", "swiglu_impl")
+"""The plan keys that choose kernels (costmodel.kernels prices each choice; launcher.runtime.kernels runs it)."""
+LEGACY_KERNELS = {"rope_impl": "eager_transposed", "loss_impl": "eager", "norm_impl": "eager", "swiglu_impl": "eager"}
+"""What the trainer ran before the plan chose kernels: run records without a ``kernels`` field are priced as this."""
 
 
 def even_split(num_layers: int, num_stages: int) -> list[int]:
@@ -101,6 +105,19 @@ class Plan:
     optimizer_impl: Literal["fused", "foreach"] = "fused"
     """AdamW implementation: fused (one kernel per parameter group) or foreach (several passes, with a
     temporary copy of the local fp32 parameters during the step)."""
+    rope_impl: Literal["eager", "eager_transposed", "liger"] = "eager"
+    """RoPE kernels of eager (not compiled) blocks: eager (rotate-half on the sequence-major q and k, no transposes,
+    a written-out backward), eager_transposed (the trainer's first RoPE on (batch, heads, seq, dim) views: what runs
+    recorded without a ``kernels`` field ran), liger (liger-kernel's fused Triton kernel, in place)."""
+    loss_impl: Literal["eager", "compiled", "liger_fused"] = "eager"
+    """Cross-entropy: eager (fp32 copy of the logits, fp32 log-softmax saved), compiled (torch.compile of the loss:
+    the upcast fused into its reductions, no fp32 copy), liger_fused (liger-kernel's fused linear cross-entropy:
+    the output projection and the loss in token chunks, the logits never materialised; tp 1, pp 1)."""
+    norm_impl: Literal["eager", "liger"] = "eager"
+    """RMSNorm kernels of eager blocks: PyTorch's fused RMSNorm, or liger-kernel's."""
+    swiglu_impl: Literal["eager", "liger"] = "eager"
+    """SwiGLU activation of eager blocks: PyTorch's SiLU and multiply, or liger-kernel's fused SiLU-multiply
+    (saves one MLP-wide tensor less; gated MLPs only)."""
     pp_reshard_after_forward: bool = False
     """With pp > 1 and zero 3: re-shard bf16 parameters after every micro-batch's forward (all-gathered again for
     each forward and backward) instead of keeping them unsharded across the step's micro-batches."""
@@ -361,6 +378,31 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
     if plan.recompute == "none" and plan.recompute_layers not in (None, 0):
         raise SpecError(source, "recompute_layers", f"is {plan.recompute_layers} with recompute: none",
                         "set recompute: full or selective, or drop recompute_layers")
+    _check_kernels(plan, model, source)
     if model.max_position_embeddings and plan.seq_len > model.max_position_embeddings:
         warnings.warn(f"{source}: seq_len {plan.seq_len} exceeds {model.name}'s max_position_embeddings "
                       f"{model.max_position_embeddings}", stacklevel=2)
+
+
+def _check_kernels(plan: Plan, model: ModelSpec, source) -> None:
+    """The kernel choices a plan can run (launcher.runtime.kernels)."""
+    if plan.loss_impl == "liger_fused":
+        require(plan.pp == 1 and plan.tp == 1, source, "loss_impl",
+                f"liger_fused needs tp 1 and pp 1 (got tp {plan.tp}, pp {plan.pp}): it multiplies the hidden states "
+                "by the whole output projection inside the model, and a pipeline computes its loss outside the "
+                "last stage", "use loss_impl: compiled or eager")
+    if plan.loss_impl == "compiled":
+        require(plan.tp == 1 or not plan.vocab_parallel, source, "loss_impl",
+                f"compiled with tp {plan.tp} and vocab_parallel: the compiled loss does not take vocabulary-sharded "
+                "logits", "use loss_impl: eager, or vocab_parallel: false")
+    eager_blocks = not plan.compile
+    checkpointed = plan.recompute == "selective" and plan.recompute_layers != 0
+    require(not (plan.rope_impl == "liger" and eager_blocks and checkpointed), source, "rope_impl",
+            "liger rotates q and k in place, which would overwrite the matmul outputs selective checkpointing "
+            "saves", "use rope_impl: eager, recompute: full, or compile: true")
+    require(not (plan.norm_impl == "liger" and eager_blocks and plan.tp > 1 and plan.sequence_parallel), source,
+            "norm_impl", f"liger with tp {plan.tp} and sequence parallelism: its kernel takes plain tensors, the "
+            "sequence-parallel norms see sharded DTensors", "use norm_impl: eager or sequence_parallel: false")
+    require(plan.swiglu_impl == "eager" or model.gated_mlp, source, "swiglu_impl",
+            f"liger needs a gated (SwiGLU) MLP; {model.name or 'the model'} has hidden_act {model.hidden_act}",
+            "use swiglu_impl: eager")

@@ -9,6 +9,7 @@ import numpy as np
 
 from .flops import mfu
 from .hardware import GiB, HardwareProfile, profile_for
+from .kernels import kernel_inputs, plan_kernels
 from .memory import PHASE_TERMS, RUNTIME, ArchOptions
 from .pipeline import bubble_time, in_flight, step_time
 from .plan import Plan, check_plan, load_plan, vocab_matrices
@@ -77,7 +78,9 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
         foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward),
         lm=[model.moe_layers_in(int(a), n) for a, n in zip(starts, layers)], ep=plan.ep,
         imbalance=plan.moe_imbalance or 0.0)
-    return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **knobs}
+    kernels = kernel_inputs(plan_kernels(plan), model=model, tokens=plan.micro_batch_size * plan.seq_len)
+    knobs.update(fl=np.asarray(kernels.pop("fl"), dtype=float), nch=np.asarray(kernels.pop("nch"), dtype=float))
+    return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **kernels, **knobs}
 
 
 def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, plan: Plan | str | Path | dict,

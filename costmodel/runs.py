@@ -6,6 +6,8 @@ A run is whatever the trainer or the bench left on disk:
 - a summary.json (``python -m launcher.runtime.train --out``) or a metrics.jsonl whose summary.json lies beside it;
 - a bench.jsonl (``python -m launcher.runtime.bench``): one measured plan per line, ``"oom": true`` for a plan that ran
   out of memory, ``"error"`` for one that could not run (skipped).
+Each record's ``kernels`` (the kernel choices that ran, after the trainer's fallbacks) replace the plan's; records
+without it predate the choices and are priced as the kernels the trainer then ran (costmodel.plan.LEGACY_KERNELS).
 Every failure to read is a one-line SpecError naming the file and, for JSON Lines, the line.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpecError
-from .plan import Plan, parse_plan
+from .plan import KERNEL_KEYS, LEGACY_KERNELS, Plan, parse_plan
 from .specs import REPO_ROOT, ClusterSpec, ModelSpec, load_cluster, load_model, shipped
 
 
@@ -145,6 +147,7 @@ def _record(d: dict, where: str, base: Path, override: ClusterSpec | None) -> Me
         else:
             from .plan import load_plan
             plan = load_plan(plan)
+        plan = _kernels_that_ran(plan, d.get("kernels"), where)
     model = _model(d["model"], where, base)
     cluster = override or _cluster(d, plan, where)
     oom = bool(d.get("oom"))
@@ -156,6 +159,16 @@ def _record(d: dict, where: str, base: Path, override: ClusterSpec | None) -> Me
                        plan=plan, step_time_s=None if oom else float(t),
                        peak_memory_bytes=float(mem) if mem else None, peak_reserved_bytes=float(res) if res else None,
                        oom=oom)
+
+
+def _kernels_that_ran(plan: Plan, kernels, where: str) -> Plan:
+    """The plan with the kernels the run recorded as run (``kernels``: the trainer's choices after its fallbacks);
+    a record without them predates the choices and ran LEGACY_KERNELS, so it is priced as that."""
+    if kernels is None:
+        kernels = LEGACY_KERNELS
+    if not isinstance(kernels, dict) or not set(kernels) <= set(KERNEL_KEYS):
+        raise SpecError(where, "kernels", f"is {kernels!r}", f"a mapping of {', '.join(KERNEL_KEYS)} to choices")
+    return parse_plan({**plan.to_dict(), **kernels}, where)
 
 
 def _model(ref, where: str, base: Path) -> ModelSpec:

@@ -22,6 +22,7 @@ _HF_IGNORED = {
     "bias", "residual_dropout", "embedding_dropout", "_name_or_path", "layer_types", "use_mrope",
     "tokenizer_class", "auto_map", "quantization_config", "generation_config", "output_attentions",
     "output_hidden_states", "return_dict", "is_decoder", "task_specific_params", "finetuning_task",
+    "nope_layer_interval", "no_rope_layer_interval",   # read into no_rope_layers (_nope_from_interval)
 }
 # Hugging Face MoE keys read under another name (Mixtral, DeepSeek) -> the ModelSpec field they fill.
 _HF_RENAMED = {"num_local_experts": "num_experts", "n_routed_experts": "num_experts",
@@ -100,6 +101,8 @@ class ModelSpec:
     with a warning)."""
     routed_scaling_factor: float = 1.0
     """Multiplier of the routed experts' weights (DeepSeek-V3: 2.5)."""
+    no_rope_layers: list[int] | None = None
+    """Per block, 1 if it applies RoPE and 0 if it does not (the Llama 4 / SmolLM3 config key); None: all do."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
@@ -111,6 +114,16 @@ class ModelSpec:
     @property
     def gated_mlp(self) -> bool:
         return self.hidden_act in _GATED_ACTS
+
+    def uses_rope(self, layer: int) -> bool:
+        """Whether block ``layer`` applies RoPE (``no_rope_layers``)."""
+        return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
+
+    @property
+    def rope_share(self) -> float:
+        """Share of the blocks that apply RoPE."""
+        L = self.num_hidden_layers
+        return sum(self.uses_rope(i) for i in range(L)) / L
 
     @property
     def kv_heads(self) -> int:
@@ -189,6 +202,10 @@ def _validate_model(m: ModelSpec, source: str | Path) -> None:
             "hidden_act", f"{m.hidden_act!r} is not supported", "use silu (SwiGLU) or gelu")
     require(m.rms_norm_eps > 0, source, "rms_norm_eps", f"is {m.rms_norm_eps}", "it must be positive")
     require(m.rope_theta > 0, source, "rope_theta", f"is {m.rope_theta}", "it must be positive")
+    if m.no_rope_layers is not None:
+        require(len(m.no_rope_layers) >= m.num_hidden_layers and set(m.no_rope_layers) <= {0, 1}, source,
+                "no_rope_layers", f"{m.no_rope_layers} is not one 0/1 entry per block",
+                f"give {m.num_hidden_layers} entries, 1 for a block with RoPE, 0 for one without")
     _validate_moe(m, source)
 
 
@@ -274,6 +291,16 @@ def _hf_moe(data: dict, path: Path) -> dict:
     return data
 
 
+def _nope_from_interval(data: dict) -> dict:
+    """``no_rope_layers`` from a NoPE interval when a config gives only that: Llama 4 leaves the list empty and
+    skips RoPE in every ``nope_layer_interval``-th block (transformers' Llama4TextConfig; SmolLM3 writes the list
+    out and its ``no_rope_layer_interval`` too)."""
+    every = data.get("nope_layer_interval") or data.get("no_rope_layer_interval")
+    if not every or "num_hidden_layers" not in data:
+        return {}
+    return {"no_rope_layers": [int((i + 1) % int(every) != 0) for i in range(int(data["num_hidden_layers"]))]}
+
+
 def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     """A ModelSpec from a spec object, a YAML path, a Hugging Face config.json, or a recipe name."""
     if isinstance(ref, ModelSpec):
@@ -284,7 +311,10 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     data = _renamed(data)
     if is_hf:
         data = _hf_moe(data, path)
+        nope = {"no_rope_layers": data["no_rope_layers"]} if data.get("no_rope_layers") else _nope_from_interval(data)
         data = {k: v for k, v in data.items() if k not in _HF_IGNORED or k == "hidden_act"}
+        data.pop("no_rope_layers", None)
+        data.update(nope)
         known = {f.name for f in dataclasses.fields(ModelSpec)}
         extra = sorted(k for k in data if k not in known)
         if extra:

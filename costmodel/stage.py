@@ -18,13 +18,15 @@ from .specs import ModelSpec
 from .comm import group_time_s
 from .constants import runtime_constants
 from .fp8 import fp8_eligible
+from .kernels import kernel_inputs
 from .symbols import RUNTIME_SYMBOLS, H, K, M, R
 from .timing import stage_time_terms
 
 def model_inputs(model: ModelSpec, fp8_recipe: str = "tensorwise") -> dict[str, float]:
     return {"h": model.hidden_size, "F": model.intermediate_size, "a": model.num_attention_heads,
             "g": model.kv_heads, "dh": int(model.head_dim), "V": model.vocab_size,
-            "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), **fp8_eligible(model, fp8_recipe),
+            "gated": int(model.gated_mlp), "row": int(fp8_recipe == "rowwise"), "rf": model.rope_share,
+            **fp8_eligible(model, fp8_recipe),
             "E": model.num_experts, "topk": model.num_experts_per_tok, "Fe": model.expert_width if model.is_moe else 0,
             "Fs": model.shared_width}
 
@@ -35,9 +37,11 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
     The GEMM, float8 GEMM and attention curves are scaled by the profile's ``in_training_*`` ratios: kernel
     throughput inside a training step over the isolated measurement (benchmarks/anatomy_fit.py). Isolated
     back-to-back GEMMs run at a power-limited clock that a step's mix does not hit, and torchao's backward float8
-    GEMMs run without fast accumulation, which the profile's kernel does not."""
+    GEMMs run without fast accumulation, which the profile's kernel does not. The inputs of the kernel choices are
+    those of the Plan's defaults (costmodel.kernels); ``prediction.stage_inputs`` overrides them with the plan's."""
     c = p.const
-    rt = {str(RUNTIME_SYMBOLS[k]): v.value for k, v in runtime_constants().items()}
+    rt = {str(RUNTIME_SYMBOLS[k]): v.value for k, v in runtime_constants().items() if k in RUNTIME_SYMBOLS}
+    rt.update({k: v for k, v in kernel_inputs({}).items() if k not in ("fl", "nch")})
     return {
         "peak": p.bf16_tflops * 1e12, "peak8": p.fp8_tflops * 1e12, "hbm": p.hbm_gbps * 1e9,
         "host": p.host_link_gbps * 1e9, "cpu_adam": p.cpu_adam_params_per_s,
@@ -225,7 +229,7 @@ def names(outputs: Iterable[str]) -> tuple[str, ...]:
 
 def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
                 last, nV, reduce_every=0, vocab_parallel=1, foreach=0, pp_reshard=0, lm=0, ep=1,
-                imbalance=0) -> dict[str, np.ndarray]:
+                imbalance=0, fused_loss=0, loss_chunks=1) -> dict[str, np.ndarray]:
     """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
 
     zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
@@ -235,7 +239,8 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
     ``reduce_every`` (grad_reduce: every) reduce-scatters after each micro-batch, and a pipeline under zero 3
     re-shards after each forward when ``pp_reshard`` (pp_reshard_after_forward). ``lm`` of the ``l`` blocks are
     mixture-of-experts blocks, their experts spread over ``ep`` ranks; ``imbalance`` is the plan's moe_imbalance
-    (0: the runtime default).
+    (0: the runtime default). ``fused_loss`` and ``loss_chunks``: the fused linear cross-entropy and its token
+    chunks (costmodel.kernels.kernel_inputs gives both for a plan's loss_impl).
     """
     arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
     t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
@@ -248,6 +253,6 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
         "acc": (M > m).astype(float), "fe": arr(foreach),
         "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
         "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
-        "vp": arr(vocab_parallel),
+        "vp": arr(vocab_parallel), "fl": arr(fused_loss), "nch": arr(loss_chunks),
         "lm": arr(lm), "e": arr(ep), "dse": np.where(zero >= 1, d / arr(ep), 1.0), "imb": arr(imbalance),
     }

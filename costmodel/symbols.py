@@ -18,6 +18,7 @@ class M:
     gated = sp.Symbol("gated", nonnegative=True)              # 1: SwiGLU (3 matrices), 0: plain GeLU MLP
     # float8 eligibility of each Linear under torchao's size filter (1 = converted)
     e_q, e_kv, e_o, e_up, e_down = _syms("e_q e_kv e_o e_up e_down", nonnegative=True)
+    rf = sp.Symbol("rf", nonnegative=True)                    # share of the blocks that apply RoPE (no_rope_layers)
     row = sp.Symbol("row", nonnegative=True)                  # 1: float8 rowwise recipe, 0: tensorwise (with the
                                                               # eligibility above, it comes from the plan's recipe)
     # mixture of experts (0 for a dense model): routed experts, experts per token, one expert's MLP width, the
@@ -54,6 +55,8 @@ class K:
     e = sp.Symbol("e", positive=True)                         # expert-parallel degree (folded from d)
     dse = sp.Symbol("dse", positive=True)                     # divisor of expert fp32 states: d/e if zero >= 1 else 1
     imb = sp.Symbol("imb", nonnegative=True)                  # plan's moe_imbalance (0: the runtime default)
+    fl = sp.Symbol("fl", nonnegative=True)                    # fused linear cross-entropy (loss_impl liger_fused)
+    nch = sp.Symbol("nch", positive=True)                     # token chunks of the loss (1 unless fused)
 
 
 class H:
@@ -98,16 +101,25 @@ class R:
     kern_moe_eager, kern_moe_comp, moe_sync = _syms("kern_moe_eager kern_moe_comp moe_sync", nonnegative=True)
     imb = sp.Symbol("imb_default", positive=True)
     moe_idx, moe_pad = _syms("moe_idx moe_pad", nonnegative=True)
+    # inputs that depend on the plan's kernel choices (costmodel.kernels.KERNEL_CONSTANTS says which constant feeds
+    # each): RoPE, norm and SwiGLU kernels per eager block, the SwiGLU's saved tensors, the loss's kept logits and
+    # the fused linear cross-entropy's chunk buffer, input and weight gradients and accumulation traffic
+    kern_rope, kern_norm, kern_act, gate_saved = _syms("kern_rope kern_norm kern_act gate_saved", nonnegative=True)
+    loss_keep = sp.Symbol("loss_keep", nonnegative=True)
+    flce_chunk, flce_tok, flce_voc_f, flce_voc_b, flce_acc = _syms(
+        "flce_chunk flce_tok flce_voc_f flce_voc_b flce_acc", nonnegative=True)
 
 
-RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas
+RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas, for the constants
+    # that do not depend on a kernel choice (those that do: costmodel.kernels.KERNEL_CONSTANTS)
     "kernels_per_block_eager": R.kern_eager, "kernels_per_block_compiled": R.kern_comp,
-    "kernels_per_block_tp_extra": R.kern_tp, "norm_residual_bytes_eager": R.normres_eager,
-    "norm_residual_bytes_compiled": R.normres_comp, "rope_bytes_eager": R.rope_eager,
+    "kernels_per_block_tp_extra": R.kern_tp,
+    "norm_residual_bytes_compiled": R.normres_comp,
     "rope_bytes_compiled": R.rope_comp, "mlp_act_bytes_eager": R.act_eager, "mlp_act_bytes_compiled": R.act_comp,
-    "mlp_gate_bytes_eager": R.gate_eager, "mlp_gate_bytes_compiled": R.gate_comp,
-    "loss_forward_bytes_per_logit": R.loss_fwd, "loss_backward_bytes_per_logit": R.loss_bwd,
-    "loss_traffic_bytes_per_logit": R.loss_traffic, "fp8_cast_bytes_eager": R.cast_eager,
+    "mlp_gate_bytes_compiled": R.gate_comp,
+    "flce_chunk_bytes_per_logit": R.flce_chunk, "flce_token_bytes": R.flce_tok,
+    "flce_vocab_forward_bytes": R.flce_voc_f, "flce_vocab_backward_bytes": R.flce_voc_b,
+    "flce_accumulate_bytes": R.flce_acc, "fp8_cast_bytes_eager": R.cast_eager,
     "fp8_cast_bytes_compiled": R.cast_comp, "tp_selective_redo_share": R.tp_redo,
     "optimizer_bytes_per_param": R.opt_bytes, "optimizer_kernels_per_block": R.opt_kern_block,
     "optimizer_foreach_bytes_per_param": R.opt_fe_bytes, "optimizer_foreach_temp_bytes_per_param": R.opt_fe_temp,

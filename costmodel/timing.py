@@ -134,22 +134,25 @@ def moe_elementwise_bytes(compiled: bool) -> sp.Expr:
 
 def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
     """HBM bytes of one block's memory-bound forward ops (norms, residual adds, RoPE, the MLP activation), eager
-    or compiled; bytes per element are runtime constants (profiles/runtime/loadmaster.yaml)."""
+    or compiled; bytes per element are runtime constants (profiles/runtime/loadmaster.yaml), those of eager blocks
+    by the plan's kernel choices (costmodel.kernels)."""
     T, q, mu = tokens(), seq_share(), moe_share()
     width = (1 - mu) * T * M.F / K.t
-    eager = R.normres_eager * T * M.h * q + R.rope_eager * T * (M.a + M.g) * M.dh / K.t \
+    qk = M.rf * T * (M.a + M.g) * M.dh / K.t             # q and k elements of the blocks that apply RoPE
+    eager = R.normres_eager * T * M.h * q + R.rope_eager * qk \
         + (R.act_eager + R.gate_eager * M.gated) * width + mu * moe_elementwise_bytes(compiled=False)
-    fused = R.normres_comp * T * M.h * q + R.rope_comp * T * (M.a + M.g) * M.dh / K.t \
+    fused = R.normres_comp * T * M.h * q + R.rope_comp * qk \
         + (R.act_comp + R.gate_comp * M.gated) * width + mu * moe_elementwise_bytes(compiled=True)
     dropout = 2 * 5 * T * M.h * q * int(opts.dropout)   # mask + scale after attention and MLP
     return (1 - K.k) * eager + K.k * fused + dropout
 
 
 def kernels_per_block_fwd() -> sp.Expr:
-    """Kernels one (mean) block launches in forward (eager or compiled; TP adds its collectives, a MoE block its
-    router, permutation and experts)."""
+    """Kernels one (mean) block launches in forward (eager: by the kernel choices; compiled; TP adds its
+    collectives, a MoE block its router, permutation and experts)."""
     moe = (1 - K.k) * R.kern_moe_eager + K.k * R.kern_moe_comp
-    return (1 - K.k) * R.kern_eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1) + moe_share() * moe
+    eager = R.kern_eager + R.kern_rope * M.rf + R.kern_norm + R.kern_act
+    return (1 - K.k) * eager + K.k * R.kern_comp + R.kern_tp * smin(K.t - 1, 1) + moe_share() * moe
 
 
 def coll_s(nbytes: sp.Expr, n: sp.Expr, bw: sp.Symbol, factor: sp.Expr = 1) -> sp.Expr:
@@ -200,9 +203,12 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     # ---- embedding, output projection and loss: the head GEMM forward + its two backward GEMMs, the loss's
     # memory-bound kernels, the final RMSNorm (read + write 2 B, forward and backward); on the first stage the
     # embedding's gather (read + write 2 B per element, both passes) and its gradient's fp32 scatter-add ----
+    # The fused linear cross-entropy (K.fl) runs the three head GEMMs per token chunk (K.nch of them) and adds each
+    # chunk's weight gradient into an fp32 accumulator (R.flce_acc bytes per vocab x hidden element, each chunk).
     vs = vocab_share()
-    head_gemm = gemm_s(2 * T * M.h * M.V * vs)
+    head_gemm = K.nch * gemm_s(2 * T * M.h * M.V * vs / K.nch)
     x["head"] = K.last * (3 * head_gemm + R.loss_traffic * T * M.V * vs / (H.hbm * H.ew_eff)
+                          + K.fl * K.nch * R.flce_acc * M.V * M.h * vs / (H.hbm * H.ew_eff)
                           + 8 * T * M.h * q / (H.hbm * H.ew_eff)) \
         + K.first * (8 * T * M.h + 4 * M.V * M.h * vs) / (H.hbm * H.ew_eff)
     # ---- tensor parallel, exposed, as the trainer issues it (launcher apply_tp). Per block, sequence parallel:

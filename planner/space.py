@@ -1,6 +1,7 @@
 """The search space of the tuner: which plan knobs it may choose, and the parallel layouts that are legal."""
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ import numpy as np
 
 from costmodel import Plan, SpecError, check_plan, parse_fp8_budget
 from costmodel.plan import ep_choices
+from costmodel.kernels import choices as kernel_choices_of
+from costmodel.plan import KERNEL_KEYS
 from costmodel.specs import ClusterSpec, ModelSpec
 
 ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), so the tuner never offers it
@@ -58,6 +61,14 @@ class SearchSpace:
     """At most this many values of each per-stage block count (checkpointed, offloaded) are sampled."""
     max_micro_batch_size: int = 64
     """Largest micro-batch considered."""
+    rope_impl: tuple[str, ...] = ("eager",)
+    """RoPE kernels to consider (Plan.rope_impl; "liger" needs liger-kernel on the GPU nodes)."""
+    loss_impl: tuple[str, ...] = ("eager", "compiled")
+    """Loss kernels to consider (Plan.loss_impl; "liger_fused" needs liger-kernel on the GPU nodes)."""
+    norm_impl: tuple[str, ...] = ("eager",)
+    """RMSNorm kernels to consider (Plan.norm_impl)."""
+    swiglu_impl: tuple[str, ...] = ("eager",)
+    """SwiGLU kernels to consider (Plan.swiglu_impl)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fp8_budget", parse_fp8_budget(self.fp8_budget, "search space"))
@@ -69,6 +80,16 @@ class SearchSpace:
         bad = set(self.schedules) - {"1F1B", "Interleaved1F1B", "GPipe"}
         if bad:
             raise ValueError(f"schedules {sorted(bad)} unknown; use 1F1B, Interleaved1F1B or GPipe")
+        for key in KERNEL_KEYS:
+            allowed, given = kernel_choices_of(key), getattr(self, key)
+            if not given or set(given) - set(allowed):
+                raise ValueError(f"{key} {given} must be a non-empty selection of {', '.join(allowed)}")
+
+    @classmethod
+    def with_liger(cls, **changes) -> "SearchSpace":
+        """The space with liger-kernel's choices added to the default ones (for GPU nodes that have it)."""
+        return cls(rope_impl=("eager", "liger"), loss_impl=("eager", "compiled", "liger_fused"),
+                   norm_impl=("eager", "liger"), swiglu_impl=("eager", "liger"), **changes)
 
     @property
     def max_fp8_fraction(self) -> float:
@@ -183,3 +204,39 @@ def middle_exact(model: ModelSpec, pp: int, slack: int) -> bool:
     hi = model.num_hidden_layers - 1
     n = model.moe_layers_in(lo, hi - lo)
     return n in (0, hi - lo)
+
+
+def kernel_combinations(space: SearchSpace, model: ModelSpec, plan: Plan) -> list[dict[str, str]]:
+    """The kernel choices of ``space`` that ``plan``'s case can run (costmodel.check_plan decides), as
+    {plan key: choice} dicts. In-block choices (RoPE, norm, SwiGLU) count only for eager blocks: under compile only
+    the first choice of each is kept, since compiled blocks price and run the same whatever they say."""
+    keys = list(KERNEL_KEYS)
+    values = [getattr(space, k)[:1] if plan.compile and k != "loss_impl" else getattr(space, k) for k in keys]
+    out = []
+    for combo in itertools.product(*values):
+        choice = dict(zip(keys, combo))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                check_plan(plan.replace(**choice), model, None, "kernels")
+        except SpecError:
+            continue
+        out.append(choice)
+    return out
+
+
+def best_kernels(model: ModelSpec, cluster: ClusterSpec, plan: Plan, space: SearchSpace, profile=None
+                 ) -> tuple[Plan, object]:
+    """``plan`` with the fastest of its kernel combinations that fits (and its prediction): the kernel choice for
+    a plan the tuner made without them. It cannot find what a kernel's memory would buy elsewhere (a larger
+    micro-batch, fewer checkpointed blocks): the tuner has to search kernels with the other knobs for that."""
+    from costmodel.prediction import predict
+    best = None
+    for choice in kernel_combinations(space, model, plan):
+        candidate = plan.replace(**choice)
+        pred = predict(model, cluster, candidate, profile=profile)
+        if pred.feasible and (best is None or pred.step_time_s < best[1].step_time_s):
+            best = (candidate, pred)
+    if best is None:
+        return plan, predict(model, cluster, plan, profile=profile)
+    return best

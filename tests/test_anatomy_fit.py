@@ -30,7 +30,7 @@ def _synthetic(truth) -> list[dict]:
             from costmodel import load_model
             offload = load_model(e["model"]).params_per_block() * e["plan"]["offload_state_layers"] / 2e9
         busy = parts["gemm"] + parts["fp8_gemm"] + parts["attention"] + other
-        out.append({"name": name, "busy_s": busy, "step_s": busy + 0.01 + offload, "top_kernels": kernels,
+        out.append({"name": name, "kernel_choices": {}, "busy_s": busy, "step_s": busy + 0.01 + offload, "top_kernels": kernels,
                     "by_category_s": {"gemm": parts["gemm"] + parts["fp8_gemm"], "attention": parts["attention"]}})
     return out
 

@@ -8,6 +8,7 @@ import yaml
 
 from costmodel import load_cluster, load_profile, parse_plan
 from costmodel.calibration import KNOBS, calibrate, refit_fragmentation
+from costmodel.kernels import plan_kernels
 from costmodel.prediction import predict
 from costmodel.runs import read_runs
 
@@ -51,6 +52,7 @@ def _bench_lines(truth, noise=()) -> list[dict]:
             pred = predict(model, cluster, parse_plan(plan), profile=truth.with_cluster(load_cluster(cluster)))
         factor = 1 + (noise[i] if noise else 0.0)
         lines.append({"name": f"run{i}", "model": model, "cluster": cluster, "plan": plan, "oom": False,
+                      "kernels": plan_kernels(parse_plan(plan)),   # as launcher.runtime.bench records them
                       "step_time_s": pred.step_time_s * factor, "peak_memory_bytes": pred.peak_memory_bytes})
     return lines
 

@@ -9,7 +9,9 @@ import pytest
 
 from benchmarks import fidelity
 from costmodel import load_cluster, parse_plan
+from costmodel.kernels import plan_kernels
 from costmodel.prediction import predict
+from costmodel.runs import read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +47,24 @@ def _line(name, model, cluster, plan, *, time_factor=1.0, mem_factor=1.0, oom=Fa
     if oom:
         return {"name": name, "model": model, "cluster": cluster, "plan": plan, "oom": True, "error": "CUDA OOM"}
     return {"name": name, "model": model, "cluster": cluster, "plan": plan, "oom": False,
+            "kernels": plan_kernels(parse_plan(plan)),   # as launcher.runtime.bench records them
             "step_time_s": pred.step_time_s / time_factor, "peak_memory_bytes": pred.peak_memory_bytes / mem_factor}
+
+
+def test_a_run_line_without_kernels_is_priced_as_the_kernels_the_trainer_then_ran(tmp_path):
+    plan = {"global_batch_size": 8, "micro_batch_size": 1, "seq_len": 2048, "dp": 1, "tp": 1, "pp": 1, "zero": 3,
+            "recompute": "none"}
+    line = _line("old", "llama3.2-1b", "1xh200", plan)
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps(line) + "\n")
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({k: v for k, v in line.items() if k != "kernels"}) + "\n")
+    assert read_runs([new])[0][0].plan.rope_impl == "eager"
+    assert read_runs([old])[0][0].plan.rope_impl == "eager_transposed"
+    (row_new,), _ = fidelity.table([new])
+    (row_old,), _ = fidelity.table([old])
+    assert row_new.t_err == pytest.approx(0.0, abs=1e-12)
+    assert row_old.t_pred > row_new.t_pred    # the transposed RoPE costs more
 
 
 def test_scoreboard_reports_known_errors_and_out_of_memory_calls(tmp_path):

@@ -12,7 +12,8 @@ from trainer_harness import TINY, config, needs_torchao, plan_of
 
 from costmodel import ModelSpec, SpecError
 from launcher.runtime.data import SyntheticTokens, TokenFile, sample_ids
-from launcher.runtime.model import Transformer, apply_rope, build_model, rope_tables
+from launcher.runtime.kernels import rope_tables as block_tables, rope_transposed
+from launcher.runtime.model import Transformer, build_model, rope_tables
 from launcher.runtime.optim import lr_factor
 from launcher.runtime.parallel.ac import apply_ac
 from costmodel.fp8 import fp8_skipped
@@ -55,21 +56,21 @@ def test_init_is_deterministic_and_seeded():
 def test_gqa_attention_equals_repeated_kv_heads():
     model = real_model()
     attn, x = model.layers["0"].attention, torch.randn(2, 16, TINY.hidden_size)
-    cos, sin = model.rope_cos, model.rope_sin
-    q = apply_rope(attn.wq(x).view(2, 16, -1, 16).transpose(1, 2), cos, sin)
-    k = apply_rope(attn.wk(x).view(2, 16, -1, 16).transpose(1, 2), cos, sin)
+    cos, sin = model.rope_cos[:16], model.rope_sin[:16]
+    q = rope_transposed(attn.wq(x).view(2, 16, -1, 16).transpose(1, 2), cos, sin)
+    k = rope_transposed(attn.wk(x).view(2, 16, -1, 16).transpose(1, 2), cos, sin)
     v = attn.wv(x).view(2, 16, -1, 16).transpose(1, 2)
     rep = TINY.num_attention_heads // TINY.kv_heads
     out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                          is_causal=True)
     expected = attn.wo(out.transpose(1, 2).reshape(2, 16, -1))
-    torch.testing.assert_close(attn(x, cos, sin), expected)
+    torch.testing.assert_close(attn(x, *block_tables("eager", model.rope_cos, model.rope_sin, x.dtype)), expected)
 
 
 def test_rope_rotates_pairs_without_changing_norms():
     cos, sin = rope_tables(16, 8, 10000.0)
     x = torch.randn(1, 2, 8, 16)
-    y = apply_rope(x, cos, sin)
+    y = rope_transposed(x, cos, sin)
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
     torch.testing.assert_close(y[..., 0, :], x[..., 0, :])  # position 0: no rotation
 
@@ -88,7 +89,7 @@ def backward_ops(mode: str) -> Counter:
     model = real_model()
     apply_ac(model, mode=mode, num_blocks=1)
     block, x = model.layers["0"], torch.randn(2, 16, TINY.hidden_size, requires_grad=True)
-    out = block(x, model.rope_cos, model.rope_sin)
+    out = block(x, *block_tables("eager", model.rope_cos, model.rope_sin, x.dtype))
     with OpCounter() as counter:
         out.sum().backward()
     return counter.ops

@@ -1,6 +1,6 @@
 """Write the tuner-vs-hand-grid plan files: the tuner's plan and hand-picked alternatives per case.
 
-    python benchmarks/gpu/make_grid.py            # runs the tuner here (needs pulp/highspy: not on the GPU node)
+    python benchmarks/gpu/make_grid.py [FILE...]  # runs the tuner here (needs pulp/highspy: not on the GPU node)
 
 For each case the tuner (planner.tuner.tune, default search space, float8 off) picks a plan; the hand grid is
 what a user would try by hand: FSDP + full checkpointing with micro-batch 1 (TorchTitan's usual default),
@@ -43,9 +43,24 @@ GRID_2GPU = [
     ("tp2-none-mb8-cmp", dict(micro_batch_size=8, dp=1, tp=2, zero=3, recompute="none", compile=True)),
     ("tp2-sel-mb4-cmp", dict(micro_batch_size=4, dp=1, tp=2, zero=3, recompute="selective", compile=True)),
 ]
+# issue 15: Llama-3.2-1B shape, untied, seq 8192, gbs 8 — FSDP ± checkpointing at mbs 1/2/4, with and without
+# compile, TorchTitan's default (FSDP + full checkpointing, mbs 1) first; default kernels (the tuner picks its own)
+GRID_1GPU_8K = [
+    ("fsdp-full-mb1", dict(micro_batch_size=1, dp=1, zero=3, recompute="full")),
+    ("fsdp-full-mb1-cmp", dict(micro_batch_size=1, dp=1, zero=3, recompute="full", compile=True)),
+    ("fsdp-none-mb1", dict(micro_batch_size=1, dp=1, zero=3, recompute="none")),
+    ("fsdp-sel-mb2", dict(micro_batch_size=2, dp=1, zero=3, recompute="selective")),
+    ("fsdp-none-mb2-cmp", dict(micro_batch_size=2, dp=1, zero=3, recompute="none", compile=True)),
+    ("fsdp-sel-mb4-cmp", dict(micro_batch_size=4, dp=1, zero=3, recompute="selective", compile=True)),
+    ("fsdp-full-mb4-cmp", dict(micro_batch_size=4, dp=1, zero=3, recompute="full", compile=True)),
+    ("fsdp-none-mb4-cmp", dict(micro_batch_size=4, dp=1, zero=3, recompute="none", compile=True)),
+]
 CASES = [
     dict(tag="t1", gpus=1, model="llama3.2-1b", cluster="1xh200", global_batch_size=16, seq_len=4096, grid=GRID_1GPU),
     dict(tag="t2", gpus=2, model="llama3.2-3b", cluster="2xh200", global_batch_size=16, seq_len=4096, grid=GRID_2GPU),
+    # kernels: the tuner's plan gets the fastest kernel choices of the default space for it (planner.space.best_kernels)
+    dict(tag="t8", gpus=1, model="benchmarks/gpu/models/llama3.2-1b-untied.yaml", cluster="1xh200", global_batch_size=8,
+         seq_len=8192, grid=GRID_1GPU_8K, kernels=True, file="tuner_vs_grid_8k.yaml"),
 ]
 
 
@@ -68,7 +83,12 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
     seconds = time.perf_counter() - t0
     if result.best is None:
         raise SystemExit(f"error: the tuner found no plan for {case['tag']}: {result.diagnosis}")
-    tuned = {k: v for k, v in result.best.plan.to_dict().items() if k not in ("model", "cluster")}
+    best = result.best.plan
+    if case.get("kernels"):
+        from costmodel import load_model
+        from planner.space import SearchSpace, best_kernels
+        best, _ = best_kernels(load_model(case["model"]), load_cluster(case["cluster"]), best, SearchSpace())
+    tuned = {k: v for k, v in best.to_dict().items() if k not in ("model", "cluster")}
     entries = []
     for suffix, knobs in case["grid"]:
         plan = full_plan(knobs, global_batch_size=case["global_batch_size"], seq_len=case["seq_len"])
@@ -80,7 +100,9 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
                     "plan": tuned})
     header = [f"tuner: loadmaster plan {case['model']} --cluster {case['cluster']} --global-batch-size "
               f"{case['global_batch_size']} --seq-len {case['seq_len']} (default space, float8 off); "
-              f"{seconds:.1f} s, solver gap {result.best.gap:.2%}", f"predicted ({profile_for(load_cluster(case['cluster'])).name} profile):"]
+              f"{seconds:.1f} s, solver gap {result.best.gap:.2%}"
+              + ("; kernel choices by planner.space.best_kernels" if case.get("kernels") else ""),
+              f"predicted ({profile_for(load_cluster(case['cluster'])).name} profile):"]
     for e in entries:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,15 +112,17 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
     return entries, header
 
 
-def main() -> int:
-    for gpus in (1, 2):
-        cases = [c for c in CASES if c["gpus"] == gpus]
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    files = sorted({c.get("file", f"tuner_vs_grid_{c['gpus']}gpu.yaml") for c in CASES})
+    for name in (argv or files):
+        cases = [c for c in CASES if c.get("file", f"tuner_vs_grid_{c['gpus']}gpu.yaml") == name]
         entries, header = [], []
         for case in cases:
             e, h = make_case(case)
             entries += e
             header += h
-        path = HERE / f"tuner_vs_grid_{gpus}gpu.yaml"
+        path = HERE / name
         comment = "\n".join(["# Tuner vs hand grid, made by benchmarks/gpu/make_grid.py; "
                              "launcher.runtime.bench input.", "# The entry with `tuner: true` is the tuner's plan."]
                             + [f"# {line}" for line in header])

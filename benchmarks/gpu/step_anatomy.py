@@ -89,6 +89,7 @@ def anatomy(entry: dict, *, warmup: int, timed: int) -> dict:
                       collective_timeout_s=300, out=None, resume=False, checkpoint_at_end=False, warmup_steps=0)
     device = local_device()   # a CPU run only checks this script (its trace has no kernels)
     s = build(cfg, device)
+    kernels = dict(s.kernels)   # what runs (anatomy_fit prices the plan with these)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -123,8 +124,8 @@ def anatomy(entry: dict, *, warmup: int, timed: int) -> dict:
     finally:
         del s
         release_memory(plan.compile)
-    pred = predict(spec, "1xh200", plan)
-    out.update(name=entry["name"], step_s=sorted(times)[len(times) // 2], profiled_step_s=profiled_s,
+    pred = predict(spec, "1xh200", plan.replace(**kernels))
+    out.update(name=entry["name"], kernel_choices=kernels, step_s=sorted(times)[len(times) // 2], profiled_step_s=profiled_s,
                predicted_step_s=pred.step_time_s, predicted_breakdown_s=pred.time_breakdown,
                torch=torch.__version__, device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu")
     out["gpu_idle_share"] = 1 - out["busy_s"] / profiled_s if profiled_s else None

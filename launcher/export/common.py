@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from costmodel.plan import Plan
+from costmodel.plan import KERNEL_KEYS, Plan
 from costmodel.specs import ClusterSpec, ModelSpec
 
 Target = Literal["torchtitan", "megatron", "deepspeed"]
@@ -103,6 +103,13 @@ def common_warnings(plan: Plan, view: StageView, engine: str) -> list[str]:
         out.append(f"optimizer_impl foreach: {engine} runs its own (fused) AdamW; the exported run uses it")
     if plan.pp > 1 and plan.zero == 3 and plan.pp_reshard_after_forward and engine != "TorchTitan":
         out.append(f"pp_reshard_after_forward: {engine} keeps pipeline stages' parameters as its ZeRO level says")
+    # kernel choices are loadmaster's (launcher.runtime.kernels); TorchTitan compiles its loss with its blocks
+    compiled_loss_kept = engine == "TorchTitan" and plan.compile
+    for key in KERNEL_KEYS:
+        value = getattr(plan, key)
+        if value not in ("eager", "eager_transposed") and not (value == "compiled" and compiled_loss_kept):
+            out.append(f"{key} {value}: a loadmaster kernel choice; {engine} runs its own kernels there, so its "
+                       "step time and memory differ from the prediction")
     return out
 
 

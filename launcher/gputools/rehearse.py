@@ -213,6 +213,7 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
     process of its own: launcher.gputools.replay.run_isolated)."""
     from launcher.gputools.replay import fake_process_group, replay_pipeline_rank, replay_step
     from launcher.runtime.config import TrainConfig
+    from launcher.runtime.kernels import build_loss, logits_loss
     from launcher.runtime.optim import build_optimizer, clip_grad_norm_
     from launcher.runtime.trainer import build_parts
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
@@ -221,7 +222,9 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
     cfg = TrainConfig(plan=plan, model=spec, steps=warmup_steps + steps, fp8_skip_small=device.type == "cuda")
     with fake_process_group(rank, plan.world_size), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        meshes, parts, fp8 = build_parts(cfg, device)
+        meshes, parts, fp8, kernels = build_parts(cfg, device)
+        loss_fn = build_loss(kernels["loss_impl"], backend=cfg.compile_backend)
+        on_logits = logits_loss(kernels["loss_impl"], backend=cfg.compile_backend)
         optimizers = [build_optimizer(m, kind="adamw", lr=1e-4, weight_decay=0.1, impl=plan.optimizer_impl)
                       for _, m in parts]
         M, b = plan.num_microbatches, plan.micro_batch_size
@@ -242,9 +245,10 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             if plan.pp > 1:
-                replay_pipeline_rank(parts, plan, meshes.pp_rank, tokens, labels, device, act_dtype)
+                replay_pipeline_rank(parts, plan, meshes.pp_rank, tokens, labels, device, act_dtype,
+                                     logits_loss=on_logits)
             else:
-                replay_step(parts[0][1], plan, tokens, labels)
+                replay_step(parts[0][1], plan, tokens, labels, loss_fn=loss_fn)
             clip_grad_norm_(params, 1.0, device=device, pp_group=pp_group)
             for opt in optimizers:
                 opt.step()

@@ -113,19 +113,20 @@ def loss_context(plan: Plan):
     return contextlib.nullcontext()
 
 
-def replay_step(part, plan: Plan, tokens: torch.Tensor, labels: torch.Tensor, tracker=None) -> None:
-    """Forward and backward of every micro-batch as launcher.runtime.trainer.forward_backward runs them."""
+def replay_step(part, plan: Plan, tokens: torch.Tensor, labels: torch.Tensor, tracker=None, loss_fn=None) -> None:
+    """Forward and backward of every micro-batch as launcher.runtime.trainer.forward_backward runs them;
+    ``loss_fn(model, tokens, labels)`` is the trainer's loss (launcher.runtime.kernels.build_loss; default the
+    eager cross-entropy on the model's logits)."""
     from launcher.runtime.trainer import cross_entropy_fp32
     tracker = tracker or NoTracker()
+    loss_fn = loss_fn or (lambda model, x, y: cross_entropy_fp32(model(x), y))
     M, b = plan.num_microbatches, plan.micro_batch_size
     for m in range(M):
         tracker.reset_mod_stats()  # the memory tracker refuses a second root forward otherwise
         part.set_requires_gradient_sync(m == M - 1 or plan.grad_reduce == "every")
         rows = slice(m * b, (m + 1) * b)
         with loss_context(plan):
-            logits = part(tokens[rows])
-            loss = cross_entropy_fp32(logits, labels[rows])
-            del logits
+            loss = loss_fn(part, tokens[rows], labels[rows])
             (loss / M).backward()
 
 
@@ -168,13 +169,14 @@ def schedule_order(schedule: str, pp: int, rank: int, num_microbatches: int,
 
 def replay_pipeline_rank(parts: list[tuple[int, Any]], plan: Plan, rank: int, tokens: torch.Tensor,
                          labels: torch.Tensor, device: torch.device, act_dtype: torch.dtype,
-                         tracker=None) -> None:
+                         tracker=None, logits_loss=None) -> None:
     """One step of one pipeline rank, its stage modules ``parts`` ([(stage, module)]) run in the schedule's
     order, holding what ``PipelineStage`` holds: one activation receive buffer (not the first stage) and one
     gradient receive buffer (not the last) per micro-batch, kept across steps; every stage's forward outputs
     until their backward; the input gradient of the last backward until its send completes."""
     from launcher.runtime.trainer import cross_entropy_fp32
     tracker = tracker or NoTracker()
+    logits_loss = logits_loss or cross_entropy_fp32
     M, b = plan.num_microbatches, plan.micro_batch_size
     h = parts[0][1].spec.hidden_size
     s_local = plan.seq_len // plan.tp if plan.tp > 1 and plan.sequence_parallel else plan.seq_len
@@ -199,7 +201,7 @@ def replay_pipeline_rank(parts: list[tuple[int, Any]], plan: Plan, rank: int, to
             x = tokens[m * b:(m + 1) * b] if first else recv_act[stage][m]
             with loss_context(plan):
                 out = part(x)
-                loss = cross_entropy_fp32(out, labels[m * b:(m + 1) * b]) if last else None
+                loss = logits_loss(out, labels[m * b:(m + 1) * b]) if last else None
             cache[(chunk, m)] = (x, out, loss)
             continue
         x, out, loss = cache.pop((chunk, m))

@@ -29,7 +29,7 @@ from launcher.runtime.metrics import detect_cluster
 from launcher.runtime.trainer import close_distributed, init_distributed, release_memory, run
 
 _KEEP = ("step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_bytes", "peak_reserved_bytes", "final_loss",
-         "losses", "steps_measured", "predicted", "error_pct", "prediction_error", "cluster", "world_size")
+         "losses", "steps_measured", "predicted", "error_pct", "prediction_error", "cluster", "world_size", "kernels")
 
 
 def read_entries(path: str) -> list[dict]:

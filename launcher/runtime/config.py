@@ -68,6 +68,10 @@ class TrainConfig:
     """Measure each block's loss sensitivity to float8 every this many steps (0: never); None = only when the plan
     draws its float8 set (fp8_temperature > 0), as often as costs 1 % of the predicted step time (once per rotation
     period without a GPU profile)."""
+    gc_every_steps: int = 50
+    """Python's automatic garbage collection is off during training and a young-generation collection runs every
+    this many steps (TorchTitan's training.gc_freq default): no collection pause lands inside a step; 0 leaves
+    Python's automatic collection on."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
     plan_source: str | None = field(default=None, metadata={"flag": False})
@@ -101,6 +105,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         _check_float8_gpu(src)
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
                              ("fp8_probe_every", cfg.fp8_probe_every or 0, 0),
+                             ("gc_every_steps", cfg.gc_every_steps, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:
             raise SpecError("<flags>", name, f"is {value}", f"use {low} or more")

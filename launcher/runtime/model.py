@@ -2,7 +2,9 @@
 
 Block: ``h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h))``. Attention has separate
 wq/wk/wv/wo projections without bias, real-valued rotate-half RoPE (cos/sin buffers; no complex numbers, so
-DTensor, torch.compile and float8 all see plain real tensors) and GQA through SDPA's ``enable_gqa``.
+DTensor, torch.compile and float8 all see plain real tensors; skipped in the blocks ``no_rope_layers`` marks) and
+GQA through SDPA's ``enable_gqa``. RoPE, the RMSNorms, SwiGLU and the loss run the kernels the plan chose
+(launcher.runtime.kernels; ``set_block_kernels`` sets them, the defaults are PyTorch's).
 
 The model is built on the meta device; ``init_weights`` materialises it after sharding. Initial values are a
 function of (seed, parameter FQN, global position) only, so every plan — and the unsharded single-process
@@ -19,6 +21,7 @@ from torch import nn
 
 from costmodel import ModelSpec
 from launcher.runtime.moe import MoE
+from launcher.runtime import kernels
 
 # Wrappers (activation checkpointing, torch.compile) insert these into FQNs; checkpoints and init strip them.
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.")
@@ -41,18 +44,22 @@ def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on x of shape (b, heads, s, head_dim)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose kernel is a plan choice (norm_impl)."""
+
+    impl = "eager"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(self.impl, x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec) -> None:
+    rope_impl = "eager"
+
+    def __init__(self, spec: ModelSpec, use_rope: bool = True) -> None:
         super().__init__()
         h, dh = spec.hidden_size, int(spec.head_dim)
-        self.head_dim = dh
+        self.head_dim, self.use_rope = dh, use_rope
         self.wq = nn.Linear(h, spec.num_attention_heads * dh, bias=False)
         self.wk = nn.Linear(h, spec.kv_heads * dh, bias=False)
         self.wv = nn.Linear(h, spec.kv_heads * dh, bias=False)
@@ -60,12 +67,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        # -1 heads: under tensor parallelism each rank holds heads / tp of them
-        q = self.wq(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, s, -1, self.head_dim).transpose(1, 2)
-        cos, sin = cos[:s].to(q.dtype), sin[:s].to(q.dtype)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # -1 heads: under tensor parallelism each rank holds heads / tp of them; RoPE on the sequence-major
+        # projections, SDPA on (b, heads, s, dh) views of them
+        q = self.wq(x).view(b, s, -1, self.head_dim)
+        k = self.wk(x).view(b, s, -1, self.head_dim)
+        v = self.wv(x).view(b, s, -1, self.head_dim)
+        if self.use_rope:
+            q, k = kernels.apply_rope(self.rope_impl, q, k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(b, s, -1))
 
@@ -79,9 +88,11 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(width, spec.hidden_size, bias=False)
         self.w3 = nn.Linear(spec.hidden_size, width, bias=False) if self.gated else None
 
+    swiglu_impl = "eager"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.w3 is not None:
-            return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return self.w2(kernels.swiglu(self.swiglu_impl, self.w1(x), self.w3(x)))
         return self.w2(F.gelu(self.w1(x)))
 
 
@@ -89,9 +100,9 @@ class TransformerBlock(nn.Module):
     def __init__(self, spec: ModelSpec, layer_id: int) -> None:
         super().__init__()
         self.layer_id = layer_id
-        self.attention_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
-        self.attention = Attention(spec)
-        self.ffn_norm = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.attention_norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.attention = Attention(spec, use_rope=spec.uses_rope(layer_id))
+        self.ffn_norm = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
         # a mixture-of-experts block replaces the MLP (launcher.runtime.moe); the spec says which blocks
         self.feed_forward = MoE(spec) if spec.is_moe_layer(layer_id) else FeedForward(spec)
 
@@ -103,13 +114,16 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """The whole decoder, or one pipeline stage of it (missing parts are None; FQNs stay global)."""
 
+    rope_impl = "eager"
+    loss_impl = "eager"
+
     def __init__(self, spec: ModelSpec, max_seq_len: int) -> None:
         super().__init__()
         self.spec, self.max_seq_len = spec, max_seq_len
         self.tok_embeddings: nn.Embedding | None = nn.Embedding(spec.vocab_size, spec.hidden_size)
         # keyed by global layer index so pipeline stages keep checkpoint FQNs stable
         self.layers = nn.ModuleDict({str(i): TransformerBlock(spec, i) for i in range(spec.num_hidden_layers)})
-        self.norm: nn.RMSNorm | None = nn.RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
+        self.norm: RMSNorm | None = RMSNorm(spec.hidden_size, eps=spec.rms_norm_eps)
         self.output: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
@@ -118,14 +132,21 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids (b, s) → logits (b, s, V); a middle pipeline stage maps hidden states to hidden states."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (b, s) → logits (b, s, V); a middle pipeline stage maps hidden states to hidden states. With
+        ``labels`` (loss_impl liger_fused), the mean cross-entropy of the fused linear cross-entropy, computed here
+        inside the root's forward, where FSDP2 has the output projection unsharded."""
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        cos, sin = kernels.rope_tables(self.rope_impl, self.rope_cos, self.rope_sin, h.dtype)
         for layer in self.layers.values():
-            h = layer(h, self.rope_cos, self.rope_sin)
+            h = layer(h, cos, sin)
         if self.norm is not None:
             h = self.norm(h)
-        return self.output(h) if self.output is not None else h
+        if self.output is None:
+            return h
+        if labels is not None:
+            return kernels.fused_linear_cross_entropy(h, self.output.weight, labels)
+        return self.output(h)
 
     def init_weights(self, *, seed: int, buffer_device: torch.device | None = None) -> None:
         """Fill every (possibly sharded) parameter in place, re-tie a tied output, recompute the RoPE buffers.

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
 from launcher.runtime.checkpoint import Checkpointer
 from launcher.runtime.config import TrainConfig, validate
 from launcher.runtime.data import local_batch, make_source, samples_consumed
 from launcher.runtime.faults import Preemption, inject_fault
+from launcher.runtime.kernels import LossFn, build_loss, effective_kernels, logits_loss, set_block_kernels
+from launcher.runtime.kernels import cross_entropy_fp32  # noqa: F401  (launcher.gputools.verify imports it here)
 from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
                               step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
@@ -93,11 +94,6 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def cross_entropy_fp32(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy on fp32 logits (the bf16 logits can be freed once this returns)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1))
-
-
 def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
@@ -116,6 +112,10 @@ class Session:
     schedulers: list[torch.optim.lr_scheduler.LambdaLR]
     fp8: Fp8Schedule | None = None
     source: object = None
+    kernels: dict[str, str] = field(default_factory=dict)
+    """The kernel choices that run (the plan's, after launcher.runtime.kernels' fallbacks)."""
+    loss: LossFn | None = None
+    """One micro-batch's loss: loss(model, tokens, labels)."""
 
     @property
     def has_first(self) -> bool:
@@ -145,9 +145,10 @@ def materialize(part: Transformer, device: torch.device, offload_blocks: set[str
 
 
 def build_parts(cfg: TrainConfig, device: torch.device
-                ) -> tuple[Meshes, list[tuple[int, Transformer]], "Fp8Schedule | None"]:
-    """This rank's stage modules, parallelised and materialised: the meshes, [(stage, module)] and the float8
-    schedule (the trainer's build, and `loadmaster rehearse`, which runs them under fake collectives)."""
+                ) -> tuple[Meshes, list[tuple[int, Transformer]], "Fp8Schedule | None", dict[str, str]]:
+    """This rank's stage modules, parallelised and materialised: the meshes, [(stage, module)], the float8
+    schedule and the kernels that run (the trainer's build, and `loadmaster rehearse`, which runs them under fake
+    collectives)."""
     plan, spec = cfg.plan, cfg.model
     torch.manual_seed(cfg.seed)
     meshes = build_meshes(plan, device.type)
@@ -158,6 +159,8 @@ def build_parts(cfg: TrainConfig, device: torch.device
                           fp8_emulate=(not cuda) if cfg.fp8_emulate is None else cfg.fp8_emulate,
                           fp8_skip_small=cfg.fp8_skip_small)
     whole = build_model(spec, plan.seq_len)
+    kernels = effective_kernels(plan, device.type)
+    set_block_kernels(whole, kernels)
     if plan.pp > 1 or plan.virtual_stages > 1:
         parts = split_pipeline(whole, layers_per_stage=plan.stage_layers(spec.num_hidden_layers),
                                pp_rank=meshes.pp_rank, pp=plan.pp, virtual_stages=plan.virtual_stages)
@@ -171,18 +174,19 @@ def build_parts(cfg: TrainConfig, device: torch.device
     # every rank holds the schedule when any stage runs float8: its sensitivity probe is collective
     fp8 = Fp8Schedule.from_parts(parts, plan=plan, num_layers=spec.num_hidden_layers, seed=cfg.seed) \
         if any(plan.per_stage("fp8_layers", spec.num_hidden_layers)) else None
-    return meshes, parts, fp8
+    return meshes, parts, fp8, kernels
 
 
 def build(cfg: TrainConfig, device: torch.device) -> Session:
     """Meta model → pipeline split → per-part parallelisation → materialisation → optimizers and schedule."""
     plan, spec = cfg.plan, cfg.model
-    meshes, parts, fp8 = build_parts(cfg, device)
+    meshes, parts, fp8, kernels = build_parts(cfg, device)
     modules = [part for _, part in parts]
     schedule = None
     if plan.pp > 1:
         schedule = build_schedule(parts, pp_mesh=meshes.pp_mesh, device=device, schedule=plan.pp_schedule,
-                                  n_microbatches=plan.num_microbatches, loss_fn=cross_entropy_fp32)
+                                  n_microbatches=plan.num_microbatches,
+                                  loss_fn=logits_loss(kernels["loss_impl"], backend=cfg.compile_backend))
     optimizers = [build_optimizer(m, kind=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   impl=plan.optimizer_impl) for m in modules]
     schedulers = [build_scheduler(o, warmup_steps=cfg.warmup, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
@@ -191,7 +195,8 @@ def build(cfg: TrainConfig, device: torch.device) -> Session:
                          seed=cfg.seed)
     return Session(cfg=cfg, device=device, meshes=meshes, parts=modules, stages=[s for s, _ in parts],
                    schedule=schedule, optimizers=optimizers, schedulers=schedulers, fp8=fp8,
-                   source=source)
+                   source=source, kernels=kernels,
+                   loss=build_loss(kernels["loss_impl"], backend=cfg.compile_backend))
 
 
 def forward_backward(s: Session, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
@@ -213,9 +218,7 @@ def forward_backward(s: Session, tokens: torch.Tensor, labels: torch.Tensor) -> 
         model.set_requires_gradient_sync(m == n - 1 or plan.grad_reduce == "every")
         rows = slice(m * mbs, (m + 1) * mbs)
         with s.loss_context():
-            logits = model(tokens[rows])
-            loss = cross_entropy_fp32(logits, labels[rows])
-            del logits  # only the fp32 copy inside the loss is needed for backward
+            loss = s.loss(model, tokens[rows], labels[rows])   # the logits are freed inside (kernels.build_loss)
             (loss / n).backward()
         total += _plain(loss.detach()).float()
     return total / n
@@ -301,8 +304,13 @@ def run(cfg: TrainConfig) -> dict:
         Path(cfg.out, "preempted").unlink(missing_ok=True)
     preemption = Preemption().install()
     timer, records, done, preempted = StepTimer(device), [], start, False
+    gc_was_enabled = gc.isenabled()
+    if cfg.gc_every_steps:   # as TorchTitan: no automatic collection pauses inside steps, a young one now and then
+        gc.disable()
     try:
         for step in range(start, cfg.steps):
+            if cfg.gc_every_steps and step > start and step % cfg.gc_every_steps == 0:
+                gc.collect(1)
             inject_fault(step)
             batch = local_batch(s.source, cfg.plan, step=step, dp_rank=s.meshes.dp_rank, device=device)
             lr = s.schedulers[0].get_last_lr()[0]
@@ -329,13 +337,18 @@ def run(cfg: TrainConfig) -> dict:
             Path(cfg.out, "preempted").write_text(json.dumps({"step": done, "time": time.time()}) + "\n")
     finally:
         preemption.uninstall()
-        compiled = cfg.plan.compile
+        if gc_was_enabled:
+            gc.enable()
+        compiled = cfg.plan.compile or s.kernels["loss_impl"] == "compiled"
+        kernels = s.kernels
         del s
         release_memory(compiled)
     extra = {"losses": [r["loss"] for r in records], "grad_norms": [r["grad_norm"] for r in records],
              "start_step": start, "steps_done": done, "data_position": samples_consumed(cfg.plan, done),
-             "resumed_from": resumed_from, "preempted": preempted, "oom": False}
-    summary = summarize(records, timing_warmup_steps=cfg.timing_warmup_steps, model=cfg.model, plan=cfg.plan,
+             "resumed_from": resumed_from, "preempted": preempted, "oom": False, "kernels": kernels}
+    # the prediction beside the measurement prices the kernels that ran (a liger choice may have fallen back)
+    summary = summarize(records, timing_warmup_steps=cfg.timing_warmup_steps, model=cfg.model,
+                        plan=cfg.plan.replace(**kernels),
                         cluster=cluster, extra=extra)
     writer.summary(summary)
     return summary
