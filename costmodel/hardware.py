@@ -11,7 +11,7 @@ import yaml
 
 from .comm import Tier, parse_tier, tier_dict
 from .constants import HARDWARE, Constant, parse_constants
-from .errors import SpecError, build_dataclass, read_yaml, require
+from .errors import SpecError, build_dataclass, read_yaml, require, short
 from .specs import ClusterSpec, resolve
 
 GiB = 2**30
@@ -167,7 +167,7 @@ def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
     data = dict(data)
     for key, cls in _NESTED.items():
         if key in data:
-            require(isinstance(data[key], dict), source, key, f"is {data[key]!r}", "it must be a mapping")
+            require(isinstance(data[key], dict), source, key, f"is {short(data[key])}", "it must be a mapping")
             try:
                 data[key] = build_dataclass(cls, data[key], source, what=key)
             except SpecError as e:

@@ -8,21 +8,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import SpecError, build_dataclass, read_yaml, require
+from .errors import SpecError, build_dataclass, read_yaml, require, short
 
 REPO_ROOT = Path(os.environ.get("LOADMASTER_HOME", Path(__file__).resolve().parent.parent))
 RECIPES = REPO_ROOT / "recipes"
 PROFILES = REPO_ROOT / "profiles"
 
-# Keys of a Hugging Face config.json that do not change what a dense decoder costs to train.
-_HF_IGNORED = {
-    "architectures", "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
-    "hidden_act", "initializer_range", "mlp_bias", "pretraining_tp", "rope_scaling", "torch_dtype", "dtype",
-    "transformers_version", "use_cache", "use_sliding_window", "sliding_window", "max_window_layers",
-    "bias", "residual_dropout", "embedding_dropout", "_name_or_path", "layer_types", "use_mrope",
-    "tokenizer_class", "auto_map", "quantization_config", "generation_config", "output_attentions",
-    "output_hidden_states", "return_dict", "is_decoder", "task_specific_params", "finetuning_task",
+# Keys of a Hugging Face config.json that describe the checkpoint or inference, never the training math:
+# dropped without a word.
+_HF_METADATA = {
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+    "transformers_version", "use_cache", "_name_or_path", "tokenizer_class", "auto_map", "generation_config",
+    "output_attentions", "output_hidden_states", "return_dict", "is_decoder", "task_specific_params",
+    "finetuning_task", "initializer_range",
 }
+# Qwen2-family config.json files have no key for their q/k/v biases: the architecture implies them.
+_QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}
 # HF keys that mean "not a dense decoder": refused rather than silently costed wrong.
 _HF_UNSUPPORTED = {"num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
                    "num_experts_per_tok", "kv_lora_rank", "q_lora_rank"}
@@ -61,6 +62,14 @@ class ModelSpec:
     """RMSNorm epsilon (runtime only)."""
     rope_theta: float = 10000.0
     """RoPE base (runtime only)."""
+    rope_scaling: dict | None = dataclasses.field(default=None, hash=False)
+    """RoPE frequency scaling as config.json writes it, e.g. Llama-3.1's ``{rope_type: llama3, factor: 8.0,
+    low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192}`` (runtime only; the
+    trainer runs llama3 scaling and refuses other types)."""
+    attention_bias: bool = False
+    """Biases on the query, key, value and output projections (Hugging Face Llama's ``attention_bias``)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only (Qwen2; set from model_type qwen2 in a config.json)."""
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -76,10 +85,21 @@ class ModelSpec:
     def kv_heads(self) -> int:
         return int(self.num_key_value_heads)  # set in __post_init__
 
+    @property
+    def rope_type(self) -> str | None:
+        """The RoPE scaling type (``rope_type``, or ``type`` in older config.json files); None without scaling."""
+        if not self.rope_scaling:
+            return None
+        return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "")))
+
     def params_per_block(self) -> int:
-        """Weights of one block (attention, MLP and two norm vectors)."""
+        """Weights of one block (attention, MLP, their biases and two norm vectors)."""
         h, dh = self.hidden_size, int(self.head_dim)
         attn = h * dh * (self.num_attention_heads + 2 * self.kv_heads) + self.num_attention_heads * dh * h
+        if self.qkv_bias or self.attention_bias:
+            attn += dh * (self.num_attention_heads + 2 * self.kv_heads)
+        if self.attention_bias:
+            attn += h
         mlp = (3 if self.gated_mlp else 2) * h * self.intermediate_size
         return attn + mlp + 2 * h
 
@@ -103,9 +123,42 @@ def _validate_model(m: ModelSpec, source: str | Path) -> None:
             f"{m.kv_heads} does not divide num_attention_heads {m.num_attention_heads}",
             "GQA needs query heads to be a multiple of key/value heads")
     require(m.hidden_act in _GATED_ACTS | {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}, source,
-            "hidden_act", f"{m.hidden_act!r} is not supported", "use silu (SwiGLU) or gelu")
+            "hidden_act", f"{short(m.hidden_act)} is not supported", "use silu (SwiGLU) or gelu")
     require(m.rms_norm_eps > 0, source, "rms_norm_eps", f"is {m.rms_norm_eps}", "it must be positive")
     require(m.rope_theta > 0, source, "rope_theta", f"is {m.rope_theta}", "it must be positive")
+    if m.rope_scaling:
+        require(m.rope_type in ROPE_SCALING_KEYS, source, "rope_scaling",
+                f"has rope_type {short(m.rope_type)}", f"use one of {', '.join(ROPE_SCALING_KEYS)} or drop it")
+        for key in ROPE_SCALING_KEYS[m.rope_type]:
+            v = m.rope_scaling.get(key)
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e9, source,
+                    f"rope_scaling.{key}", f"is {short(v)}", "it must be a positive number")
+
+
+# Keys each RoPE scaling type needs (Hugging Face transformers' rope_config_validation names).
+ROPE_SCALING_KEYS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                     "linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",)}
+
+
+def _from_hf_config(data: dict, path: Path) -> dict:
+    """The ModelSpec keys of a Hugging Face config.json; every key that is neither one nor pure metadata is
+    listed once in a warning (dropout, sliding windows, MLP biases ... are not modelled)."""
+    bad = sorted(_HF_UNSUPPORTED & data.keys())
+    require(not bad, path, bad[0] if bad else "", "is a mixture-of-experts or latent-attention key",
+            "loadmaster models dense decoders (Llama family) only")
+    known = {f.name for f in dataclasses.fields(ModelSpec)}
+    ignored = sorted(k for k in data if k not in known and k not in _HF_METADATA)
+    if ignored:
+        shown = ", ".join(f"{k}={short(data[k], 24)}" for k in ignored)
+        warnings.warn(f"{path}: ignoring config.json keys {shown} (not modelled by loadmaster)", stacklevel=3)
+    out = {k: v for k, v in data.items() if k in known}
+    if out.get("head_dim") is None:
+        out.pop("head_dim", None)
+    if data.get("model_type") in _QKV_BIAS_TYPES:
+        out.setdefault("qkv_bias", True)
+    if out.get("rope_scaling") is None:
+        out.pop("rope_scaling", None)
+    return out
 
 
 def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
@@ -116,17 +169,7 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     data = read_yaml(path)
     is_hf = path.suffix == ".json" or "architectures" in data or "transformers_version" in data
     if is_hf:
-        bad = sorted(_HF_UNSUPPORTED & data.keys())
-        require(not bad, path, bad[0] if bad else "", "is a mixture-of-experts or latent-attention key",
-                "loadmaster models dense decoders (Llama family) only")
-        data = {k: v for k, v in data.items() if k not in _HF_IGNORED or k == "hidden_act"}
-        known = {f.name for f in dataclasses.fields(ModelSpec)}
-        extra = sorted(k for k in data if k not in known)
-        if extra:
-            warnings.warn(f"{path}: ignoring config.json keys {', '.join(extra)}", stacklevel=2)
-            data = {k: v for k, v in data.items() if k in known}
-        if data.get("head_dim") is None:
-            data.pop("head_dim", None)
+        data = _from_hf_config(data, path)
     if "name" not in data:
         data["name"] = path.stem if path.stem != "config" else path.parent.name
     spec = build_dataclass(ModelSpec, data, path, what="model")
@@ -178,7 +221,7 @@ def load_cluster(ref: str | Path | ClusterSpec) -> ClusterSpec:
     try:
         load_profile(spec.gpu)
     except SpecError as e:
-        raise SpecError(path, "gpu", f"{spec.gpu!r}: {e.problem}", e.fix or "use a name in profiles/") from None
+        raise SpecError(path, "gpu", f"{short(spec.gpu)}: {e.problem}", e.fix or "use a name in profiles/") from None
     return spec
 
 

@@ -92,6 +92,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                         f"WORLD_SIZE is {world_size}", f"launch {plan.world_size} processes or make "
                         f"dp × tp × pp = {world_size}")
     check_plan(plan, cfg.model, None, src)   # every rule of the plan itself lives there
+    if cfg.model.rope_scaling and cfg.model.rope_type != "llama3":
+        raise SpecError(cfg.model.name or "<model>", "rope_scaling", f"rope_type {cfg.model.rope_type} is not "
+                        "implemented by the trainer (it runs llama3 scaling)", "drop rope_scaling or use llama3")
     if plan.fp8_layers and importlib.util.find_spec("torchao") is None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
