@@ -157,7 +157,16 @@ class Plan:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The plan's YAML, per-stage lists on one line each (``[19, 21, 21, 19]``), not one item a line."""
+        return yaml.dump(self.to_dict(), Dumper=_FlowListDumper, sort_keys=False)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """SafeDumper writing lists of numbers in flow style; everything else as safe_dump does."""
+
+
+_FlowListDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(x, (int, float)) for x in data)))
 
 
 def tp_choices(model: ModelSpec) -> list[int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -36,17 +38,49 @@ def _knobs(c: Candidate) -> list[str]:
             "y" if p.compile else "n", p.grad_reduce]
 
 
-def top_table(result: TuneResult) -> Table:
-    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp; offload act/state blocks)")
-    for c in ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync", "step", "tok/s/GPU", "MFU",
-              "peak", "free"):
-        table.add_column(c, justify="right", no_wrap=c not in ("ckpt",))
+KNOB_COLUMNS = ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync")
+RESULT_COLUMNS = ("#", "step", "tok/s/GPU", "MFU", "peak", "free")
+LEGEND = ("layout tp·pp·dp (×2: two virtual stages); mbs micro-batch; ckpt checkpointed blocks per stage; offl "
+          "offloaded blocks, activations/state; fp8 float8 blocks; cmp torch.compile; sync gradient reduce; peak "
+          "and free GPU memory per GPU")
+
+
+def _rows(result: TuneResult) -> list[dict[str, str]]:
+    rows = []
     for i, c in enumerate(result.top):
         pr = c.prediction
-        table.add_row(str(i + 1), *_knobs(c), fmt_s(pr.step_time_s), f"{pr.tokens_per_s_per_gpu:,.0f}",
-                      f"{pr.mfu:.0%}", f"{pr.peak_memory_bytes / GiB:.1f}G",
-                      f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G")
+        knobs = dict(zip(KNOB_COLUMNS, [str(i + 1), *_knobs(c)]))
+        rows.append({**knobs, "step": fmt_s(pr.step_time_s), "tok/s/GPU": f"{pr.tokens_per_s_per_gpu:,.0f}",
+                     "MFU": f"{pr.mfu:.0%}", "peak": f"{pr.peak_memory_bytes / GiB:.1f}G",
+                     "free": f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G"})
+    return rows
+
+
+_LISTS = ("ckpt", "offl", "fp8")  # per-stage lists: the only cells that may wrap (folded, never cut)
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for c in columns:
+        longest = max([len(c), *(len(r[c]) for r in rows)])
+        table.add_column(c, justify="left" if c in _LISTS else "right", overflow="fold", no_wrap=c not in _LISTS,
+                         min_width=min(longest, 12) if c in _LISTS else longest)
+    for r in rows:
+        table.add_row(*(r[c] for c in columns))
     return table
+
+
+def top_tables(result: TuneResult, width: int) -> list[Table]:
+    """The top plans as one table, or — when that is wider than ``width`` — a table of knobs and a table of
+    predictions, joined by the plan number: every column and every value is shown whole at any width (a long
+    per-stage list wraps inside its cell)."""
+    rows = _rows(result)
+    title = f"top {len(result.top)} plans"
+    one = _table(title, KNOB_COLUMNS + RESULT_COLUMNS[1:], rows)
+    natural = Measurement.get(console, console.options.update(max_width=10_000), one).maximum
+    if natural <= width:
+        return [one]
+    return [_table(f"{title}: knobs", KNOB_COLUMNS, rows), _table(f"{title}: predicted", RESULT_COLUMNS, rows)]
 
 
 def _candidate_json(c: Candidate) -> dict:
@@ -163,7 +197,9 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
         for line in result.diagnosis:
             console.print(f"  • {line}")
         return
-    console.print(top_table(result))
+    for table in top_tables(result, console.width):
+        console.print(table)
+    console.print(f"[dim]{LEGEND}[/]", highlight=False)
     best = result.best
     console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
                   f"solver: {best.status}, gap {best.gap:.2%}")
