@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 
 from .errors import SpecError, build_dataclass, read_yaml, require
-from .specs import ClusterSpec, ModelSpec
+from .specs import ClusterSpec, ModelSpec, resolve
 
 PerStage = int | list[int] | None
 PER_STAGE_KEYS = ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers")
@@ -232,12 +232,13 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
 
 
 def load_plan(ref: str | Path | Plan | dict) -> Plan:
-    """A Plan from an object, a dict, or a YAML path."""
+    """A Plan from an object, a dict, a YAML path or a shipped plan name (recipes/plans)."""
     if isinstance(ref, Plan):
         return ref
     if isinstance(ref, dict):
         return parse_plan(ref)
-    return parse_plan(read_yaml(ref), Path(ref))
+    path = resolve(ref, "plans")
+    return parse_plan(read_yaml(path), path)
 
 
 def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,7 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     if is_hf:
         data = _from_hf_config(data, path)
     if "name" not in data:
-        data["name"] = path.stem if path.stem != "config" else path.parent.name
+        data["name"] = _default_name(path)
     spec = build_dataclass(ModelSpec, data, path, what="model")
     _validate_model(spec, path)
     return spec
@@ -264,9 +265,54 @@ def _probe(test) -> bool:
         return False
 
 
-def resolve(ref: str | Path, kind: str) -> Path:
-    """A path as given if it exists, else the shipped recipe (or profile) of that name."""
+def _default_name(path: Path) -> str:
+    """A model's display name: the file's stem, its folder's for a config.json, the repository's for a file
+    in the Hugging Face cache (.../models--ORG--NAME/snapshots/REVISION/config.json)."""
+    if path.stem != "config":
+        return path.stem
+    if path.parent.parent.name == "snapshots":
+        return path.parent.parent.parent.name.split("--")[-1]
+    return path.parent.name
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _hub_config(repo_id: str) -> Path:
+    """config.json of a Hugging Face hub model, from the local cache or the hub (huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise SpecError(repo_id, "<file>", "is not a file or shipped model; as a Hugging Face hub id it needs "
+                        "huggingface_hub", "pip install huggingface_hub, or give the path of its config.json") from None
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename="config.json"))
+    except Exception as e:  # offline, gated, unknown repository: all one answer for the user
+        raise SpecError(repo_id, "<file>", f"is not a file or shipped model, and its config.json is neither in the "
+                        f"Hugging Face cache nor reachable on the hub ({type(e).__name__})",
+                        "download config.json where the hub is reachable and give its path (gated models need "
+                        "`huggingface-cli login`)") from None
+
+
+def portable_ref(ref: str | Path, kind: str) -> str:
+    """A reference to a spec file that works from any directory: the shipped name for a shipped recipe, the
+    absolute path for any other file, else ``ref`` itself (a shipped name or a hub id)."""
     p = Path(ref)
+    if not _probe(p.exists):
+        return str(ref)
+    full = p.resolve()
+    root = (PROFILES if kind == "profiles" else RECIPES / kind).resolve()
+    if full.parent == root and full.suffix == ".yaml":
+        return full.stem
+    return str(full)
+
+
+def resolve(ref: str | Path, kind: str) -> Path:
+    """A path as given if it exists (for a model, a folder holding config.json: a Hugging Face snapshot),
+    else the shipped recipe (or profile) of that name, else (models) a Hugging Face hub id."""
+    p = Path(ref)
+    if kind == "models" and _probe(p.is_dir) and _probe((p / "config.json").is_file):
+        return p / "config.json"
     if _probe(p.exists):
         return p
     root = PROFILES if kind == "profiles" else RECIPES / kind
@@ -274,6 +320,8 @@ def resolve(ref: str | Path, kind: str) -> Path:
     for cand in (root / f"{name}.yaml", root / name):
         if _probe(cand.is_file):
             return cand
+    if kind == "models" and _HUB_ID.fullmatch(name) and not name.endswith((".yaml", ".yml", ".json")):
+        return _hub_config(name)
     names = shipped(kind)
     import difflib
     close = difflib.get_close_matches(name, names, n=3)

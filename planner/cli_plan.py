@@ -13,7 +13,7 @@ from costmodel import load_cluster, load_job, load_model, load_plan
 from costmodel.prediction import predict
 from costmodel.hardware import GiB
 
-from .cli import console, guarded, print_json
+from .cli import check_choice, check_flags, console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
 from .explain import alternatives, binding_constraint
 from .space import SearchSpace
@@ -93,11 +93,14 @@ def register(app: typer.Typer) -> None:
     @app.command("plan")
     @guarded
     def plan_cmd(
-        model: str = typer.Argument(..., help="Model recipe name or path (YAML or config.json)."),
-        cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster recipe name or path."),
+        model: str = typer.Argument(None, help="Model recipe name, YAML or config.json path, Hugging Face "
+                                    "snapshot folder or hub id (default: the job's model).", show_default=False),
+        cluster: str = typer.Option(None, "--cluster", "-c", help="Cluster recipe name or path (default: the "
+                                    "job's cluster).", show_default=False),
         global_batch_size: int = typer.Option(None, "--global-batch-size", "-b", help="Sequences per step."),
         seq_len: int = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
-        job: str = typer.Option(None, "--job", help="Job file with global_batch_size and seq_len."),
+        job: str = typer.Option(None, "--job", help="Job recipe name or file: global_batch_size and seq_len, "
+                                "and model and cluster when it names them (flags and MODEL win)."),
         top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list."),
         time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take."),
         gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap of the MILP."),
@@ -123,8 +126,20 @@ def register(app: typer.Typer) -> None:
             j = load_job(job)
             global_batch_size = global_batch_size or j.global_batch_size
             seq_len = seq_len or j.seq_len
+            model, cluster = model or j.model, cluster or j.cluster
+        if model is None or cluster is None:
+            raise ValueError(f"give MODEL and --cluster{' (the job names neither)' if job else ''}, or --job FILE "
+                             "that names them")
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
+        check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--top-k", top_k, 1),
+                    ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--micro-batch-size", micro_batch_size, 1),
+                    ("--fp8-rotation-steps", fp8_rotation_steps, 0))
+        check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--max-fp8-fraction", max_fp8_fraction, 0.0),
+                    high={"--gap": 1.0, "--max-fp8-fraction": 1.0})
+        check_choice("--zero", zero, (0, 1, 2, 3))
+        check_choice("--recompute", recompute, ("none", "full", "selective"))
+        check_choice("--schedule", schedule, ("1F1B", "Interleaved1F1B", "GPipe"))
         space = SearchSpace(
             tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
