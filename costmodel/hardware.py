@@ -266,6 +266,17 @@ def profile_name_for_gpu(device_name: str, total_memory_bytes: float) -> str | N
     return None
 
 
+def gpu_family(ref: str) -> str:
+    """The shipped datasheet profile a cluster's ``gpu`` belongs to (what profile_name_for_gpu reports for the
+    device): a variant's base, a measured profile's GPU (``h200-measured`` -> ``h200``), else the name itself."""
+    from .specs import PROFILES
+    name = Path(str(ref)).stem.removesuffix("-measured")
+    variant = PROFILES / "variants" / f"{name}.yaml"
+    if variant.is_file():
+        return str(read_yaml(variant).get("base", name))
+    return name
+
+
 def resolve_measured(name: str) -> str | None:
     """`<name>-measured` in profiles/ if it exists (made by `loadmaster profile`)."""
     from .specs import PROFILES

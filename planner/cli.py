@@ -64,6 +64,8 @@ def _conventional_metavar(self, ctx) -> str:
 
 typer.core._TyperParameter.display_type = _conventional_metavar
 typer.core.TyperArgument.display_name_raw = property(lambda self: self.metavar or (self.name or "").upper())
+typer.core.TyperArgument._usage_display_name = lambda self: (  # click's usage style: MODEL, [MODEL], FILES...
+    (self.display_name_raw if self.required else f"[{self.display_name_raw}]") + ("..." if self.nargs != 1 else ""))
 
 
 app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,

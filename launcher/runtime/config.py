@@ -68,6 +68,10 @@ class TrainConfig:
     """Leave Linears torchao's size filter would skip in bf16 (False only for tiny test models)."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
+    log_every: int = 1
+    """Print a step line (loss, tokens/s, MFU, memory, predicted step time) every this many steps; 0: none."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to ``out``/tensorboard (needs the optional tensorboard package)."""
     plan_source: str | None = field(default=None, metadata={"flag": False})
     """Where the plan came from, for error messages; None = the plan's own ``source``."""
 
@@ -99,6 +103,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
+                             ("log_every", cfg.log_every, 0), ("timing_warmup_steps", cfg.timing_warmup_steps, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:
             raise SpecError("<flags>", name, f"is {value}", f"use {low} or more")

@@ -26,7 +26,7 @@ from launcher.runtime.config import TrainConfig, validate
 from launcher.runtime.data import local_batch, make_source, samples_consumed
 from launcher.runtime.faults import Preemption, inject_fault
 from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
-                              step_record, summarize)
+                                     predict_for, step_line, step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from launcher.runtime.parallel import Fp8Rotation, Meshes, PartOptions, build_meshes, parallelize_part
@@ -263,7 +263,7 @@ def run(cfg: TrainConfig) -> dict:
     world = dist.get_world_size()
     validate(cfg, world)
     device = local_device()
-    writer = MetricsWriter(cfg.out)
+    writer = MetricsWriter(cfg.out, tensorboard=cfg.tensorboard)
     ckpt = Checkpointer(cfg.out, keep=cfg.keep_checkpoints) if cfg.out else None
     s = build(cfg, device)
     cluster = detect_cluster(device, cfg.cluster)
@@ -275,7 +275,10 @@ def run(cfg: TrainConfig) -> dict:
             train = ckpt.load(found, parts=s.parts, optimizers=s.optimizers, schedulers=s.schedulers)
             start, resumed_from = int(train["step"]), str(found)
             _check_resume(cfg, train, found)
-    if cfg.out and dist.get_rank() == 0:
+    writer.start(start)
+    rank0 = dist.get_rank() == 0
+    predicted = predict_for(cfg.model, cluster, cfg.plan)[0] if rank0 and cfg.log_every else None
+    if cfg.out and rank0:
         Path(cfg.out, "preempted").unlink(missing_ok=True)
     preemption = Preemption().install()
     timer, records, done, preempted = StepTimer(device), [], start, False
@@ -296,6 +299,8 @@ def run(cfg: TrainConfig) -> dict:
                                  fp8_window=s.rotations[0].window(step) if s.rotations else None)
             records.append(record)
             writer.step(record)
+            if rank0 and cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+                print(step_line(record, total_steps=cfg.steps, predicted=predicted), flush=True)
             if stop:
                 preempted = True
                 break
