@@ -88,8 +88,9 @@ def parse_yaml(text: str, source: str | Path) -> dict:
     if len(text) > MAX_FILE_BYTES:
         raise SpecError(source, "<file>", f"is {len(text):,} characters, more than the {MAX_FILE_BYTES:,} a spec "
                         "may be", "give the spec itself")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
         data = loader.get_single_data()
     except _TooManyAliases:
         raise SpecError(source, "<file>", f"uses more than {MAX_YAML_ALIASES} YAML aliases (*name)",
@@ -101,7 +102,8 @@ def parse_yaml(text: str, source: str | Path) -> dict:
     except (RecursionError, ValueError, OverflowError):
         raise SpecError(source, "<file>", "is not valid YAML", "fix the syntax") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(source, "<file>", f"holds a {type(data).__name__}, not a mapping of keys",
                         "write one `key: value` per line")

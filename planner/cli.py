@@ -122,6 +122,12 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(" ".join(str(e).split()), as_json)
         except FileNotFoundError as e:
             fail(f"{e.filename}: no such file", as_json)
+        except ModuleNotFoundError as e:  # an optional package a verb imports late (scipy on a GPU node)
+            package = (e.name or "").split(".")[0]
+            if package not in OPTIONAL:
+                raise
+            fail(f"{fn.__name__.removesuffix('_cmd')} needs the Python package {package}, which is not installed "
+                 f"here; pip install {OPTIONAL[package]}", as_json)
     return wrapper
 
 
