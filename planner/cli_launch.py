@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         if code:
             raise typer.Exit(code)
 
-    from launcher.launch.request import EXIT_CODES
+    from launcher.launch.report import EXIT_CODES
     launch_cmd.__doc__ = launch_cmd.__doc__.replace("{codes}", "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
     # the options are LaunchRequest's fields (costmodel/flags.py), the same ones python -m launcher.launch takes
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),

@@ -1,5 +1,5 @@
 """TorchTitan 0.3.0 config (it needs torch 2.13) written by `loadmaster export` from
-llama3-8b-fsdp.yaml for llama3-8b.
+llama3-8b-fsdp.yaml for llama3.1-8b.
 
 Run it with this folder on PYTHONPATH (launch.sh does):
   torchrun --nnodes 1 --nproc-per-node 8 -m torchtitan.train --module loadmaster_torchtitan --config loadmaster_plan
@@ -17,9 +17,6 @@ from torchtitan.trainer import Trainer
 
 def _model_spec(converters):
     spec = model_registry('8B', converters=converters or None)
-    # the model's RoPE and norm eps, where TorchTitan's builder sets others
-    for layer in spec.model.layers:
-        layer.attention.rope = ComplexRoPE.Config(dim=layer.attention.rope.dim, max_seq_len=8192, theta=500000.0, scaling='none')
     return spec
 
 
