@@ -12,7 +12,7 @@ import yaml
 from .comm import Tier, parse_tier, tier_dict
 from .constants import HARDWARE, Constant, parse_constants
 from .errors import SpecError, build_dataclass, read_yaml, require, short
-from .specs import ClusterSpec, resolve
+from .specs import ClusterSpec, _probe, resolve
 
 GiB = 2**30
 """Bytes in a GiB: memory is bytes everywhere inside loadmaster, GiB only where a person reads it."""
@@ -236,7 +236,7 @@ def load_profile(ref: str | Path | HardwareProfile) -> HardwareProfile:
         return ref
     from .specs import PROFILES
     variant = PROFILES / "variants" / f"{ref}.yaml"
-    if isinstance(ref, str) and not Path(ref).exists() and variant.is_file():
+    if isinstance(ref, str) and not _probe(Path(ref).exists) and _probe(variant.is_file):
         v = build_dataclass(Variant, read_yaml(variant), variant, what="variant")
         return derive_variant(load_profile(v.base), v)
     path = resolve(ref, "profiles")
@@ -272,7 +272,7 @@ def gpu_family(ref: str) -> str:
     from .specs import PROFILES
     name = Path(str(ref)).stem.removesuffix("-measured")
     variant = PROFILES / "variants" / f"{name}.yaml"
-    if variant.is_file():
+    if _probe(variant.is_file):
         return str(read_yaml(variant).get("base", name))
     return name
 
@@ -280,7 +280,7 @@ def gpu_family(ref: str) -> str:
 def resolve_measured(name: str) -> str | None:
     """`<name>-measured` in profiles/ if it exists (made by `loadmaster profile`)."""
     from .specs import PROFILES
-    if Path(name).exists():
+    if _probe(Path(name).exists):
         return None
     cand = PROFILES / f"{name}-measured.yaml"
-    return str(cand) if cand.is_file() else None
+    return str(cand) if _probe(cand.is_file) else None

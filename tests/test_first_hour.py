@@ -258,3 +258,11 @@ def test_calibrate_refuses_to_write_a_worse_profile_unless_forced(run_cli, tmp_p
     assert not out.exists()
     code, _, err = run_cli("calibrate", *runs, "-o", out, "--force")
     assert code == 0 and out.is_file(), err
+
+
+def test_a_gpu_name_too_long_for_the_file_system_is_a_user_error(tmp_path):
+    from costmodel import load_cluster
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(f"nodes: 1\ngpus_per_node: 4\ngpu: {'x' * 300}\n")
+    with pytest.raises(SpecError, match="gpu: 'x+\\.\\.\\.x+': is neither a file nor a shipped profile"):
+        load_cluster(cluster)
