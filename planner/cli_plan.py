@@ -223,7 +223,8 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
         d = c.step_time_s / best.step_time_s - 1
         console.print(f"  #{i} is {d:+.1%} slower")
     if out is not None:
-        console.print(f"plan written to [bold]{out}[/]; run it with `loadmaster launch {out} --model {model}`")
+        console.print(f"plan written to [bold]{out}[/] (it names its model and cluster); run it with "
+                      f"`loadmaster launch {out}`")
     else:
         console.print("[dim]# chosen plan (write it with -o plan.yaml)[/]")
         console.print(best.plan.to_yaml(), highlight=False)
