@@ -65,10 +65,7 @@ def _fixups(model: ModelSpec, rope: dict, flavor: bool, max_seq: int, warnings: 
     """Lines of ``_model_spec`` that set what the builders fix differently: RoPE and norm eps (``root``: the
     expression of the Llama3Model.Config in the generated code)."""
     lines = []
-    differs = {k: v for k, v in rope.items() if _FLAVOR_ROPE.get(k) != v} if flavor else rope
-    if flavor and rope["scaling"] == "none":
-        differs = {"theta": rope["theta"], "scaling": "none"}
-    if differs:
+    if not flavor or any(_FLAVOR_ROPE.get(k) != v for k, v in rope.items()):
         args = ", ".join(f"{k}={v!r}" for k, v in rope.items())
         lines.append(f"        layer.attention.rope = ComplexRoPE.Config(dim=layer.attention.rope.dim, "
                      f"max_seq_len={max_seq}, {args})")
