@@ -240,9 +240,12 @@ def refit_fragmentation(runs: Sequence[MeasuredRun]) -> float | None:
 
 
 def calibrate(runs: Sequence[MeasuredRun], base: HardwareProfile, *, knobs: Sequence[str] = DEFAULT_KNOBS,
-              name: str | None = None, sources: Sequence[str] = ()) -> Calibration:
+              name: str | None = None, sources: Sequence[str] = (),
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Refit the identifiable ``knobs`` of ``base`` to the measured step times of ``runs`` (and the allocator
-    fragmentation to their reserved memory). ValueError when the runs cannot support the fit."""
+    fragmentation to their reserved memory). ValueError when the runs cannot support the fit.
+    ``progress(done, total)`` is called after each of the fits (the full one, then one per left-out run)."""
+    report = progress or (lambda done, total: None)
     unknown = [k for k in knobs if k not in KNOBS]
     if unknown:
         raise ValueError(f"unknown constant {unknown[0]!r}; calibrate can refit {', '.join(KNOBS)}")
@@ -262,7 +265,9 @@ def calibrate(runs: Sequence[MeasuredRun], base: HardwareProfile, *, knobs: Sequ
                          f"({', '.join(k.name for k in live)}): add runs, or fit at most {len(timed)} with "
                          f"--params {','.join(k.name for k in live[:len(timed)])}")
     before = predicted_step_times(timed, base)
+    n_fits = 1 + (len(timed) if keep and len(timed) - 1 >= len(keep) else 0)
     values, stderr = fit(timed, base, keep) if keep else (np.array([]), None)
+    report(1, n_fits)
     prof = _with(base, keep, values)
     notes = []
     frag = refit_fragmentation(runs)
@@ -276,6 +281,7 @@ def calibrate(runs: Sequence[MeasuredRun], base: HardwareProfile, *, knobs: Sequ
         for i in range(len(timed)):
             rest = timed[:i] + timed[i + 1:]
             loo[i] = float(predicted_step_times([timed[i]], _with(base, keep, fit(rest, base, keep, values)[0]))[0])
+            report(i + 2, n_fits)
     elif keep:
         notes.append(f"no leave-one-out error: {len(timed)} runs leave too few to refit {len(keep)} constants")
     mem = [_predicted_peak(r, prof) for r in timed]

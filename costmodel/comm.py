@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import SpecError, require
+from .errors import SpecError, require, short
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 _FALLBACK = {"all_gather": "all_reduce", "reduce_scatter": "all_reduce", "all_to_all": "all_gather"}
@@ -91,12 +91,12 @@ class Tier:
 
 def parse_tier(data: object, source: str, key: str) -> Tier:
     """A tier from its profile mapping, with one-line errors naming the key."""
-    require(isinstance(data, dict), source, key, f"is {data!r}", "give source, curves (and members_per_node)")
+    require(isinstance(data, dict), source, key, f"is {short(data)}", "give source, curves (and members_per_node)")
     unknown = set(data) - {"source", "curves", "members_per_node", "scale"}
     require(not unknown, source, f"{key}.{sorted(unknown)[0] if unknown else ''}", "unknown key",
             "a tier has source, curves, members_per_node and scale")
     scale = data.get("scale", 1.0)
-    require(isinstance(scale, (int, float)) and scale > 0, source, f"{key}.scale", f"is {scale!r}",
+    require(isinstance(scale, (int, float)) and scale > 0, source, f"{key}.scale", f"is {short(scale)}",
             "a positive multiplier of the curves' bus bandwidth (say why in source)")
     require(isinstance(data.get("source"), str) and len(data["source"]) >= 8, source, f"{key}.source",
             "missing or empty", "say where the curves come from")
@@ -120,7 +120,7 @@ def parse_tier(data: object, source: str, key: str) -> Tier:
             require(len(set(sizes)) == len(sizes), source, where, "repeats a size", "one point per size")
             out[op][n] = sorted([int(a) if float(a).is_integer() else float(a), float(b)] for a, b in pts)
     m = data.get("members_per_node")
-    require(m is None or (isinstance(m, int) and m >= 1), source, f"{key}.members_per_node", f"is {m!r}",
+    require(m is None or (isinstance(m, int) and m >= 1), source, f"{key}.members_per_node", f"is {short(m)}",
             "a positive integer (GPUs of each node in the measured groups)")
     return Tier(source=data["source"], curves=out, members_per_node=m, scale=float(scale))
 

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecError, read_yaml, require
+from .errors import SpecError, read_yaml, require, short
 from .specs import PROFILES
 
 
@@ -166,7 +166,7 @@ def parse_constants(data: object, source: str | Path, defs: dict[str, ConstantDe
                     key: str = "constants") -> dict[str, Constant]:
     """Read a ``constants:`` mapping: every defined name present, with a finite value in range and a source."""
     import difflib
-    require(isinstance(data, dict), source, key, f"is {data!r}", "give a mapping name: {value: X, source: '...'}")
+    require(isinstance(data, dict), source, key, f"is {short(data)}", "give a mapping name: {value: X, source: '...'}")
     out = {}
     for name, entry in data.items():
         if name not in defs:
@@ -175,7 +175,7 @@ def parse_constants(data: object, source: str | Path, defs: dict[str, ConstantDe
                             f"did you mean `{close[0]}`?" if close else f"known: {', '.join(defs)}")
         where = f"{key}.{name}"
         require(isinstance(entry, dict) and set(entry) == {"value", "source"}, source, where,
-                f"is {entry!r}", "write {value: X, source: 'measured/datasheet/derived/assumed: ...'}")
+                f"is {short(entry)}", "write {value: X, source: 'measured/datasheet/derived/assumed: ...'}")
         value, src = entry["value"], entry["source"]
         if isinstance(value, str):
             try:
@@ -183,11 +183,11 @@ def parse_constants(data: object, source: str | Path, defs: dict[str, ConstantDe
             except ValueError:
                 pass
         require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                source, where, f"value {value!r} is not a number", "give a finite number")
+                source, where, f"value {short(value)} is not a number", "give a finite number")
         d = defs[name]
         require(d.lo <= value <= d.hi, source, where, f"value {value} is outside [{d.lo}, {d.hi}]",
                 f"it is {d.doc}")
-        require(isinstance(src, str) and len(src.strip()) >= 8, source, where, f"source {src!r} says nothing",
+        require(isinstance(src, str) and len(src.strip()) >= 8, source, where, f"source {short(src)} says nothing",
                 "say how the number was obtained")
         out[name] = Constant(value=float(value), source=src.strip())
     missing = [n for n in defs if n not in out]

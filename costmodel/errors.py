@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -20,14 +21,57 @@ class SpecError(ValueError):
 
     def __init__(self, source: str, key: str, problem: str, fix: str = "") -> None:
         self.source, self.key, self.problem, self.fix = str(source), key, problem, fix
-        line = f"{self.source}: {key}: {problem}" + (f"; {fix}" if fix else "")
+        line = f"{_cut(self.source, 120)}: {_cut(key, 80)}: {_cut(problem, 400)}" + (f"; {fix}" if fix else "")
         super().__init__(" ".join(line.split()))
+
+
+def _cut(text: str, limit: int) -> str:
+    """A long name or value kept readable in a one-line error: its start and end around an ellipsis."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit // 2 - 2]}...{text[-(limit // 2 - 1):]}"
+
+
+# Input bounds, checked before parsing: the largest shipped file (a measured profile) is ~40 KiB and uses no
+# alias, so these only stop hostile or accidental inputs (a YAML alias bomb expands exponentially).
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_YAML_ALIASES = 32
+_QUOTE_CHARS = 60
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = _QUOTE_CHARS
+_short.maxlist = _short.maxdict = _short.maxtuple = 6
+_short.maxlevel = 3
+
+
+def short(value: Any, limit: int = _QUOTE_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting user input in one-line errors: nested or
+    huge values (an alias bomb's) are abbreviated without ever being expanded."""
+    text = _short.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class _TooManyAliases(Exception):
+    pass
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses more than MAX_YAML_ALIASES alias nodes (``*name``)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases = getattr(self, "aliases", 0) + 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise _TooManyAliases
+        return super().compose_node(parent, index)
 
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML (or JSON, which is YAML) file into a dict, turning every failure into a SpecError."""
     p = Path(path)
     try:
+        size = p.stat().st_size if p.is_file() else 0
+        if size > MAX_FILE_BYTES:
+            raise SpecError(p, "<file>", f"is {size:,} bytes, more than the {MAX_FILE_BYTES:,} a spec file may be",
+                            "point at the model, cluster, plan or profile YAML itself")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(p, "<file>", "no such file", "check the path or use a shipped recipe name") from None
@@ -41,20 +85,31 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def parse_yaml(text: str, source: str | Path) -> dict:
+    if len(text) > MAX_FILE_BYTES:
+        raise SpecError(source, "<file>", f"is {len(text):,} characters, more than the {MAX_FILE_BYTES:,} a spec "
+                        "may be", "give the spec itself")
+    loader = None
     try:
-        data = yaml.safe_load(text)
+        loader = _BoundedLoader(text)  # its reader already refuses control characters
+        data = loader.get_single_data()
+    except _TooManyAliases:
+        raise SpecError(source, "<file>", f"uses more than {MAX_YAML_ALIASES} YAML aliases (*name)",
+                        "write the values out; spec files need no aliases") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SpecError(source, "<file>", f"is not valid YAML{where}", "fix the syntax") from None
     except (RecursionError, ValueError, OverflowError):
         raise SpecError(source, "<file>", "is not valid YAML", "fix the syntax") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if not isinstance(data, dict):
         raise SpecError(source, "<file>", f"holds a {type(data).__name__}, not a mapping of keys",
                         "write one `key: value` per line")
     for k in data:
         if not isinstance(k, str):
-            raise SpecError(source, repr(k), "keys must be strings", "quote the key or fix the indentation")
+            raise SpecError(source, short(k), "keys must be strings", "quote the key or fix the indentation")
     return data
 
 
@@ -131,7 +186,7 @@ def build_dataclass(cls: type[T], data: dict, source: str | Path, *, what: str) 
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             fix = f"did you mean `{close[0]}`?" if close else f"valid {what} keys: {', '.join(sorted(fields))}"
-            raise SpecError(source, key, f"unknown {what} key", fix)
+            raise SpecError(source, short(key).strip("'"), f"unknown {what} key", fix)
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
@@ -141,7 +196,7 @@ def build_dataclass(cls: type[T], data: dict, source: str | Path, *, what: str) 
             continue
         ok, value = _check(data[name], hints[name])
         if not ok:
-            raise SpecError(source, name, f"is {data[name]!r} ({type(data[name]).__name__})",
+            raise SpecError(source, name, f"is {short(data[name])} ({type(data[name]).__name__})",
                             f"it must be {_type_name(hints[name])}")
         kwargs[name] = value
     return cls(**kwargs)

@@ -11,8 +11,8 @@ import yaml
 
 from .comm import Tier, parse_tier, tier_dict
 from .constants import HARDWARE, Constant, parse_constants
-from .errors import SpecError, build_dataclass, read_yaml, require
-from .specs import ClusterSpec, resolve
+from .errors import SpecError, build_dataclass, read_yaml, require, short
+from .specs import ClusterSpec, probe, resolve
 
 GiB = 2**30
 """Bytes in a GiB: memory is bytes everywhere inside loadmaster, GiB only where a person reads it."""
@@ -167,7 +167,7 @@ def parse_profile(data: dict, source: str | Path) -> HardwareProfile:
     data = dict(data)
     for key, cls in _NESTED.items():
         if key in data:
-            require(isinstance(data[key], dict), source, key, f"is {data[key]!r}", "it must be a mapping")
+            require(isinstance(data[key], dict), source, key, f"is {short(data[key])}", "it must be a mapping")
             try:
                 data[key] = build_dataclass(cls, data[key], source, what=key)
             except SpecError as e:
@@ -266,10 +266,21 @@ def profile_name_for_gpu(device_name: str, total_memory_bytes: float) -> str | N
     return None
 
 
+def gpu_family(ref: str) -> str:
+    """The shipped datasheet profile a cluster's ``gpu`` belongs to (what profile_name_for_gpu reports for the
+    device): a variant's base, a measured profile's GPU (``h200-measured`` -> ``h200``), else the name itself."""
+    from .specs import PROFILES
+    name = Path(str(ref)).stem.removesuffix("-measured")
+    variant = PROFILES / "variants" / f"{name}.yaml"
+    if probe(variant.is_file):
+        return str(read_yaml(variant).get("base", name))
+    return name
+
+
 def resolve_measured(name: str) -> str | None:
     """`<name>-measured` in profiles/ if it exists (made by `loadmaster profile`)."""
     from .specs import PROFILES
-    if Path(name).exists():
+    if probe(Path(name).exists):
         return None
     cand = PROFILES / f"{name}-measured.yaml"
-    return str(cand) if cand.is_file() else None
+    return str(cand) if probe(cand.is_file) else None

@@ -11,7 +11,7 @@ from typing import Literal
 import yaml
 
 from .errors import SpecError, build_dataclass, read_yaml, require
-from .specs import ClusterSpec, ModelSpec
+from .specs import ClusterSpec, ModelSpec, resolve
 
 PerStage = int | list[int] | None
 PER_STAGE_KEYS = ("recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers")
@@ -193,7 +193,16 @@ class Plan:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The plan's YAML, per-stage lists on one line each (``[19, 21, 21, 19]``), not one item a line."""
+        return yaml.dump(self.to_dict(), Dumper=_FlowListDumper, sort_keys=False)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """SafeDumper writing lists of numbers in flow style; everything else as safe_dump does."""
+
+
+_FlowListDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(x, (int, float)) for x in data)))
 
 
 def tp_choices(model: ModelSpec) -> list[int]:
@@ -290,12 +299,13 @@ def parse_fp8_budget(value: float | str | None, source: str | Path = "<flags>") 
 
 
 def load_plan(ref: str | Path | Plan | dict) -> Plan:
-    """A Plan from an object, a dict, or a YAML path."""
+    """A Plan from an object, a dict, a YAML path or a shipped plan name (recipes/plans)."""
     if isinstance(ref, Plan):
         return ref
     if isinstance(ref, dict):
         return parse_plan(ref)
-    return parse_plan(read_yaml(ref), Path(ref))
+    path = resolve(ref, "plans")
+    return parse_plan(read_yaml(path), path)
 
 
 def ep_choices(model: ModelSpec, dp: int) -> list[int]:

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SpecError
+from .errors import SpecError, short
 from .plan import KERNEL_KEYS, LEGACY_KERNELS, Plan, parse_plan
 from .specs import REPO_ROOT, ClusterSpec, ModelSpec, load_cluster, load_model, shipped
 
@@ -153,7 +153,7 @@ def _record(d: dict, where: str, base: Path, override: ClusterSpec | None) -> Me
     oom = bool(d.get("oom"))
     t = d.get("step_time_s")
     if not oom and not (isinstance(t, (int, float)) and t > 0):
-        raise SpecError(where, "step_time_s", f"is {t!r}", "a measured run needs its median step time")
+        raise SpecError(where, "step_time_s", f"is {short(t)}", "a measured run needs its median step time")
     mem, res = d.get("peak_memory_bytes"), d.get("peak_reserved_bytes")
     return MeasuredRun(name=str(d.get("name") or Path(where).stem), source=where, model=model, cluster=cluster,
                        plan=plan, step_time_s=None if oom else float(t),
@@ -187,7 +187,7 @@ def _model(ref, where: str, base: Path) -> ModelSpec:
         spec = load_model(name)
         if spec.name == ref:
             return spec
-    raise SpecError(where, "model", f"{ref!r} is neither a model file nor a shipped model recipe",
+    raise SpecError(where, "model", f"{short(ref)} is neither a model file nor a shipped model recipe",
                     "run calibrate where the model file is, or name a recipe in recipes/models")
 
 

@@ -3,27 +3,28 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import SpecError, build_dataclass, read_yaml, require
+from .errors import SpecError, build_dataclass, read_yaml, require, short
 
 REPO_ROOT = Path(os.environ.get("LOADMASTER_HOME", Path(__file__).resolve().parent.parent))
 RECIPES = REPO_ROOT / "recipes"
 PROFILES = REPO_ROOT / "profiles"
 
-# Keys of a Hugging Face config.json that do not change what a dense decoder costs to train.
-_HF_IGNORED = {
-    "architectures", "attention_bias", "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
-    "hidden_act", "initializer_range", "mlp_bias", "pretraining_tp", "rope_scaling", "torch_dtype", "dtype",
-    "transformers_version", "use_cache", "use_sliding_window", "sliding_window", "max_window_layers",
-    "bias", "residual_dropout", "embedding_dropout", "_name_or_path", "layer_types", "use_mrope",
-    "tokenizer_class", "auto_map", "quantization_config", "generation_config", "output_attentions",
-    "output_hidden_states", "return_dict", "is_decoder", "task_specific_params", "finetuning_task",
-    "nope_layer_interval", "no_rope_layer_interval",   # read into no_rope_layers (_nope_from_interval)
+# Keys of a Hugging Face config.json that describe the checkpoint or inference, never the training math:
+# dropped without a word.
+_HF_METADATA = {
+    "architectures", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+    "transformers_version", "use_cache", "_name_or_path", "tokenizer_class", "auto_map", "generation_config",
+    "output_attentions", "output_hidden_states", "return_dict", "is_decoder", "task_specific_params",
+    "finetuning_task", "initializer_range",
 }
+# Qwen2-family config.json files have no key for their q/k/v biases: the architecture implies them.
+_QKV_BIAS_TYPES = {"qwen2", "qwen2_moe"}
 # Hugging Face MoE keys read under another name (Mixtral, DeepSeek) -> the ModelSpec field they fill.
 _HF_RENAMED = {"num_local_experts": "num_experts", "n_routed_experts": "num_experts",
                "n_shared_experts": "num_shared_experts", "aux_loss_alpha": "router_aux_loss_coef"}
@@ -103,6 +104,14 @@ class ModelSpec:
     """Multiplier of the routed experts' weights (DeepSeek-V3: 2.5)."""
     no_rope_layers: list[int] | None = None
     """Per block, 1 if it applies RoPE and 0 if it does not (the Llama 4 / SmolLM3 config key); None: all do."""
+    rope_scaling: dict | None = dataclasses.field(default=None, hash=False)
+    """RoPE frequency scaling as config.json writes it, e.g. Llama-3.1's ``{rope_type: llama3, factor: 8.0,
+    low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192}`` (runtime only; the
+    trainer runs llama3 scaling and refuses other types)."""
+    attention_bias: bool = False
+    """Biases on the query, key, value and output projections (Hugging Face Llama's ``attention_bias``)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only (Qwen2; set from model_type qwen2 in a config.json)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
@@ -159,8 +168,14 @@ class ModelSpec:
         return sparse - sum(1 for i in set(self.mlp_only_layers) if lo <= i < hi and (i + 1) % k == 0)
 
     def attention_params(self) -> int:
+        """Weights of one attention block: q/k/v/o projections and their biases."""
         h, dh = self.hidden_size, int(self.head_dim)
-        return h * dh * (self.num_attention_heads + 2 * self.kv_heads) + self.num_attention_heads * dh * h
+        attn = h * dh * (self.num_attention_heads + 2 * self.kv_heads) + self.num_attention_heads * dh * h
+        if self.qkv_bias or self.attention_bias:
+            attn += dh * (self.num_attention_heads + 2 * self.kv_heads)
+        if self.attention_bias:
+            attn += h
+        return attn
 
     def params_per_block(self, layer: int | None = None, active: bool = False) -> int:
         """Weights of block ``layer`` (attention, MLP or router + experts, two norm vectors); ``active``: only
@@ -172,6 +187,13 @@ class ModelSpec:
             routed = self.num_experts_per_tok if active else self.num_experts
             mlp = h * self.num_experts + mats * h * (routed * self.expert_width + self.shared_width)
         return self.attention_params() + mlp + 2 * h
+
+    @property
+    def rope_type(self) -> str | None:
+        """The RoPE scaling type (``rope_type``, or ``type`` in older config.json files); None without scaling."""
+        if not self.rope_scaling:
+            return None
+        return str(self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "")))
 
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
@@ -199,7 +221,7 @@ def _validate_model(m: ModelSpec, source: str | Path) -> None:
             f"{m.kv_heads} does not divide num_attention_heads {m.num_attention_heads}",
             "GQA needs query heads to be a multiple of key/value heads")
     require(m.hidden_act in _GATED_ACTS | {"gelu", "gelu_new", "gelu_pytorch_tanh", "relu"}, source,
-            "hidden_act", f"{m.hidden_act!r} is not supported", "use silu (SwiGLU) or gelu")
+            "hidden_act", f"{short(m.hidden_act)} is not supported", "use silu (SwiGLU) or gelu")
     require(m.rms_norm_eps > 0, source, "rms_norm_eps", f"is {m.rms_norm_eps}", "it must be positive")
     require(m.rope_theta > 0, source, "rope_theta", f"is {m.rope_theta}", "it must be positive")
     if m.no_rope_layers is not None:
@@ -207,6 +229,13 @@ def _validate_model(m: ModelSpec, source: str | Path) -> None:
                 "no_rope_layers", f"{m.no_rope_layers} is not one 0/1 entry per block",
                 f"give {m.num_hidden_layers} entries, 1 for a block with RoPE, 0 for one without")
     _validate_moe(m, source)
+    if m.rope_scaling:
+        require(m.rope_type in ROPE_SCALING_KEYS, source, "rope_scaling",
+                f"has rope_type {short(m.rope_type)}", f"use one of {', '.join(ROPE_SCALING_KEYS)} or drop it")
+        for key in ROPE_SCALING_KEYS[m.rope_type]:
+            v = m.rope_scaling.get(key)
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e9, source,
+                    f"rope_scaling.{key}", f"is {short(v)}", "it must be a positive number")
 
 
 _MOE_KEYS = ("num_experts_per_tok", "moe_intermediate_size", "num_shared_experts", "shared_expert_intermediate_size",
@@ -300,6 +329,28 @@ def _nope_from_interval(data: dict) -> dict:
         return {}
     return {"no_rope_layers": [int((i + 1) % int(every) != 0) for i in range(int(data["num_hidden_layers"]))]}
 
+# Keys each RoPE scaling type needs (Hugging Face transformers' rope_config_validation names).
+ROPE_SCALING_KEYS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+                     "linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",)}
+
+
+def _from_hf_config(data: dict, path: Path) -> dict:
+    """The ModelSpec keys of a Hugging Face config.json; every key that is neither one nor pure metadata is
+    listed once in a warning (dropout, sliding windows, MLP biases ... are not modelled)."""
+    known = {f.name for f in dataclasses.fields(ModelSpec)}
+    ignored = sorted(k for k in data if k not in known and k not in _HF_METADATA)
+    if ignored:
+        shown = ", ".join(f"{k}={short(data[k], 24)}" for k in ignored)
+        warnings.warn(f"{path}: ignoring config.json keys {shown} (not modelled by loadmaster)", stacklevel=3)
+    out = {k: v for k, v in data.items() if k in known}
+    if out.get("head_dim") is None:
+        out.pop("head_dim", None)
+    if data.get("model_type") in _QKV_BIAS_TYPES:
+        out.setdefault("qkv_bias", True)
+    if out.get("rope_scaling") is None:
+        out.pop("rope_scaling", None)
+    return out
+
 
 def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     """A ModelSpec from a spec object, a YAML path, a Hugging Face config.json, or a recipe name."""
@@ -312,18 +363,12 @@ def load_model(ref: str | Path | ModelSpec) -> ModelSpec:
     if is_hf:
         data = _hf_moe(data, path)
         nope = {"no_rope_layers": data["no_rope_layers"]} if data.get("no_rope_layers") else _nope_from_interval(data)
-        data = {k: v for k, v in data.items() if k not in _HF_IGNORED or k == "hidden_act"}
-        data.pop("no_rope_layers", None)
+        for key in ("nope_layer_interval", "no_rope_layer_interval", "no_rope_layers"):
+            data.pop(key, None)
+        data = _from_hf_config(data, path)
         data.update(nope)
-        known = {f.name for f in dataclasses.fields(ModelSpec)}
-        extra = sorted(k for k in data if k not in known)
-        if extra:
-            warnings.warn(f"{path}: ignoring config.json keys {', '.join(extra)}", stacklevel=2)
-            data = {k: v for k, v in data.items() if k in known}
-        if data.get("head_dim") is None:
-            data.pop("head_dim", None)
     if "name" not in data:
-        data["name"] = path.stem if path.stem != "config" else path.parent.name
+        data["name"] = _default_name(path)
     spec = build_dataclass(ModelSpec, data, path, what="model")
     _validate_model(spec, path)
     return spec
@@ -373,7 +418,7 @@ def load_cluster(ref: str | Path | ClusterSpec) -> ClusterSpec:
     try:
         load_profile(spec.gpu)
     except SpecError as e:
-        raise SpecError(path, "gpu", f"{spec.gpu!r}: {e.problem}", e.fix or "use a name in profiles/") from None
+        raise SpecError(path, "gpu", f"{short(spec.gpu)}: {e.problem}", e.fix or "use a name in profiles/") from None
     return spec
 
 
@@ -416,9 +461,54 @@ def probe(test) -> bool:
         return False
 
 
-def resolve(ref: str | Path, kind: str) -> Path:
-    """A path as given if it exists, else the shipped recipe (or profile) of that name."""
+def _default_name(path: Path) -> str:
+    """A model's display name: the file's stem, its folder's for a config.json, the repository's for a file
+    in the Hugging Face cache (.../models--ORG--NAME/snapshots/REVISION/config.json)."""
+    if path.stem != "config":
+        return path.stem
+    if path.parent.parent.name == "snapshots":
+        return path.parent.parent.parent.name.split("--")[-1]
+    return path.parent.name
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _hub_config(repo_id: str) -> Path:
+    """config.json of a Hugging Face hub model, from the local cache or the hub (huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise SpecError(repo_id, "<file>", "is not a file or shipped model; as a Hugging Face hub id it needs "
+                        "huggingface_hub", "pip install huggingface_hub, or give the path of its config.json") from None
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename="config.json"))
+    except Exception as e:  # offline, gated, unknown repository: all one answer for the user
+        raise SpecError(repo_id, "<file>", f"is not a file or shipped model, and its config.json is neither in the "
+                        f"Hugging Face cache nor reachable on the hub ({type(e).__name__})",
+                        "download config.json where the hub is reachable and give its path (gated models need "
+                        "`huggingface-cli login`)") from None
+
+
+def portable_ref(ref: str | Path, kind: str) -> str:
+    """A reference to a spec file that works from any directory: the shipped name for a shipped recipe, the
+    absolute path for any other file, else ``ref`` itself (a shipped name or a hub id)."""
     p = Path(ref)
+    if not probe(p.exists):
+        return str(ref)
+    full = p.resolve()
+    root = (PROFILES if kind == "profiles" else RECIPES / kind).resolve()
+    if full.parent == root and full.suffix == ".yaml":
+        return full.stem
+    return str(full)
+
+
+def resolve(ref: str | Path, kind: str) -> Path:
+    """A path as given if it exists (for a model, a folder holding config.json: a Hugging Face snapshot),
+    else the shipped recipe (or profile) of that name, else (models) a Hugging Face hub id."""
+    p = Path(ref)
+    if kind == "models" and probe(p.is_dir) and probe((p / "config.json").is_file):
+        return p / "config.json"
     if probe(p.exists):
         return p
     root = PROFILES if kind == "profiles" else RECIPES / kind
@@ -426,6 +516,8 @@ def resolve(ref: str | Path, kind: str) -> Path:
     for cand in (root / f"{name}.yaml", root / name):
         if probe(cand.is_file):
             return cand
+    if kind == "models" and _HUB_ID.fullmatch(name) and not name.endswith((".yaml", ".yml", ".json")):
+        return _hub_config(name)
     names = shipped(kind)
     import difflib
     close = difflib.get_close_matches(name, names, n=3)

@@ -18,7 +18,7 @@ from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.plan import PER_STAGE_KEYS, load_plan
 from costmodel.prediction import Prediction
 from costmodel.prediction import predict as _cost
-from costmodel.specs import resolve
+from costmodel.specs import portable_ref, resolve
 
 from .space import SearchSpace
 
@@ -184,7 +184,7 @@ def _pandas():
     try:
         import pandas
     except ImportError as e:  # pragma: no cover - pandas is in the notebook and test extras
-        raise ImportError("to_frame needs pandas: pip install 'loadmaster[notebook]'") from e
+        raise ImportError("to_frame needs pandas: pip install pandas (in a loadmaster checkout: pip install -e '.[notebook]')") from e
     return pandas
 
 
@@ -205,8 +205,8 @@ def _load_plan(ref: PlanRef) -> Plan:
     return load_plan(resolve(ref, "plans"))
 
 
-def _ref_name(ref: Any) -> str | None:
-    return str(ref) if isinstance(ref, (str, Path)) else None
+def _ref_name(ref: Any, kind: str) -> str | None:
+    return portable_ref(ref, kind) if isinstance(ref, (str, Path)) else None
 
 
 def _as_values(key: str, values: Any) -> list:
@@ -304,8 +304,8 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
     m, c = load_model(model), load_cluster(cluster)
     prof = profile_for(c)
     # recipe names travel into the tuned plan's model/cluster keys, so `loadmaster launch` finds them
-    m_ref = _ref_name(model) if not isinstance(model, ModelSpec) else None
-    c_ref = _ref_name(cluster) if not isinstance(cluster, ClusterSpec) else None
+    m_ref = _ref_name(model, "models") if not isinstance(model, ModelSpec) else None
+    c_ref = _ref_name(cluster, "clusters") if not isinstance(cluster, ClusterSpec) else None
     with warnings.catch_warnings():   # the candidates' warnings; each plan's own are in its notes below
         warnings.simplefilter("ignore")
         res = tune(m_ref or m, c_ref or c, global_batch_size, seq_len, sp, top_k=top_k,
@@ -349,7 +349,7 @@ def sweep(model: ModelRef | Sequence[ModelRef], cluster: ClusterRef | Sequence[C
     for (m_ref, m), (c_ref, c), combo in itertools.product(models, clusters, itertools.product(*values.values())):
         changes = dict(zip(values, combo))
         # the plan names what it was costed for (None for spec objects, which have no file to point at)
-        data = {**base, **changes, "model": _ref_name(m_ref), "cluster": _ref_name(c_ref)}
+        data = {**base, **changes, "model": _ref_name(m_ref, "models"), "cluster": _ref_name(c_ref, "clusters")}
         notes = _fit_point(data, changes, m, c, fit_dp)
         ev = _evaluate(m, c, profiles[id(c)], data, strict=False, point=changes)
         ev.notes = notes + ev.notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import inspect
 import json
+import math
 import sys
 import warnings
 from typing import Any, Callable, Optional
@@ -44,14 +45,49 @@ class _OneLineUsageErrors(typer.core.TyperGroup):
         return code
 
 
+_typer_display_type = typer.core._TyperParameter.display_type
+
+
+def _conventional_metavar(self, ctx) -> str:
+    """Help shows ``MODEL``, ``N``, ``X`` or nothing (a switch) where typer would print ``<str>``, ``<int>`` or
+    ``<bool>``; choices and lists keep typer's rendering."""
+    desc = self.type_descriptor
+    if desc.is_choice or desc.is_list or desc.is_tuple:
+        return _typer_display_type(self, ctx)
+    if desc.is_path:
+        return "PATH"
+    if isinstance(self, typer.core.TyperArgument):
+        return ""  # its name (MODEL) already says it
+    kind = self.bare_type()
+    return {"bool": "", "int": "N", "float": "X"}.get(kind, (self.name or "value").upper())
+
+
+typer.core._TyperParameter.display_type = _conventional_metavar
+typer.core.TyperArgument.display_name_raw = property(lambda self: self.metavar or (self.name or "").upper())
+typer.core.TyperArgument._usage_display_name = lambda self: (  # click's usage style: MODEL, [MODEL], FILES...
+    (self.display_name_raw if self.required else f"[{self.display_name_raw}]") + ("..." if self.nargs != 1 else ""))
+
+
 app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False,
                   help="Plan, predict and launch distributed training of large transformers.")
 console = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            v = version("loadmaster")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            v = "unknown (not installed)"
+        console.print(f"loadmaster {v}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                            help="Print the version and exit.")) -> None:
     """Plan, predict and launch distributed training of large transformers."""
 
 err_console = Console(stderr=True)
@@ -59,9 +95,12 @@ err_console = Console(stderr=True)
 USER_ERROR = 2
 
 
-def fail(message: str) -> None:
-    """Print one line to stderr and exit with the user-error code."""
+def fail(message: str, as_json: bool = False) -> None:
+    """Print one line to stderr and exit with the user-error code; with ``--json`` also one JSON object on
+    stdout (``{"error": ..., "exit_code": 2}``), so a script reading stdout gets JSON either way."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json({"error": message, "exit_code": USER_ERROR})
     raise typer.Exit(USER_ERROR)
 
 
@@ -71,17 +110,24 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        as_json = bool(kwargs.get("as_json"))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")
                 warnings.formatwarning = lambda m, c, f, l, line=None: f"warning: {m}\n"
                 return fn(*args, **kwargs)
         except SpecError as e:
-            fail(str(e))
+            fail(str(e), as_json)
         except ValueError as e:  # user-facing ValueErrors name the value and the fix (TorchTitan style)
-            fail(" ".join(str(e).split()))
+            fail(" ".join(str(e).split()), as_json)
         except FileNotFoundError as e:
-            fail(f"{e.filename}: no such file")
+            fail(f"{e.filename}: no such file", as_json)
+        except ModuleNotFoundError as e:  # an optional package a verb imports late (scipy on a GPU node)
+            package = (e.name or "").split(".")[0]
+            if package not in OPTIONAL:
+                raise
+            fail(f"{fn.__name__.removesuffix('_cmd')} needs the Python package {package}, which is not installed "
+                 f"here; pip install {OPTIONAL[package]}", as_json)
     return wrapper
 
 
@@ -107,6 +153,22 @@ def flag_parameters(cls: type) -> list[inspect.Parameter]:
 def flag_values(values: dict[str, Any]) -> dict[str, Any]:
     """The values typer passed for ``flag_parameters``, with choices back as plain strings."""
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
+def check_flags(*bounds: tuple[str, Any, float], high: dict[str, float] | None = None) -> None:
+    """Each ``(flag, value, lowest)`` given (not None) lies in [lowest, high[flag]]; else a one-line ValueError."""
+    for flag, value, low in bounds:
+        top = (high or {}).get(flag)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (top is not None and value > top):
+            where = f"between {low:g} and {top:g}" if top is not None else f"{low:g} or more"
+            raise ValueError(f"{flag} is {value}; use a value {where}")
+
+
+def check_choice(flag: str, value: Any, choices: tuple) -> None:
+    if value is not None and value not in choices:
+        raise ValueError(f"{flag} is {value!r}; use one of {', '.join(map(str, choices))}")
 
 
 def print_json(obj: Any) -> None:

@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from costmodel import load_profile
@@ -13,7 +14,7 @@ from costmodel.calibration import DEFAULT_KNOBS, Calibration, calibrate
 from costmodel.runs import read_runs
 from costmodel.hardware import GiB
 
-from .cli import console, guarded, print_json
+from .cli import console, err_console, guarded, print_json
 from .cli_predict import fmt_s
 
 
@@ -78,6 +79,8 @@ def register(app: typer.Typer) -> None:
         cluster: str = typer.Option(None, "--cluster", "-c", help="Cluster of every run (overrides what they "
                                     "recorded; for runs whose cluster was detected on several nodes)."),
         name: str = typer.Option(None, "--name", help="Profile name (default: the output file's stem)."),
+        force: bool = typer.Option(False, "--force", help="Write the profile even when it predicts the runs' "
+                                   "step times worse than the profile it started from."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Refit a few efficiency and overlap constants of a hardware profile to measured runs by least squares,
@@ -94,9 +97,19 @@ def register(app: typer.Typer) -> None:
             warnings.warn(f"the runs ran on {gpu} GPUs but --profile {profile} is named {base.name}; the refit "
                           "constants describe the runs' GPU")
         knobs = [k.strip() for k in params.split(",") if k.strip()]
-        cal = calibrate(measured, base, knobs=knobs, name=name or (output.stem if output else None),
-                        sources=[str(r) for r in runs])
+        with Progress(TextColumn("refitting"), BarColumn(), TextColumn("{task.completed}/{task.total} fits"),
+                      TimeElapsedColumn(), console=err_console, transient=True, disable=as_json) as bar:
+            task = bar.add_task("", total=None)
+            cal = calibrate(measured, base, knobs=knobs, name=name or (output.stem if output else None),
+                            sources=[str(r) for r in runs],
+                            progress=lambda done, total: bar.update(task, completed=done, total=total))
         cal.notes.extend(f"skipped {s}" for s in skipped)
+        s = cal.summary()
+        worse = (s["after_median_abs_err"] or 0) > (s["before_median_abs_err"] or 0)
+        if output is not None and worse and not force:
+            raise ValueError(f"{output}: not written: the refit profile predicts the runs worse than {base.name} "
+                             f"(median |step time error| {s['before_median_abs_err']:.1%} -> "
+                             f"{s['after_median_abs_err']:.1%}); add runs, fit fewer --params, or pass --force")
         if output is not None:
             output.write_text(cal.profile.to_yaml())
         if as_json:

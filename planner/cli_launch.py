@@ -34,14 +34,18 @@ def register(app: typer.Typer) -> None:
         """Launch a plan with torchrun (one node, many nodes, or SLURM) into a run directory, or resume one.
 
         Flags after `--` go to the trainer (python -m launcher.runtime.train), e.g. `-- --optimizer sgd --lr 0.1`.
-        Exit codes: 0 done, 2 user error, 3 collective or rendezvous timeout, 75 preempted (resume with
-        `loadmaster launch RUN_DIR`).
+        A plan with a cluster runs on that many GPUs of its kind; a plan without one (a tiny model) runs as CPU
+        processes on gloo.
+
+        Exit codes: {codes}
         """
         from launcher.launch.request import run_launch
         code = run_launch(LaunchRequest(**flag_values(flags), train_args=list(ctx.args)))
         if code:
             raise typer.Exit(code)
 
+    from launcher.launch.report import EXIT_CODES
+    launch_cmd.__doc__ = launch_cmd.__doc__.replace("{codes}", "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()))
     # the options are LaunchRequest's fields (costmodel/flags.py), the same ones python -m launcher.launch takes
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
               *flag_parameters(LaunchRequest)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich import box
+from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -11,12 +13,11 @@ from costmodel import load_cluster, load_job, load_model, load_plan
 from costmodel.prediction import predict
 from costmodel.hardware import GiB
 
-from .cli import console, guarded, print_json
+from .cli import check_choice, check_flags, console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
 from .explain import alternatives, binding_constraint, float8_effect
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, tune
-
 
 
 def _short(v) -> str:
@@ -36,17 +37,49 @@ def _knobs(c: Candidate) -> list[str]:
             "y" if p.compile else "n", p.grad_reduce]
 
 
-def top_table(result: TuneResult) -> Table:
-    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp(ep); offload act/state blocks)")
-    for c in ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync", "step", "tok/s/GPU", "MFU",
-              "peak", "free"):
-        table.add_column(c, justify="right", no_wrap=c not in ("ckpt",))
+KNOB_COLUMNS = ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync")
+RESULT_COLUMNS = ("#", "step", "tok/s/GPU", "MFU", "peak", "free")
+LEGEND = ("layout tp·pp·dp (×2: two virtual stages; (epN): expert parallel); mbs micro-batch; ckpt checkpointed blocks per stage; offl "
+          "offloaded blocks, activations/state; fp8 float8 blocks; cmp torch.compile; sync gradient reduce; peak "
+          "and free GPU memory per GPU")
+
+
+def _rows(result: TuneResult) -> list[dict[str, str]]:
+    rows = []
     for i, c in enumerate(result.top):
         pr = c.prediction
-        table.add_row(str(i + 1), *_knobs(c), fmt_s(pr.step_time_s), f"{pr.tokens_per_s_per_gpu:,.0f}",
-                      f"{pr.mfu:.0%}", f"{pr.peak_memory_bytes / GiB:.1f}G",
-                      f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G")
+        knobs = dict(zip(KNOB_COLUMNS, [str(i + 1), *_knobs(c)]))
+        rows.append({**knobs, "step": fmt_s(pr.step_time_s), "tok/s/GPU": f"{pr.tokens_per_s_per_gpu:,.0f}",
+                     "MFU": f"{pr.mfu:.0%}", "peak": f"{pr.peak_memory_bytes / GiB:.1f}G",
+                     "free": f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G"})
+    return rows
+
+
+_LISTS = ("ckpt", "offl", "fp8")  # per-stage lists: the only cells that may wrap (folded, never cut)
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, str]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)
+    for c in columns:
+        longest = max([len(c), *(len(r[c]) for r in rows)])
+        table.add_column(c, justify="left" if c in _LISTS else "right", overflow="fold", no_wrap=c not in _LISTS,
+                         min_width=min(longest, 12) if c in _LISTS else longest)
+    for r in rows:
+        table.add_row(*(r[c] for c in columns))
     return table
+
+
+def top_tables(result: TuneResult, width: int) -> list[Table]:
+    """The top plans as one table, or — when that is wider than ``width`` — a table of knobs and a table of
+    predictions, joined by the plan number: every column and every value is shown whole at any width (a long
+    per-stage list wraps inside its cell)."""
+    rows = _rows(result)
+    title = f"top {len(result.top)} plans"
+    one = _table(title, KNOB_COLUMNS + RESULT_COLUMNS[1:], rows)
+    natural = Measurement.get(console, console.options.update(max_width=10_000), one).maximum
+    if natural <= width:
+        return [one]
+    return [_table(f"{title}: knobs", KNOB_COLUMNS, rows), _table(f"{title}: predicted", RESULT_COLUMNS, rows)]
 
 
 def _candidate_json(c: Candidate) -> dict:
@@ -59,11 +92,14 @@ def register(app: typer.Typer) -> None:
     @app.command("plan")
     @guarded
     def plan_cmd(
-        model: str = typer.Argument(..., help="Model recipe name or path (YAML or config.json)."),
-        cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster recipe name or path."),
+        model: str = typer.Argument(None, help="Model recipe name, YAML or config.json path, Hugging Face "
+                                    "snapshot folder or hub id (default: the job's model).", show_default=False),
+        cluster: str = typer.Option(None, "--cluster", "-c", help="Cluster recipe name or path (default: the "
+                                    "job's cluster).", show_default=False),
         global_batch_size: int = typer.Option(None, "--global-batch-size", "-b", help="Sequences per step."),
         seq_len: int = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
-        job: str = typer.Option(None, "--job", help="Job file with global_batch_size and seq_len."),
+        job: str = typer.Option(None, "--job", help="Job recipe name or file: global_batch_size and seq_len, "
+                                "and model and cluster when it names them (flags and MODEL win)."),
         top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list."),
         time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take."),
         gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap of the MILP."),
@@ -92,8 +128,20 @@ def register(app: typer.Typer) -> None:
             j = load_job(job)
             global_batch_size = global_batch_size or j.global_batch_size
             seq_len = seq_len or j.seq_len
+            model, cluster = model or j.model, cluster or j.cluster
+        if model is None or cluster is None:
+            raise ValueError(f"give MODEL and --cluster{' (the job names neither)' if job else ''}, or --job FILE "
+                             "that names them")
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
+        check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--top-k", top_k, 1),
+                    ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--micro-batch-size", micro_batch_size, 1),
+                    ("--fp8-rotation-steps", fp8_rotation_steps, 0))
+        check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--max-fp8-fraction", max_fp8_fraction, 0.0),
+                    high={"--gap": 1.0, "--max-fp8-fraction": 1.0})
+        check_choice("--zero", zero, (0, 1, 2, 3))
+        check_choice("--recompute", recompute, ("none", "full", "selective"))
+        check_choice("--schedule", schedule, ("1F1B", "Interleaved1F1B", "GPipe"))
         space = SearchSpace(
             tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
@@ -171,7 +219,9 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
         for line in result.diagnosis:
             console.print(f"  • {line}")
         return
-    console.print(top_table(result))
+    for table in top_tables(result, console.width):
+        console.print(table)
+    console.print(f"[dim]{LEGEND}[/]", highlight=False)
     best = result.best
     console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
                   f"solver: {best.status}, gap {best.gap:.2%}")
@@ -182,7 +232,8 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
         d = c.step_time_s / best.step_time_s - 1
         console.print(f"  #{i} is {d:+.1%} slower")
     if out is not None:
-        console.print(f"plan written to [bold]{out}[/]; run it with `loadmaster launch {out} --model {model}`")
+        console.print(f"plan written to [bold]{out}[/] (it names its model and cluster); run it with "
+                      f"`loadmaster launch {out}`")
     else:
         console.print("[dim]# chosen plan (write it with -o plan.yaml)[/]")
         console.print(best.plan.to_yaml(), highlight=False)

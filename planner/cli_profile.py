@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from .cli import fail, guarded
+from .cli import check_flags, fail, guarded
 
 NO_GPU = "profile needs a CUDA GPU; run it on a GPU node"
 
@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the profile as JSON (summary on stderr)."),
     ) -> None:
         """Measure GEMM, attention, memory, copy, CPU AdamW and NCCL speeds on this node (a GPU node)."""
+        check_flags(("--gpus", gpus, 1))
         visible = cuda_devices()
         if visible == 0:
             fail(NO_GPU)

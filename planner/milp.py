@@ -2,7 +2,6 @@
 imbalance-aware step time ``(M-1)·Tmax + Σ T_i + Dmax`` with ``Dmax ≥ D_i - Σ_{j<i} T_j``."""
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -84,18 +83,27 @@ def split_dp(options: list[StageTable], L: int, M: int) -> tuple[Choice | None, 
     return Choice(picks, obj, max(0.0, obj / lb - 1.0), "dynamic programme", time.perf_counter() - t0), lb
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    """HiGHS >= 1.16 prints its banner from C++ on the first solver it builds, whatever ``msg`` says; keep
-    it off stdout, where `plan --json` writes its one JSON object."""
+_banner_shown = False
+
+
+def _swallow_highs_banner() -> None:
+    """HiGHS >= 1.16 prints its banner from C++ (file descriptor 1) when the process builds its first solver,
+    whatever output_flag says, and never again. Build that first one with stdout pointed at /dev/null, so no
+    `plan`, `plan --json` or notebook ever shows it; later solvers are silent (output_flag off)."""
+    global _banner_shown
+    if _banner_shown:
+        return
+    import highspy
     sys.stdout.flush()
-    saved = os.dup(1)
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
-        yield
+        os.dup2(null, 1)
+        highspy.Highs()
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(null)
+    _banner_shown = True
 
 
 class _WarmHiGHS(pulp.HiGHS):
@@ -149,8 +157,8 @@ def solve(options: list[StageTable], L: int, M: int, *, time_limit_s: float = 10
         tmax.setInitialValue(max(t_w))
         dmax.setInitialValue(max(0.0, max(options[i].delta[j] - sum(t_w[:i]) for i, j in enumerate(warm.picks))))
     solver = _WarmHiGHS(msg=False, timeLimit=max(0.05, time_limit_s), gapRel=gap, threads=1)
-    with _stdout_to_stderr():
-        status = prob.solve(solver)
+    _swallow_highs_banner()
+    status = prob.solve(solver)
     model = prob.solverModel
     hs = model.getModelStatus()
     import highspy

@@ -5,6 +5,7 @@ import heapq
 import itertools
 import math
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -13,6 +14,7 @@ import numpy as np
 from costmodel import ClusterSpec, ModelSpec, Plan, load_cluster, load_model, parse_plan
 from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.plan import PER_STAGE_KEYS, even_split
+from costmodel.specs import portable_ref
 from costmodel.prediction import Prediction, predict
 from costmodel.stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
@@ -189,8 +191,9 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
     """Find the fastest plan that fits. ``progress(done, total, message)`` is called as groups finish."""
     t_start = time.perf_counter()
     space = space or SearchSpace()
-    model_ref = model if isinstance(model, str) else None
-    cluster_ref = cluster if isinstance(cluster, str) else None
+    # written plans name their model and cluster so that they load from any directory
+    model_ref = portable_ref(model, "models") if isinstance(model, (str, Path)) else None
+    cluster_ref = portable_ref(cluster, "clusters") if isinstance(cluster, (str, Path)) else None
     model, cluster = load_model(model), load_cluster(cluster)
     if global_batch_size < 1 or seq_len < 1:
         raise ValueError(f"global batch {global_batch_size} and seq len {seq_len} must be positive")

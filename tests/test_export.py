@@ -1,21 +1,13 @@
 """`loadmaster export`: TorchTitan, Megatron-LM and DeepSpeed configs of three shipped plans.
 
 Three layers of checks:
-- the engines' own parsers, when installed (none is in the `test` extra: torchtitan 0.3.0 imports triton,
-  datasets, tensorboard and wandb; DeepSpeed ships only an sdist that needs torch at build time; Megatron's
-  argument parser is not on PyPI). Checked on the development machine with torchtitan 0.3.0
-  (`ConfigManager().parse_args(["--module", ..., "--config", ...])`, model config built, float8 converter
-  applied) and DeepSpeed 0.19.8 (`DeepSpeedConfig`, its batch and ZeRO/offload schema):
-      pip install --target /tmp/ttlib --no-deps torchtitan==0.3.0 tyro spmd_types==0.2.3 einops triton ...
-      DS_BUILD_OPS=0 pip install --target /tmp/dslib --no-build-isolation --no-deps deepspeed hjson ...
-      PYTHONPATH=/tmp/ttlib:/tmp/dslib DS_ACCELERATOR=cpu python -m pytest tests/test_export.py
-- golden files (tests/golden/export/PLAN/TARGET/), always: every exported file, the launch line and the
-  warnings. The goldens were written by this exporter and then checked with the parsers above (TorchTitan,
-  DeepSpeed) and, for Megatron-LM, flag by flag against megatron/training/arguments.py (Megatron-LM main,
-  2025: --decoder-first/last-pipeline-num-layers, --data-parallel-sharding-strategy, --first-last-layers-bf16,
-  --optimizer-cpu-offload). Regenerate after an intended change with LOADMASTER_UPDATE_GOLDEN=1 and review
-  the diff.
-- consistency of each export with the plan's arithmetic (batch, degrees, layers, float8 blocks), always.
+- the engines' own parsers (tests/engines.py): Megatron-LM's parse_args + validate_args (megatron-core
+  0.19.2), TorchTitan 0.3.0's ConfigManager (the config module imported, its model config built, float8
+  converter applied) and DeepSpeed 0.19.8's DeepSpeedConfig, on the three shipped plans and on every shipped
+  model under a TP + PP + checkpointing plan. They fail under CI if a parser is missing.
+- golden files (tests/golden/export/PLAN/TARGET/): every exported file, the launch line and the warnings.
+  Regenerate after an intended change with LOADMASTER_UPDATE_GOLDEN=1 and review the diff.
+- consistency of each export with the plan's arithmetic (batch, degrees, layers, float8 blocks).
 """
 from __future__ import annotations
 
@@ -27,8 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import engines
 
-from costmodel import load_cluster, load_model, load_plan
+from costmodel import ClusterSpec, Plan, load_cluster, load_model, load_plan
+from costmodel.plan import tp_choices
+from costmodel.specs import shipped
 from launcher.export.common import TARGETS, export_plan, stage_view
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,22 +146,98 @@ def test_cli_export_user_errors(run_cli, tmp_path):
     assert code == 2 and "dp × tp × pp" in err
 
 
-# ---- the engines' own parsers, where installed -------------------------------------------------------
+# ---- the engines' own parsers (tests/engines.py) --------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PLANS)
-def test_torchtitan_parses_the_export(name, tmp_path, monkeypatch):
-    pytest.importorskip("torchtitan.config", reason="torchtitan 0.3 not installed")
+def tp_pp_ckpt(model) -> tuple[Plan, ClusterSpec]:
+    """A TP + PP + partial-checkpointing plan for ``model`` on H100 nodes: the largest TP up to 8 that divides its
+    widths, 2 pipeline stages (1 for tied embeddings, which check_plan keeps on one stage), DP 2."""
+    tp = max([t for t in tp_choices(model) if t <= 8])
+    pp = 1 if model.tie_word_embeddings else 2
+    dp, L = 2, model.num_hidden_layers
+    plan = Plan(global_batch_size=dp * 4 * pp, micro_batch_size=1, seq_len=4096, dp=dp, tp=tp, pp=pp, zero=2,
+                recompute="full", recompute_layers=max(1, L // (2 * pp)), model=model.name)
+    world = plan.world_size
+    return plan, ClusterSpec(nodes=max(1, world // 8), gpus_per_node=min(world, 8), gpu="h100-sxm",
+                             name=f"{world}xh100")
+
+
+def _cases():
+    """(name, plan, model, cluster) of every export the parsers check: the shipped plans, then every shipped
+    model under tp_pp_ckpt."""
+    out = []
+    for name in PLANS:
+        plan = load_plan(ROOT / "recipes" / "plans" / f"{name}.yaml")
+        out.append((name, plan, load_model(plan.model), load_cluster(plan.cluster)))
+    for name in shipped("models"):
+        model = load_model(name)
+        out.append((f"{name}-tp-pp-ckpt", *_with_model(tp_pp_ckpt(model), model)))
+    return out
+
+
+def _with_model(pc, model):
+    return pc[0], model, pc[1]
+
+
+CASES = _cases()
+IDS = [c[0] for c in CASES]
+
+
+def _launch_env(command: str) -> dict[str, str]:
+    """The VAR=value assignments the exported launch line sets before torchrun."""
+    env = {}
+    for tok in shlex.split(command.split("&&")[-1]):
+        if "=" not in tok or tok.startswith("-"):
+            break
+        k, v = tok.split("=", 1)
+        env[k] = v
+    return env
+
+
+@pytest.fixture(scope="module")
+def megatron_parsed():
+    cases = []
+    for _, plan, model, cluster in CASES:
+        result = export_plan(plan, model, cluster, "megatron")
+        argv = [*shlex.split(result.files["megatron_args.sh"].split("MEGATRON_ARGS=(", 1)[1].rsplit(")", 1)[0]),
+                "--tokenizer-type", "NullTokenizer", "--data-path", "data", "--train-iters", "10", "--lr", "1e-4"]
+        cases.append({"argv": argv, "env": {**_launch_env(result.command), "WORLD_SIZE": str(plan.world_size)}})
+    return engines.megatron_parse(cases)
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=IDS)
+def test_megatron_parses_and_validates_the_export(i, megatron_parsed):
+    name, plan, model, _ = CASES[i]
+    got = megatron_parsed[i]
+    assert got["ok"], f"{name}: Megatron-LM refused the export: {got['error']}"
+    a = got["args"]
+    assert (a["tensor_model_parallel_size"], a["pipeline_model_parallel_size"], a["data_parallel_size"]) == \
+        (plan.tp, plan.pp, plan.dp)
+    assert (a["micro_batch_size"], a["global_batch_size"], a["seq_length"]) == \
+        (plan.micro_batch_size, plan.global_batch_size, plan.seq_len)
+    assert (a["num_layers"], a["hidden_size"], a["num_attention_heads"], a["ffn_hidden_size"]) == \
+        (model.num_hidden_layers, model.hidden_size, model.num_attention_heads, model.intermediate_size)
+    assert a["rotary_base"] == round(model.rope_theta) and a["layernorm_epsilon"] == model.rms_norm_eps
+    assert a["add_qkv_bias"] == (model.qkv_bias or model.attention_bias)
+    assert a["untie_embeddings_and_output_weights"] == (not model.tie_word_embeddings)
+    assert a["use_rope_scaling"] == (model.rope_type == "llama3")
+    if model.rope_type == "llama3":
+        assert a["rope_scaling_factor"] == model.rope_scaling["factor"]
+
+
+@pytest.mark.parametrize("i", range(len(CASES)), ids=IDS)
+def test_torchtitan_parses_the_export(i, tmp_path, monkeypatch):
+    tt_config = engines.torchtitan(monkeypatch)
     from torchtitan.components.quantization import float8 as tt_float8
-    from torchtitan.config import ConfigManager
     from torchtitan.models.common.linear import Linear
-    plan, model, result = _export(name, "torchtitan")
+    name, plan, model, cluster = CASES[i]
+    result = export_plan(plan, model, cluster, "torchtitan")
     result.write(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "loadmaster_torchtitan", raising=False)
     importlib.invalidate_caches()
     monkeypatch.setattr(tt_float8, "has_cuda_capability", lambda *a: True)  # build the converter as on H100
-    cfg = ConfigManager().parse_args(["--module", "loadmaster_torchtitan", "--config", "loadmaster_plan"])
+    cfg = tt_config.ConfigManager().parse_args(["--module", "loadmaster_torchtitan", "--config", "loadmaster_plan"])
     par, tr = cfg.parallelism, cfg.training
     assert (par.tensor_parallel_degree, par.pipeline_parallel_degree) == (plan.tp, plan.pp)
     assert par.data_parallel_shard_degree * par.data_parallel_replicate_degree == plan.dp
@@ -179,6 +250,12 @@ def test_torchtitan_parses_the_export(name, tmp_path, monkeypatch):
                                                              "selective": "SelectiveAC.Config"}[plan.recompute]
     m = cfg.model_spec.model
     assert (m.dim, len(m.layers), m.vocab_size) == (model.hidden_size, model.num_hidden_layers, model.vocab_size)
+    assert m.enable_weight_tying == model.tie_word_embeddings
+    rope, norm = m.layers[-1].attention.rope, m.layers[-1].ffn_norm
+    assert (rope.theta, norm.eps, m.norm.eps) == (model.rope_theta, model.rms_norm_eps, model.rms_norm_eps)
+    assert rope.scaling == ("llama" if model.rope_type == "llama3" else "none")
+    if model.rope_type == "llama3":
+        assert rope.scaling_factor == model.rope_scaling["factor"]
     if plan.pp > 1:
         parts = par.module_fqns_per_model_part
         assert [sum(n.startswith("layers.") for n in p) for p in parts] == plan.stage_layers(len(m.layers))
@@ -186,12 +263,11 @@ def test_torchtitan_parses_the_export(name, tmp_path, monkeypatch):
     assert sorted(fp8) == stage_view(plan, model).fp8_blocks()
 
 
-@pytest.mark.parametrize("name", PLANS)
-def test_deepspeed_parses_the_export(name, monkeypatch):
-    monkeypatch.setenv("DS_ACCELERATOR", "cpu")
-    ds_config_mod = pytest.importorskip("deepspeed.runtime.config", reason="deepspeed not installed")
-    plan, _, result = _export(name, "deepspeed")
-    cfg = json.loads(result.files["ds_config.json"])
+@pytest.mark.parametrize("i", range(len(CASES)), ids=IDS)
+def test_deepspeed_parses_the_export(i, monkeypatch):
+    ds_config_mod = engines.deepspeed_config(monkeypatch)
+    name, plan, model, cluster = CASES[i]
+    cfg = json.loads(export_plan(plan, model, cluster, "deepspeed").files["ds_config.json"])
 
     class DataParallel:  # what Megatron/DeepSpeed's mpu reports: the data-parallel world
         def __init__(self, size):
@@ -206,18 +282,35 @@ def test_deepspeed_parses_the_export(name, monkeypatch):
         (plan.global_batch_size, plan.micro_batch_size, plan.num_microbatches)
     assert ds.bfloat16_config.enabled and ds.zero_optimization_stage == cfg["zero_optimization"]["stage"]
     offload = ds.zero_config.offload_optimizer
-    assert (offload is not None and getattr(offload.device, "value", offload.device) == "cpu") == bool(plan.offload_state_layers)
+    assert (offload is not None and getattr(offload.device, "value", offload.device) == "cpu") == \
+        bool(plan.offload_state_layers)
     with pytest.raises(Exception):  # the schema's batch check is live: a wrong dp must fail it
         ds_config_mod.DeepSpeedConfig(cfg, mpu=DataParallel(plan.dp * 2))
 
 
-def test_torchtitan_flavor_table_matches_torchtitan():
-    pytest.importorskip("torchtitan.config", reason="torchtitan 0.3 not installed")
+def test_torchtitan_flavor_table_matches_torchtitan(monkeypatch):
+    engines.torchtitan(monkeypatch)
     from torchtitan.models.llama3 import model_registry
 
-    from launcher.export.torchtitan import FLAVORS
+    from launcher.export.torchtitan import _FLAVOR_ROPE, FLAVORS
     for (h, L, heads, kv, ffn, vocab, tied), (flavor, _) in FLAVORS.items():
         m = model_registry(flavor).model
         attn, mlp = m.layers[0].attention, m.layers[0].feed_forward
         assert (m.dim, len(m.layers), m.vocab_size, m.enable_weight_tying) == (h, L, vocab, tied), flavor
         assert (attn.n_heads, attn.n_kv_heads, mlp.w1.out_features) == (heads, kv, ffn), flavor
+        rope = attn.rope
+        assert {k: getattr(rope, k) for k in _FLAVOR_ROPE} == _FLAVOR_ROPE, flavor
+
+
+def test_megatron_refuses_what_the_old_export_wrote():
+    """The parser is live: the float RoPE base and a missing sequence-parallel TP degree fail in Megatron."""
+    plan, model, cluster = CASES[0][1:]
+    argv = shlex.split(export_plan(plan, model, cluster, "megatron").files["megatron_args.sh"]
+                       .split("MEGATRON_ARGS=(", 1)[1].rsplit(")", 1)[0])
+    bad = [a if a != str(round(model.rope_theta)) else f"{model.rope_theta:g}e0" for a in argv]
+    got = engines.megatron_parse([{"argv": bad + ["--tokenizer-type", "NullTokenizer", "--train-iters", "1"],
+                                   "env": {"WORLD_SIZE": str(plan.world_size)}},
+                                  {"argv": argv + ["--tokenizer-type", "NullTokenizer", "--train-iters", "1"],
+                                   "env": {"WORLD_SIZE": str(plan.world_size * 3)}}])
+    assert not got[0]["ok"] and "rotary-base" in got[0]["error"]
+    assert not got[1]["ok"] and "global" in got[1]["error"].lower()

@@ -91,11 +91,18 @@ def mutated(draw, base: dict, extra_keys: list[str]) -> dict:
 @st.composite
 def file_text(draw, base: dict, extra_keys: list[str], junk: int = 2) -> bytes:
     """The bytes of a spec file: YAML of a (mutated) dict, truncated YAML, or (1 in ``junk`` + 4) junk."""
-    kind = draw(st.sampled_from(["yaml"] * 3 + ["truncated"] + ["bytes", "text"][:junk]))
+    kind = draw(st.sampled_from(["yaml"] * 3 + ["truncated", "aliases"] + ["bytes", "text"][:junk]))
     if kind in ("bytes", "text"):
         FUZZ_SUMMARY["junk files"] += 1
         return draw(st.binary(max_size=64)) if kind == "bytes" else draw(st.text(max_size=64)).encode()
     text = yaml.safe_dump(draw(mutated(base, extra_keys)), sort_keys=False)
+    if kind == "aliases":  # a billion-laughs value under one of the keys (9^depth elements once expanded)
+        FUZZ_SUMMARY["YAML alias bombs"] += 1
+        depth, key = draw(st.integers(1, 8)), draw(st.sampled_from(list(base)))
+        lines = ["x0: &x0 [1, 2, 3, 4, 5, 6, 7, 8, 9]"] + [
+            f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, depth + 1)]
+        kept = "".join(ln + "\n" for ln in text.splitlines() if not ln.startswith(f"{key}:"))
+        return ("\n".join(lines) + f"\n{kept}{key}: *x{depth}\n").encode()
     if kind == "truncated":
         text = text[:draw(st.integers(0, len(text)))]
     return text.encode()

@@ -255,3 +255,27 @@ def test_launch_entry_works_without_typer_pulp_or_rich(tmp_path):
     assert [x for x in res.stdout.splitlines() if x.startswith("exit")] == ["exit 0", "exit 2"], res.stderr
     assert sum(x.strip().startswith("torchrun --nnodes 64") for x in res.stdout.splitlines()) == 2
     one_line_error(2, res.stderr, "--nnodes", "is 2 but cluster 64x8xh100 has 64")
+
+
+def test_a_gpu_plan_is_refused_where_its_gpus_are_not(tmp_path):
+    plan, model = write_tiny(tmp_path, dp=8, global_batch_size=16, cluster="8xh100")
+    req = lambda **kw: LaunchRequest(target=plan, model=model, **kw)  # noqa: E731
+    with pytest.raises(SpecError, match=r"needs 8 GPUs on this node \(8xh100: 1 node\(s\) × 8 h100-sxm\); 0 are "
+                                        r"visible; use --dry-run or --slurm FILE"):
+        resolve_launch(req(), cuda_devices=0)
+    with pytest.raises(SpecError, match="needs 8 GPUs on this node .*; 4 are visible"):
+        resolve_launch(req(), cuda_devices=4, gpu_kind="h100-sxm")
+    with pytest.raises(SpecError, match="made for h100-sxm GPUs .* but this node has h200; re-plan"):
+        resolve_launch(req(), cuda_devices=8, gpu_kind="h200")
+    assert resolve_launch(req(), cuda_devices=8, gpu_kind="h100-sxm").nproc_per_node == 8
+    assert resolve_launch(req(dry_run=True), cuda_devices=0, dry_run=True).gpu  # a dry run prepares it anywhere
+    plan96, _ = write_tiny(tmp_path, dp=8, global_batch_size=16, cluster="8xh100-96g")  # a variant runs on its base GPU
+    assert resolve_launch(LaunchRequest(target=plan96, model=model), cuda_devices=8, gpu_kind="h100-sxm")
+
+
+def test_launch_of_a_gpu_plan_without_gpus_exits_2_with_one_line(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli("launch", "llama3-8b-fsdp")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the plan needs 8 GPUs on this node" in err and "0 are visible" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

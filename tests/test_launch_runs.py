@@ -163,3 +163,33 @@ def test_the_run_directory_alone_resumes_past_a_torn_checkpoint_to_the_uninterru
     assert not (run / "preempted").exists()
     code, _, err = run_cli("launch", run)  # finished: nothing to start
     assert code == 0 and f"{STEPS} of {STEPS} steps already trained" in err
+
+
+def test_a_killed_rank_is_reported_and_the_resumed_run_records_each_step_once(tmp_path):
+    """SIGKILL of rank 1 at step 6 of 6 (checkpoints every 2): exit 137 with the rank, the signal, the last
+    checkpoint and the resume command; `launch RUN_DIR` then trains steps 5-6 again, and metrics.jsonl (and
+    TensorBoard) hold every step exactly once."""
+    run = tmp_path / "run"
+    first = launch(*inputs(tmp_path, dp=2), "--out", run, "--steps", STEPS, "--checkpoint-every", 2, *TRAIN,
+                   cwd=tmp_path, LOADMASTER_FAULT="kill:1:5")
+    assert first.returncode == 137, first.stderr[-3000:]
+    report = first.stderr[first.stderr.index("error: training failed"):]
+    assert "rank 1 (node 0, local rank 1) was killed by SIGKILL" in report.splitlines()[1]
+    assert f"{run / 'checkpoints' / 'step-00000004'} (step 4 of {STEPS})" in report
+    assert f"resume with: loadmaster launch {run}" in report
+    assert "Traceback" not in first.stderr and "ResourceWarning" not in first.stderr
+    steps = lambda: [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps() == [1, 2, 3, 4, 5]  # step 5 finished after the last checkpoint: it will run again
+    assert "[rank0]:step 1/6  loss" in first.stdout  # the console's step lines
+
+    second = launch(run, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert steps() == list(range(1, STEPS + 1))
+    assert "[rank0]:step 6/6" in second.stdout and "steps 4 → 6" in second.stdout  # the summary table
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        pytest.skip("tensorboard not installed (it is in the test extra)")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert sorted(e.step for e in events.Scalars("train/loss")) == list(range(1, STEPS + 1))

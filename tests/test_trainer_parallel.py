@@ -11,6 +11,10 @@ from trainer_harness import TINY, assert_close, config, needs_torchao, plan_of, 
 from costmodel import ModelSpec
 
 TIED_GELU = ModelSpec(**{**TINY.__dict__, "tie_word_embeddings": True, "hidden_act": "gelu", "name": "tied-gelu"})
+# Qwen2's q/k/v biases and Llama-3.1's RoPE scaling (tiny context so that some wavelengths are scaled)
+BIASED_SCALED = ModelSpec(**{**TINY.__dict__, "qkv_bias": True, "name": "biased-scaled", "rope_scaling": {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16}})
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,6 +88,11 @@ def test_tensor_parallel_without_sequence_parallel():
 
 def test_pipeline_resharding_after_forward_matches_reference():
     check(dict(pp=2, dp=2, zero=3, micro_batch_size=1, pp_reshard_after_forward=True))
+
+
+@pytest.mark.parametrize("layout", [dict(tp=2), dict(dp=2, zero=3)])
+def test_qkv_biases_and_rope_scaling_match_reference(layout):
+    check(layout, model=BIASED_SCALED)
 
 
 @pytest.mark.parametrize("schedule", ["1F1B", "GPipe"])

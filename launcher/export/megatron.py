@@ -1,8 +1,10 @@
 """Export a plan to Megatron-LM: the argument list of ``pretrain_gpt.py`` (model shape, parallelism, batch,
 recompute, distributed optimizer or Megatron-FSDP, float8 and optimizer offload).
 
-Flag names follow ``megatron/training/arguments.py`` of Megatron-LM (core_r0.13 and later: first/last
-pipeline stage layers, Megatron-FSDP sharding strategies, ``--first-last-layers-bf16``, optimizer CPU offload).
+Flag names and types follow ``megatron/training/arguments.py`` as shipped in the megatron-core 0.19.2 wheel
+(MEGATRON_CORE; tests/test_export.py runs that release's own ``parse_args`` and ``validate_args`` on every
+export): first/last pipeline stage layers, Megatron-FSDP sharding strategies, ``--first-last-layers-bf16``,
+optimizer CPU offload, ``--use-rope-scaling``. Model keys Megatron cannot express are warnings.
 """
 from __future__ import annotations
 
@@ -16,10 +18,37 @@ from launcher.export.common import (ExportResult, StageView, common_warnings, of
                             stage_view, torchrun_line)
 
 ARGS_FILE = "megatron_args.sh"
+MEGATRON_CORE = "0.19.2"
+"""The megatron-core release whose megatron/training/arguments.py the flags are checked against."""
+# Megatron's --use-rope-scaling applies Llama-3.1 scaling with these fixed values; only the factor is a flag
+# (megatron/core/models/common/embeddings/rotary_pos_embedding.py, megatron-core 0.19.2).
+_MEGATRON_LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def model_args(model: ModelSpec, seq_len: int) -> list[str]:
-    """Shape flags of a Llama-family (or GPT) decoder."""
+def _rope_args(model: ModelSpec, warnings: list[str]) -> list:
+    theta = model.rope_theta
+    if float(theta) != int(theta):  # Megatron parses --rotary-base as an int
+        warnings.append(f"rope_theta {theta:g}: Megatron's --rotary-base is an integer; exported as {round(theta)}")
+    a: list = ["--rotary-base", round(theta)]
+    if not model.rope_scaling:
+        return a
+    rs = model.rope_scaling
+    fixed = {k: rs.get(k) for k in _MEGATRON_LLAMA3_ROPE}
+    if model.rope_type == "llama3" and all(float(v) == _MEGATRON_LLAMA3_ROPE[k] for k, v in fixed.items()):
+        return a + ["--use-rope-scaling", "--rope-scaling-factor", f"{float(rs['factor']):g}"]
+    if model.rope_type == "llama3":
+        warnings.append(f"rope_scaling {fixed}: Megatron's --use-rope-scaling fixes low_freq_factor 1, "
+                        f"high_freq_factor 4 and original_max_position_embeddings 8192; exported with factor "
+                        f"{float(rs['factor']):g} and those (different long-context RoPE)")
+        return a + ["--use-rope-scaling", "--rope-scaling-factor", f"{float(rs['factor']):g}"]
+    warnings.append(f"rope_scaling type {model.rope_type}: not exported (Megatron's GPT RoPE scales llama3-style "
+                    f"or by --rotary-seq-len-interpolation-factor); plain RoPE instead")
+    return a
+
+
+def model_args(model: ModelSpec, seq_len: int, warnings: list[str] | None = None) -> list[str]:
+    """Shape flags of a Llama-family (or GPT) decoder; what Megatron cannot express is added to ``warnings``."""
+    warnings = [] if warnings is None else warnings
     a = ["--num-layers", model.num_hidden_layers, "--hidden-size", model.hidden_size,
          "--ffn-hidden-size", model.intermediate_size, "--num-attention-heads", model.num_attention_heads]
     if model.kv_heads != model.num_attention_heads:
@@ -27,9 +56,14 @@ def model_args(model: ModelSpec, seq_len: int) -> list[str]:
     if model.head_dim != model.hidden_size // model.num_attention_heads:
         a += ["--kv-channels", model.head_dim]
     a += ["--seq-length", seq_len, "--max-position-embeddings", max(seq_len, model.max_position_embeddings or 0),
-          "--vocab-size", model.vocab_size, "--position-embedding-type", "rope", "--rotary-base",
-          f"{model.rope_theta:g}", "--normalization", "RMSNorm", "--norm-epsilon", f"{model.rms_norm_eps:g}",
+          "--vocab-size", model.vocab_size, "--position-embedding-type", "rope", *_rope_args(model, warnings),
+          "--normalization", "RMSNorm", "--norm-epsilon", f"{model.rms_norm_eps:g}",
           "--disable-bias-linear", "--attention-dropout", 0, "--hidden-dropout", 0]
+    if model.qkv_bias or model.attention_bias:
+        a.append("--add-qkv-bias")
+    if model.attention_bias:
+        warnings.append("attention_bias: Megatron biases q/k/v (--add-qkv-bias) but its output-projection bias comes "
+                        "only with every other linear's (--add-bias-linear); exported without it")
     if model.gated_mlp:
         a.append("--swiglu")
     if not model.tie_word_embeddings:
@@ -149,7 +183,7 @@ def megatron_args(plan: Plan, model: ModelSpec, warnings: list[str]) -> list[str
     """Every flag the plan decides, as strings in order (model, parallelism, batch, memory, precision)."""
     view = stage_view(plan, model)
     warnings += common_warnings(plan, view, "Megatron-LM")
-    a: list = model_args(model, plan.seq_len)
+    a: list = model_args(model, plan.seq_len, warnings)
     a += ["--tensor-model-parallel-size", plan.tp]
     if model.is_moe:   # Megatron too carves the expert-parallel group out of the data-parallel ranks
         a += ["--expert-model-parallel-size", plan.ep, "--expert-tensor-parallel-size", 1]
@@ -200,6 +234,9 @@ def export_megatron(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = 
             f"{model.name}.\n# Plan knobs Megatron-LM cannot express as planned:\n{notes}\n"
             "MEGATRON_ARGS=(\n" + "".join(f"  {p}\n" for p in pairs) + ")\n")
     run = torchrun_line(plan.world_size, cluster, "<MEGATRON_LM>/pretrain_gpt.py")
+    if plan.tp > 1 and "--use-megatron-fsdp" not in args:
+        # validate_args demands it for TP on Hopper and older GPUs (communication kernels queued in issue order)
+        run = f"CUDA_DEVICE_MAX_CONNECTIONS=1 {run}"
     command = (f'source "$(dirname "$0")/{ARGS_FILE}" && {run} "${{MEGATRON_ARGS[@]}}" '
                "--tokenizer-type HuggingFaceTokenizer --tokenizer-model <TOKENIZER> --data-path <DATA> "
                "--train-iters <STEPS> --lr <LR>")

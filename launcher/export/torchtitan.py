@@ -1,4 +1,9 @@
-"""Export a plan to TorchTitan 0.3.x: a Python config module and the torchrun line that runs it.
+"""Export a plan to TorchTitan 0.3.0: a Python config module and the torchrun line that runs it.
+
+Why 0.3.0 (TORCHTITAN): it is the release on the package index, the one CI installs and parses every export
+with (tests/test_export.py), and the config format TorchTitan keeps (0.2.x read TOML job files, gone since).
+It needs torch 2.13; GPU nodes still on torch 2.11 run TorchTitan 0.2.2, whose TOML schema this export does
+not write (the export says so in its warnings).
 
 TorchTitan 0.3.0 replaced TOML job files with Python config functions: ``torchtitan.train`` takes
 ``--module M --config F``, imports ``M`` (a fully qualified module path works, so a file on PYTHONPATH does)
@@ -19,6 +24,13 @@ from launcher.export.common import ExportResult, StageView, common_warnings, per
 
 MODULE = "loadmaster_torchtitan"
 FUNCTION = "loadmaster_plan"
+TORCHTITAN = "0.3.0"
+"""The TorchTitan release the config module is written for (and checked against)."""
+# What TorchTitan 0.3.0's llama3 flavors build (torchtitan/models/llama3/__init__.py): RoPE theta 500000 with
+# Llama-3.1 scaling at ComplexRoPE.Config's defaults, and RMSNorm.Config's eps.
+_FLAVOR_ROPE = {"theta": 500000.0, "scaling": "llama", "scaling_factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+_TT_NORM_EPS = 1e-5
 
 # TorchTitan's llama3 flavors (torchtitan/models/llama3/__init__.py, 0.3.0): shape -> (flavor, recipe fn).
 # Shape: hidden, blocks, heads, kv heads, FFN width, vocab, tied embeddings.
@@ -68,14 +80,51 @@ def _shape(m: ModelSpec) -> tuple:
             m.vocab_size, m.tie_word_embeddings)
 
 
+def _rope(model: ModelSpec, warnings: list[str]) -> dict:
+    """The ComplexRoPE.Config fields (besides dim and max_seq_len) that reproduce the model's RoPE."""
+    rope: dict = {"theta": float(model.rope_theta), "scaling": "none"}
+    if model.rope_type == "llama3":
+        rs = model.rope_scaling or {}
+        rope.update(scaling="llama", scaling_factor=float(rs["factor"]),
+                    low_freq_factor=float(rs["low_freq_factor"]), high_freq_factor=float(rs["high_freq_factor"]),
+                    original_max_position_embeddings=int(rs["original_max_position_embeddings"]))
+    elif model.rope_scaling:
+        warnings.append(f"rope_scaling type {model.rope_type}: TorchTitan's llama3 RoPE scales llama3-style or "
+                        f"yarn with other parameters; exported without scaling")
+    return rope
+
+
+def _fixups(model: ModelSpec, rope: dict, flavor: bool, max_seq: int, warnings: list[str], root: str) -> str:
+    """Lines of ``_model_spec`` that set what the builders fix differently: RoPE and norm eps (``root``: the
+    expression of the Llama3Model.Config in the generated code)."""
+    lines = []
+    if not flavor or any(_FLAVOR_ROPE.get(k) != v for k, v in rope.items()):
+        args = ", ".join(f"{k}={v!r}" for k, v in rope.items())
+        lines.append(f"        layer.attention.rope = ComplexRoPE.Config(dim=layer.attention.rope.dim, "
+                     f"max_seq_len={max_seq}, {args})")
+    if model.rms_norm_eps != _TT_NORM_EPS:
+        lines.append(f"        layer.attention_norm.eps = layer.ffn_norm.eps = {model.rms_norm_eps!r}")
+    if model.qkv_bias or model.attention_bias:
+        warnings.append(f"{'attention_bias' if model.attention_bias else 'qkv_bias'}: TorchTitan's llama3 "
+                        f"attention has no biases; the exported model drops them")
+    if not lines:
+        return ""
+    why = "    # the model's RoPE and norm eps, where TorchTitan's builder sets others\n"
+    tail = f"    {root}.norm.eps = {model.rms_norm_eps!r}\n" if model.rms_norm_eps != _TT_NORM_EPS else ""
+    return why + f"    for layer in {root}.layers:\n" + "".join(f"{ln}\n" for ln in lines) + tail
+
+
 def _model_code(model: ModelSpec, seq_len: int, warnings: list[str]) -> tuple[str, str, bool]:
     """Source of ``_model_spec(converters)``; returns (code, recipe function, whether the recipe's
     hf_assets_path is another model's)."""
     match = FLAVORS.get(_shape(model))
+    rope = _rope(model, warnings)
+    max_seq = max(seq_len, model.max_position_embeddings or 0)
     if match is not None:
         flavor, recipe = match
+        fix = _fixups(model, rope, True, max_seq, warnings, "spec.model")
         code = (f"def _model_spec(converters):\n"
-                f"    return model_registry({flavor!r}, converters=converters or None)\n")
+                f"    spec = model_registry({flavor!r}, converters=converters or None)\n{fix}    return spec\n")
         return code, recipe or "llama3_8b", not recipe
     if not model.gated_mlp:
         warnings.append(f"hidden_act {model.hidden_act}: TorchTitan's llama3 model has a SwiGLU MLP; the export "
@@ -84,7 +133,7 @@ def _model_code(model: ModelSpec, seq_len: int, warnings: list[str]) -> tuple[st
         warnings.append(f"head_dim {model.head_dim}: TorchTitan's llama3 attention uses hidden_size / heads = "
                         f"{model.hidden_size // model.num_attention_heads}")
     emb_init = "_EMBEDDING_SKIP_INIT" if model.tie_word_embeddings else "_EMBEDDING_INIT"
-    max_seq = max(seq_len, model.max_position_embeddings or 0)
+    fix = _fixups(model, rope, False, max_seq, warnings, "config")
     code = f'''\
 def _model_config() -> Llama3Model.Config:
     # {model.name} is not one of TorchTitan's llama3 flavors: built the way those flavors are built.
@@ -102,7 +151,7 @@ def _model_config() -> Llama3Model.Config:
             n_heads={model.num_attention_heads},
             n_kv_heads={model.kv_heads},
             hidden_dim={model.intermediate_size},
-            rope=ComplexRoPE.Config(dim=dim // {model.num_attention_heads}, max_seq_len={max_seq}, theta={model.rope_theta!r}),
+            rope=ComplexRoPE.Config(dim=dim // {model.num_attention_heads}, max_seq_len={max_seq}),
             attn_backend="flex",
         ),
     )
@@ -110,7 +159,7 @@ def _model_config() -> Llama3Model.Config:
 
 def _model_spec(converters):
     config = _model_config()
-    if converters:
+{fix}    if converters:
         validate_converter_order(converters)
         for c in converters:
             config = c.build().convert(config)
@@ -126,7 +175,7 @@ def _model_spec(converters):
 _CUSTOM_IMPORTS = """\
 from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
-from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
+from torchtitan.models.common import Embedding, Linear, RMSNorm
 from torchtitan.models.common.config_utils import decoder_vocab_size
 from torchtitan.models.llama3 import (  # private builders: the flavors use them the same way
     Llama3Model, _EMBEDDING_INIT, _EMBEDDING_SKIP_INIT, _NORM_INIT, _build_llama3_layers, _output_linear_init,
@@ -180,7 +229,7 @@ def _knob_warnings(plan: Plan, model: ModelSpec, view: StageView) -> list[str]:
 
 
 def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None) -> ExportResult:
-    """The plan as a TorchTitan 0.3.x config module plus its torchrun line (a mixture-of-experts model: one of
+    """The plan as a TorchTitan 0.3.0 config module plus its torchrun line (a mixture-of-experts model: one of
     TorchTitan's MoE flavors, with ``expert_parallel_degree``)."""
     view = stage_view(plan, model)
     warnings = _knob_warnings(plan, model, view)
@@ -227,7 +276,8 @@ def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None 
         loss += f"    config.hf_assets_path = './assets/hf/{model.name}'\n"
     lines = "\n".join(f"#   {w}" for w in warnings) or "#   none"
     text = f'''\
-"""TorchTitan 0.3.x config written by `loadmaster export` from {Path(plan.source).name} for {model.name}.
+"""TorchTitan {TORCHTITAN} config (it needs torch 2.13) written by `loadmaster export` from
+{Path(plan.source).name} for {model.name}.
 
 Run it with this folder on PYTHONPATH (launch.sh does):
   {run}
@@ -238,6 +288,7 @@ Flags after it override fields, e.g. --training.steps 100.
 from torchtitan.components.quantization import Float8LinearConverter
 from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC
+from torchtitan.models.common import ComplexRoPE
 from torchtitan.models.{package} import config_registry, model_registry
 from torchtitan.trainer import Trainer
 {_CUSTOM_IMPORTS if custom else ""}

@@ -6,8 +6,8 @@ the torchrun command and environment, rundir.py the run directory, slurm.py the 
 newest complete checkpoint. This process runs torchrun's agent itself (its API), to read each rank's exit code.
 
 Entry without typer or pulp (GPU nodes): ``python -m launcher.launch PLAN_OR_RUN_DIR [flags] [-- trainer flags]``.
-Exit codes are the trainer's (launcher/runtime/faults.py): 0 done, 2 user error, 3 collective or rendezvous timeout,
-75 preempted (checkpoint saved; launch the run directory again to resume).
+Exit codes: launcher/launch/report.py EXIT_CODES (the trainer's in launcher/runtime/faults.py), shown by
+``loadmaster launch --help``.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_
 from costmodel.flags import FlagError, FlagParser, add_flags, from_namespace
 from costmodel.specs import resolve
 from launcher.launch.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
-from launcher.launch.rundir import (preempted_since, read_run_dir, steps_done, summary_lines, write_atomic,
-                                    write_run_dir)
+from launcher.launch.report import failure_report
+from launcher.launch.rundir import preempted_since, read_run_dir, steps_done, summary_lines, write_atomic, write_run_dir
 from launcher.runtime.faults import EXIT_COLLECTIVE_TIMEOUT, EXIT_PREEMPTED, EXIT_USER_ERROR
 
 # launcher.runtime.train flags launch sets itself from the run directory; other trainer flags may follow `--`.
@@ -174,12 +174,40 @@ def _layout(req: LaunchRequest, plan: Plan, cluster: ClusterSpec | None, saved: 
     return nnodes, nproc
 
 
-def resolve_launch(req: LaunchRequest, *, cuda_devices: int | None = None, dry_run: bool = False) -> Launch:
-    """Check the request against the plan, model and cluster (SpecError naming the value and the fix)."""
+def visible_gpus() -> tuple[int, str | None]:
+    """(CUDA devices visible here, the shipped profile name of device 0 or None)."""
+    import torch
+    if not torch.cuda.is_available():
+        return 0, None
+    from costmodel.hardware import profile_name_for_gpu
+    props = torch.cuda.get_device_properties(0)
+    return torch.cuda.device_count(), profile_name_for_gpu(props.name, props.total_memory)
+
+
+def _check_gpus(plan: Plan, cluster: ClusterSpec, nproc: int, cuda_devices: int, gpu_kind: str | None) -> None:
+    """A plan made for a cluster runs on that many GPUs of that kind: never as CPU processes, never elsewhere."""
+    from costmodel.hardware import gpu_family
+    where = f"{cluster.name or 'its cluster'}: {cluster.nodes} node(s) × {cluster.gpus_per_node} {cluster.gpu}"
+    if cuda_devices == 0:
+        raise SpecError(plan.source, "cluster", f"the plan needs {nproc} GPUs on this node ({where}); 0 are visible",
+                        "use --dry-run or --slurm FILE to prepare it here, or a CPU plan (no cluster key, a tiny "
+                        "model; see the README)")
+    if cuda_devices < nproc:
+        raise SpecError(plan.source, "cluster", f"the plan needs {nproc} GPUs on this node ({where}); "
+                        f"{cuda_devices} are visible", "run on a node with enough GPUs or use a plan for fewer")
+    if gpu_kind is not None and gpu_family(cluster.gpu) != gpu_kind:
+        raise SpecError(plan.source, "cluster", f"the plan was made for {cluster.gpu} GPUs ({where}) but this node "
+                        f"has {gpu_kind}", f"re-plan for these GPUs (loadmaster plan ... --cluster a {gpu_kind} "
+                        f"cluster) or launch where {cluster.gpu} GPUs are")
+
+
+def resolve_launch(req: LaunchRequest, *, cuda_devices: int | None = None, gpu_kind: str | None = None,
+                   dry_run: bool = False) -> Launch:
+    """Check the request against the plan, model, cluster and the GPUs here (``cuda_devices`` and ``gpu_kind``,
+    the profile name of the visible GPUs; found when not given): SpecError naming the value and the fix."""
     _check_flag_values(req)
     if cuda_devices is None:
-        import torch
-        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda_devices, gpu_kind = visible_gpus()
     target = Path(req.target)
     if target.is_dir():
         run_dir = target
@@ -208,7 +236,9 @@ def resolve_launch(req: LaunchRequest, *, cuda_devices: int | None = None, dry_r
         if not req.out and not target.is_dir():
             raise SpecError("<flags>", "--out", f"{nnodes} nodes must share one run directory",
                             "pass --out DIR on a shared filesystem, the same on every node")
-    if cuda_devices and not dry_run and cuda_devices < nproc:
+    if cluster is not None and not dry_run:
+        _check_gpus(plan, cluster, nproc, cuda_devices, gpu_kind)
+    elif cuda_devices and not dry_run and cuda_devices < nproc:
         raise SpecError("<flags>", "--nproc-per-node", f"{nproc} processes but this node has {cuda_devices} GPUs",
                         "run on a node with enough GPUs or use a plan for fewer")
     def pick(value, key: str, default=None):  # a flag wins over the run directory's setting
@@ -248,19 +278,26 @@ def job_exit_code(exitcodes: list[int]) -> int:
 
 def execute(launch: Launch, argv: list[str], env: dict[str, str]) -> int:
     """Run ``argv`` (a torchrun command) in this process, as torchrun's agent; returns the job's exit code."""
+    import logging
+
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     assert argv[0] == "torchrun", argv
     os.environ.update(env)
+    # torchrun leaves its log files to the garbage collector, and logs each rank's end itself: our own report
+    # (failure_report) says which rank failed and how, so neither reaches the console
+    warnings.filterwarnings("ignore", category=ResourceWarning)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    resume = f"loadmaster launch {launch.run_dir} (or python -m launcher.launch {launch.run_dir})"
     t0 = time.time()
     try:
-        with warnings.catch_warnings():  # torchrun leaves its log files to the garbage collector
-            warnings.simplefilter("ignore", ResourceWarning)
-            torchrun.run(torchrun.parse_args(argv[1:]))
+        torchrun.run(torchrun.parse_args(argv[1:]))
     except ChildFailedError as e:
-        return job_exit_code([f.exitcode for f in e.failures.values()])
+        code = job_exit_code([f.exitcode for f in e.failures.values()])
+        print(failure_report(launch, e.failures, code, resume), file=sys.stderr, flush=True)
+        return code
     except RendezvousError as e:
         print(f"error: the rendezvous at {argv[argv.index('--rdzv-endpoint') + 1]} did not complete "
               f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); start every node with the same "

@@ -68,15 +68,21 @@ def write_run_dir(launch: Launch, *, command: list[str], env: dict[str, str], pr
             write_atomic(rd / "prediction.json", json.dumps(pred, indent=2, default=float) + "\n")
 
 
-def steps_done(run_dir: Path) -> int:
-    """Optimizer steps in the newest complete checkpoint (0 without one); torn ones are passed over quietly
-    here (the trainer warns about them when it resumes)."""
+def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """(optimizer steps, path) of the newest complete checkpoint, None without one; torn ones are passed over
+    quietly here (the trainer warns about them when it resumes)."""
     from launcher.runtime.checkpoint import MARKER, is_complete
     ckpts = run_dir / "checkpoints"
     for path in sorted(ckpts.glob("step-*"), reverse=True) if ckpts.is_dir() else []:
         if path.is_dir() and is_complete(path)[0]:
-            return int(json.loads((path / MARKER).read_text())["step"])
-    return 0
+            return int(json.loads((path / MARKER).read_text())["step"]), path
+    return None
+
+
+def steps_done(run_dir: Path) -> int:
+    """Optimizer steps in the newest complete checkpoint (0 without one)."""
+    found = last_checkpoint(run_dir)
+    return found[0] if found else 0
 
 
 def preempted_since(run_dir: Path, t0: float) -> bool:

@@ -74,6 +74,10 @@ class TrainConfig:
     Python's automatic collection on."""
     timing_warmup_steps: int = 2
     """Steps excluded from the summary's medians (compilation, allocator warm-up)."""
+    log_every: int = 1
+    """Print a step line (loss, tokens/s, MFU, memory, predicted step time) every this many steps; 0: none."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to ``out``/tensorboard (needs the optional tensorboard package)."""
     plan_source: str | None = field(default=None, metadata={"flag": False})
     """Where the plan came from, for error messages; None = the plan's own ``source``."""
 
@@ -98,6 +102,9 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
                         f"WORLD_SIZE is {world_size}", f"launch {plan.world_size} processes or make "
                         f"dp × tp × pp = {world_size}")
     check_plan(plan, cfg.model, None, src)   # every rule of the plan itself lives there
+    if cfg.model.rope_scaling and cfg.model.rope_type != "llama3":
+        raise SpecError(cfg.model.name or "<model>", "rope_scaling", f"rope_type {cfg.model.rope_type} is not "
+                        "implemented by the trainer (it runs llama3 scaling)", "drop rope_scaling or use llama3")
     if plan.fp8_layers and importlib.util.find_spec("torchao") is None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")
@@ -106,6 +113,7 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     for name, value, low in (("steps", cfg.steps, 1), ("checkpoint_every", cfg.checkpoint_every, 0),
                              ("fp8_probe_every", cfg.fp8_probe_every or 0, 0),
                              ("gc_every_steps", cfg.gc_every_steps, 0),
+                             ("log_every", cfg.log_every, 0), ("timing_warmup_steps", cfg.timing_warmup_steps, 0),
                              ("keep_checkpoints", cfg.keep_checkpoints, 1), ("warmup_steps", cfg.warmup, 0)):
         if value < low:
             raise SpecError("<flags>", name, f"is {value}", f"use {low} or more")

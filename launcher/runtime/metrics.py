@@ -5,12 +5,13 @@ import json
 import os
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, mfu
+from costmodel import GiB, ClusterSpec, ModelSpec, Plan, SpecError, load_cluster, load_profile, mfu
 from costmodel.hardware import profile_name_for_gpu
 
 
@@ -146,20 +147,79 @@ def summarize(records: list[dict], *, timing_warmup_steps: int, model: ModelSpec
     return out
 
 
-class MetricsWriter:
-    """Appends metrics.jsonl and writes summary.json in the run directory (rank 0 only; no-op without one)."""
+# The per-step scalars written to TensorBoard, under their metrics.jsonl names.
+TENSORBOARD_SCALARS = ("loss", "grad_norm", "lr", "step_time_s", "tokens_per_s_per_gpu", "mfu", "peak_memory_bytes")
 
-    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+
+class MetricsWriter:
+    """Rank 0's record of a run (no-op elsewhere and without a run directory): metrics.jsonl, TensorBoard event
+    files in RUN/tensorboard (when the optional ``tensorboard`` package is installed; a warning once if not),
+    and summary.json. ``start(step)`` drops what a killed run wrote after the checkpoint it resumes from, so
+    every step appears once."""
+
+    def __init__(self, run_dir: str | os.PathLike | None, *, tensorboard: bool = True) -> None:
         active = run_dir is not None and (not dist.is_initialized() or dist.get_rank() == 0)
         self.dir = Path(run_dir) if active else None
+        self.tensorboard = tensorboard
+        self._tb = None
         if self.dir:
             self.dir.mkdir(parents=True, exist_ok=True)
 
+    def start(self, step: int) -> None:
+        """Begin writing after ``step`` optimizer steps (0: a fresh run, else the resumed checkpoint's step)."""
+        if not self.dir:
+            return
+        path = self.dir / "metrics.jsonl"
+        if path.is_file():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and _step_of(ln) <= step]
+            path.write_text("".join(f"{ln}\n" for ln in kept))
+        if self.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                warnings.warn("tensorboard is not installed: no TensorBoard events (pip install tensorboard); "
+                              "metrics.jsonl has every step")
+                return
+            # purge_step: TensorBoard hides events a killed run wrote past the checkpoint
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=step + 1 if step else None)
+
     def step(self, record: dict) -> None:
-        if self.dir:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if not self.dir:
+            return
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key in TENSORBOARD_SCALARS:
+                if record.get(key) is not None:
+                    self._tb.add_scalar(f"train/{key}", record[key], record["step"])
+            self._tb.flush()
 
     def summary(self, summary: dict) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self.dir:
             (self.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write: dropped
+        return 1 << 62
+
+
+def step_line(record: dict, *, total_steps: int, predicted: dict | None) -> str:
+    """The console line of one step (TorchTitan style): loss, throughput, MFU, memory, and the prediction."""
+    parts = [f"step {record['step']:>{len(str(total_steps))}}/{total_steps}", f"loss {record['loss']:8.4f}",
+             f"{record['tokens_per_s_per_gpu']:,.0f} tok/s/GPU"]
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {record['mfu']:.1%}")
+    if record.get("peak_memory_bytes"):
+        parts.append(f"mem {record['peak_memory_bytes'] / GiB:.2f} GiB")
+    step = f"{record['step_time_s']:.3f} s"
+    if predicted and predicted.get("step_time_s"):
+        p = predicted["step_time_s"]
+        step += f" (predicted {p:.3f} s, {100 * (p - record['step_time_s']) / record['step_time_s']:+.0f} %)"
+    parts.append(step)
+    return "  ".join(parts)

@@ -1,9 +1,10 @@
 """A Llama-family decoder built from a ModelSpec, exactly the ops the cost model counts.
 
 Block: ``h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h))``. Attention has separate
-wq/wk/wv/wo projections without bias, real-valued rotate-half RoPE (cos/sin buffers; no complex numbers, so
-DTensor, torch.compile and float8 all see plain real tensors; skipped in the blocks ``no_rope_layers`` marks) and
-GQA through SDPA's ``enable_gqa``. RoPE, the RMSNorms, SwiGLU and the loss run the kernels the plan chose
+wq/wk/wv/wo projections (biases only where the spec asks: Qwen2's q/k/v, Llama's attention_bias), real-valued
+rotate-half RoPE (cos/sin buffers; no complex numbers, so DTensor, torch.compile and float8 all see plain real
+tensors; Llama-3.1 frequency scaling applied to them; skipped in the blocks ``no_rope_layers`` marks) and GQA
+through SDPA's ``enable_gqa``. RoPE, the RMSNorms, SwiGLU and the loss run the kernels the plan chose
 (launcher.runtime.kernels; ``set_block_kernels`` sets them, the defaults are PyTorch's).
 
 The model is built on the meta device; ``init_weights`` materialises it after sharding. Initial values are a
@@ -36,9 +37,27 @@ def clean_fqn(name: str) -> str:
     return name
 
 
-def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables (seq_len, head_dim) for rotate-half RoPE, in fp32."""
+def llama3_scaled(inv_freq: torch.Tensor, *, factor: float, low_freq_factor: float, high_freq_factor: float,
+                  original_max_position_embeddings: float, **_) -> torch.Tensor:
+    """Llama-3.1 RoPE frequency scaling (Meta's reference): wavelengths longer than the original context /
+    low_freq_factor are divided by ``factor``, those shorter than context / high_freq_factor are kept, and the
+    band between is interpolated smoothly."""
+    wavelen = 2 * math.pi / inv_freq
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    out = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    return torch.where((wavelen <= low_wavelen) & (wavelen >= high_wavelen), blended, out)
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float, scaling: dict | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables (seq_len, head_dim) for rotate-half RoPE, in fp32 (``scaling``: a llama3
+    rope_scaling dict; launcher.runtime.config refuses other types before anything is built)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling:
+        inv_freq = llama3_scaled(inv_freq, **scaling)
     angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos().float(), angles.sin().float()
@@ -60,10 +79,11 @@ class Attention(nn.Module):
         super().__init__()
         h, dh = spec.hidden_size, int(spec.head_dim)
         self.head_dim, self.use_rope = dh, use_rope
-        self.wq = nn.Linear(h, spec.num_attention_heads * dh, bias=False)
-        self.wk = nn.Linear(h, spec.kv_heads * dh, bias=False)
-        self.wv = nn.Linear(h, spec.kv_heads * dh, bias=False)
-        self.wo = nn.Linear(spec.num_attention_heads * dh, h, bias=False)
+        qkv_bias = spec.qkv_bias or spec.attention_bias
+        self.wq = nn.Linear(h, spec.num_attention_heads * dh, bias=qkv_bias)
+        self.wk = nn.Linear(h, spec.kv_heads * dh, bias=qkv_bias)
+        self.wv = nn.Linear(h, spec.kv_heads * dh, bias=qkv_bias)
+        self.wo = nn.Linear(spec.num_attention_heads * dh, h, bias=spec.attention_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
@@ -127,7 +147,7 @@ class Transformer(nn.Module):
         self.output: nn.Linear | None = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        cos, sin = rope_tables(int(spec.head_dim), max_seq_len, spec.rope_theta)
+        cos, sin = rope_tables(int(spec.head_dim), max_seq_len, spec.rope_theta, spec.rope_scaling)
         # not persistent: derived from the spec, so checkpoints do not depend on seq_len
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -153,7 +173,7 @@ class Transformer(nn.Module):
 
         Normal(0, std) with std 0.02 for input projections and tied embeddings, 0.02/sqrt(2L) for the
         projections that write into the residual stream (wo, w2), 1.0 for an untied embedding and
-        hidden^-0.5 for the untied output (as TorchTitan); norms start at one.
+        hidden^-0.5 for the untied output (as TorchTitan); norms start at one, biases at zero.
         """
         spec = self.spec
         if spec.tie_word_embeddings and self.tok_embeddings is not None and self.output is not None:
@@ -165,7 +185,7 @@ class Transformer(nn.Module):
             leaf = parts[-2] if parts[-1] == "weight" and len(parts) > 1 else parts[-1]  # experts' w1/w2/w3
             if param.dim() == 1:
                 with torch.no_grad():
-                    _local(param).fill_(1.0)
+                    _local(param).fill_(0.0 if fqn.endswith(".bias") else 1.0)
                 continue
             if fqn.startswith("tok_embeddings"):
                 std = 0.02 if spec.tie_word_embeddings else 1.0
@@ -176,7 +196,7 @@ class Transformer(nn.Module):
             else:
                 std = 0.02
             fill_normal_(param, fqn=fqn, std=std, seed=seed)
-        cos, sin = rope_tables(int(spec.head_dim), self.max_seq_len, spec.rope_theta)
+        cos, sin = rope_tables(int(spec.head_dim), self.max_seq_len, spec.rope_theta, spec.rope_scaling)
         device = buffer_device or self.rope_cos.device
         self.rope_cos = cos.to(device)
         self.rope_sin = sin.to(device)

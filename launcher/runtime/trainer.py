@@ -12,7 +12,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from launcher.runtime.faults import Preemption, inject_fault
 from launcher.runtime.kernels import LossFn, build_loss, effective_kernels, logits_loss, set_block_kernels
 from launcher.runtime.kernels import cross_entropy_fp32  # noqa: F401  (launcher.gputools.verify imports it here)
 from launcher.runtime.metrics import (MetricsWriter, StepTimer, detect_cluster, max_memory_over_ranks, peak_tflops,
-                              step_record, summarize)
+                                     predict_for, step_line, step_record, summarize)
 from launcher.runtime.model import Transformer, build_model
 from launcher.runtime.moe import set_aux_loss_scale
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
@@ -283,7 +283,7 @@ def run(cfg: TrainConfig) -> dict:
     world = dist.get_world_size()
     validate(cfg, world)
     device = local_device()
-    writer = MetricsWriter(cfg.out)
+    writer = MetricsWriter(cfg.out, tensorboard=cfg.tensorboard)
     ckpt = Checkpointer(cfg.out, keep=cfg.keep_checkpoints) if cfg.out else None
     s = build(cfg, device)
     cluster = detect_cluster(device, cfg.cluster)
@@ -300,7 +300,10 @@ def run(cfg: TrainConfig) -> dict:
             if s.fp8 is not None:
                 s.fp8.load_state_dict(train.get("fp8"), keep_probe_every=cfg.fp8_probe_every is not None)
             _check_resume(cfg, train, found)
-    if cfg.out and dist.get_rank() == 0:
+    writer.start(start)
+    rank0 = dist.get_rank() == 0
+    predicted = predict_for(cfg.model, cluster, cfg.plan)[0] if rank0 and cfg.log_every else None
+    if cfg.out and rank0:
         Path(cfg.out, "preempted").unlink(missing_ok=True)
     preemption = Preemption().install()
     timer, records, done, preempted = StepTimer(device), [], start, False
@@ -326,6 +329,8 @@ def run(cfg: TrainConfig) -> dict:
                                  fp8=s.fp8.metrics(step) if s.fp8 is not None else None)
             records.append(record)
             writer.step(record)
+            if rank0 and cfg.log_every and (done % cfg.log_every == 0 or done == cfg.steps):
+                print(step_line(record, total_steps=cfg.steps, predicted=predicted), flush=True)
             if stop:
                 preempted = True
                 break

@@ -1,4 +1,4 @@
-# Megatron-LM arguments written by `loadmaster export` from llama3-8b-fsdp.yaml for llama3-8b.
+# Megatron-LM arguments written by `loadmaster export` from llama3-8b-fsdp.yaml for llama3.1-8b.
 # Plan knobs Megatron-LM cannot express as planned:
 #   recompute selective: Megatron's selective recompute covers core attention only; loadmaster also recomputes norms and activations (more memory than predicted)
 MEGATRON_ARGS=(
@@ -9,10 +9,12 @@ MEGATRON_ARGS=(
   --group-query-attention
   --num-query-groups 8
   --seq-length 8192
-  --max-position-embeddings 8192
+  --max-position-embeddings 131072
   --vocab-size 128256
   --position-embedding-type rope
   --rotary-base 500000
+  --use-rope-scaling
+  --rope-scaling-factor 8
   --normalization RMSNorm
   --norm-epsilon 1e-05
   --disable-bias-linear

@@ -1,4 +1,5 @@
-"""TorchTitan 0.3.x config written by `loadmaster export` from llama3-8b-offload-fp8.yaml for llama3-8b.
+"""TorchTitan 0.3.0 config (it needs torch 2.13) written by `loadmaster export` from
+llama3-8b-offload-fp8.yaml for llama3-8b.
 
 Run it with this folder on PYTHONPATH (launch.sh does):
   torchrun --nnodes 1 --nproc-per-node 8 -m torchtitan.train --module loadmaster_torchtitan --config loadmaster_plan
@@ -12,12 +13,17 @@ Flags after it override fields, e.g. --training.steps 100.
 from torchtitan.components.quantization import Float8LinearConverter
 from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
 from torchtitan.distributed.activation_checkpoint import FullAC, SelectiveAC
+from torchtitan.models.common import ComplexRoPE
 from torchtitan.models.llama3 import config_registry, model_registry
 from torchtitan.trainer import Trainer
 
 
 def _model_spec(converters):
-    return model_registry('8B', converters=converters or None)
+    spec = model_registry('8B', converters=converters or None)
+    # the model's RoPE and norm eps, where TorchTitan's builder sets others
+    for layer in spec.model.layers:
+        layer.attention.rope = ComplexRoPE.Config(dim=layer.attention.rope.dim, max_seq_len=8192, theta=500000.0, scaling='none')
+    return spec
 
 
 def loadmaster_plan() -> Trainer.Config:
