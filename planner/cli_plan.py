@@ -122,6 +122,8 @@ def register(app: typer.Typer) -> None:
         cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
         verify: bool = typer.Option(False, "--verify", help="Re-rank the top plans by traced memory "
                                     "(`loadmaster verify`; needs a CUDA build of torch)."),
+        rehearse: bool = typer.Option(False, "--rehearse", help="Re-rank the top plans by a rehearsed step: one "
+                                      "rank of each run on this GPU with no-op collectives (`loadmaster rehearse`)."),
     ) -> None:
         """Search the plan space for the fastest plan that fits, and explain the choice."""
         if job:
@@ -137,8 +139,8 @@ def register(app: typer.Typer) -> None:
         check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--top-k", top_k, 1),
                     ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--micro-batch-size", micro_batch_size, 1),
                     ("--fp8-rotation-steps", fp8_rotation_steps, 0))
-        check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--max-fp8-fraction", max_fp8_fraction, 0.0),
-                    high={"--gap": 1.0, "--max-fp8-fraction": 1.0})
+        check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--fp8-temperature", fp8_temperature, 0.0),
+                    high={"--gap": 1.0})
         check_choice("--zero", zero, (0, 1, 2, 3))
         check_choice("--recompute", recompute, ("none", "full", "selective"))
         check_choice("--schedule", schedule, ("1F1B", "Interleaved1F1B", "GPipe"))
@@ -166,6 +168,9 @@ def register(app: typer.Typer) -> None:
         if verify:
             from .cli_verify import rerank_verified
             result = rerank_verified(result, model, cluster, show=not as_json)
+        if rehearse:
+            from .cli_rehearse import rerank_rehearsed
+            result = rerank_rehearsed(result, model, cluster)
         if out is not None and result.best is not None:
             out.write_text(result.best.plan.to_yaml())
         if as_json:

@@ -10,8 +10,9 @@ precision options) run as ``pretrain_gpt.py`` runs them; OUT.json gets the parse
 The megatron-core wheel (0.17 and later ship megatron/training) declares Python >= 3.12. On 3.11 its argument
 code runs with two shims, only in this process: ``typing.override`` (3.12's decorator, which only marks a
 method) and an empty stand-in for ``megatron.core.transformer.moe.ops.paged_stash``, the one module of Triton
-GPU kernels imported unconditionally (argument parsing never calls it). ``get_device_arch_version`` answers 9
-(Hopper, the shipped clusters' GPUs) because this machine has no GPU to ask.
+GPU kernels imported unconditionally (argument parsing never calls it). ``get_device_arch_version`` answers 9 and
+``torch.cuda.get_device_capability`` (asked for --moe-grouped-gemm) (9, 0): Hopper, the shipped clusters' GPUs,
+because this machine has no GPU to ask.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ def main(wheel_dir: str, cases_path: str, out_path: str) -> None:
     sys.path.insert(0, wheel_dir)
     import megatron.training.arguments as megatron_args
     megatron_args.get_device_arch_version = lambda: 9
+    megatron_args.torch.cuda.get_device_capability = lambda device=None: (9, 0)
     argparse.ArgumentParser.error = _raise
     results = []
     for case in json.loads(open(cases_path).read()):

@@ -94,3 +94,39 @@ def test_a_rank_the_local_gpu_cannot_hold_is_refused_before_anything_runs(monkey
                            recompute="none"))
     with pytest.raises(SpecError, match="this l4 holds 22 GiB"):
         rehearse("llama3-8b", "8x8xh100", plan, ranks=[0])
+
+
+def test_plan_rehearse_reranks_by_rehearsed_step_and_drops_plans_that_cannot_run(monkeypatch):
+    import types
+
+    import torch
+
+    from launcher.gputools import rehearse as rh
+    from planner.cli_rehearse import rerank_rehearsed
+    from planner.tuner import Candidate, TuneResult
+    plans = [_plan(zero=z) for z in (2, 3)] + [_plan(zero=0)]
+    cands = [Candidate(plan=p, prediction=predict(TINY, CLUSTER, p), gap=0.0, status="optimal") for p in plans]
+    result = TuneResult(best=cands[0], top=cands, seconds=0.0, groups=1, groups_searched=1, cases_solved=3)
+    rehearsed = {2: [0.9, 1.0], 3: [0.5, 0.7]}    # slowest rank decides: zero 3 (0.7 s) beats zero 2 (1.0 s)
+
+    def fake(model, cluster, plan, **kw):
+        if plan.zero not in rehearsed:
+            raise SpecError("<plan>", "rank 0", "needs 90 GiB", "pick another plan")
+        return types.SimpleNamespace(ranks=[types.SimpleNamespace(rehearsed_step_s=t) for t in rehearsed[plan.zero]])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(rh, "rehearse", fake)
+    with pytest.warns(UserWarning, match="a plan was dropped"):
+        new = rerank_rehearsed(result, TINY, CLUSTER)
+    assert [c.plan.zero for c in new.top] == [3, 2]
+    assert new.best.plan.zero == 3
+
+
+def test_plan_rehearse_without_a_gpu_warns_and_keeps_the_ranking(run_cli, monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(UserWarning, match="--rehearse skipped"):
+        code, out, err = run_cli("plan", "llama3.2-1b", "--cluster", "2xh200", "-b", "8", "-s", "2048", "--tp", "1",
+                                 "--pp", "1", "--zero", "2", "--no-offload", "--no-compile", "--top-k", "1",
+                                 "--rehearse", "--json")
+    assert code == 0, err
+    assert json.loads(out)["best"]["plan"]["zero"] == 2
