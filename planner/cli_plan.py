@@ -13,7 +13,7 @@ from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint, float8_effect
+from .explain import alternatives, binding_constraint, cp_note, float8_effect
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, tune
 
@@ -30,14 +30,15 @@ def _knobs(c: Candidate) -> list[str]:
     p = c.plan
     rec = "-" if p.recompute == "none" else \
         f"{p.recompute[:3]} {'all' if p.recompute_layers is None else _short(p.recompute_layers)}"
-    layout = f"{p.tp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}{f'(ep{p.ep})' if p.ep > 1 else ''}"
+    ep = f"(ep{p.ep})" if p.ep > 1 else ""
+    layout = f"{p.tp}·{p.cp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}{ep}"
     return [layout, str(p.micro_batch_size), str(p.zero), rec,
             f"{_short(p.offload_activation_layers)}/{_short(p.offload_state_layers)}", _short(p.fp8_layers),
             "y" if p.compile else "n", p.grad_reduce]
 
 
 def top_table(result: TuneResult) -> Table:
-    table = Table(title=f"top {len(result.top)} plans (layout tp·pp·dp(ep); offload act/state blocks)")
+    table = Table(title=f"top {len(result.top)} plans (layout tp·cp·pp·dp(ep); offload act/state blocks)")
     for c in ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync", "step", "tok/s/GPU", "MFU",
               "peak", "free"):
         table.add_column(c, justify="right", no_wrap=c not in ("ckpt",))
@@ -72,6 +73,7 @@ def register(app: typer.Typer) -> None:
         tp: int = typer.Option(None, "--tp", help="Pin the tensor-parallel degree."),
         pp: int = typer.Option(None, "--pp", help="Pin the pipeline degree."),
         dp: int = typer.Option(None, "--dp", help="Pin the data-parallel degree."),
+        cp: int = typer.Option(None, "--cp", help="Pin the context-parallel degree (1: off)."),
         micro_batch_size: int = typer.Option(None, "--micro-batch-size", "--mbs", help="Pin the micro-batch."),
         zero: int = typer.Option(None, "--zero", help="Pin the ZeRO level (0, 2, 3)."),
         recompute: str = typer.Option(None, "--recompute", help="Pin checkpointing: none, full, selective."),
@@ -95,7 +97,7 @@ def register(app: typer.Typer) -> None:
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
         space = SearchSpace(
-            tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
+            tp=tp, pp=pp, dp=dp, cp=cp, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
             recompute=(recompute,) if recompute else SearchSpace.recompute,
             compile=(compile_,) if compile_ is not None else SearchSpace.compile,
@@ -148,6 +150,7 @@ def register(app: typer.Typer) -> None:
             d = pred.to_dict()
             d.pop("stages")
             print_json({"prediction": d, "binding": binding_constraint(pred), "float8": float8_effect(m, c, p, pred),
+                        "context_parallel": cp_note(p, pred, alts),
                         "alternatives": [{"change": a.change, "step_time_s": a.prediction.step_time_s,
                                           "feasible": a.prediction.feasible, "reason": a.reason} for a in alts]})
             return
@@ -156,6 +159,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]binding:[/] {binding_constraint(pred)}")
         if (note := float8_effect(m, c, p, pred)) is not None:
             console.print(f"[bold]float8:[/] {note}")
+        note = cp_note(p, pred, alts)
+        if note:
+            console.print(f"[bold]context parallel:[/] {note}")
         table = Table(title="one-knob alternatives")
         for col in ("change", "step", "peak mem", "verdict"):
             table.add_column(col)
@@ -178,6 +184,11 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
     console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
     if (note := float8_effect(load_model(model), load_cluster(cluster), best.plan, best.prediction)) is not None:
         console.print(f"[bold]float8:[/] {note}")
+    if best.plan.cp > 1 or best.plan.seq_len >= SearchSpace.cp_min_seq_len:
+        m, cl = load_model(model), load_cluster(cluster)
+        note = cp_note(best.plan, best.prediction, alternatives(m, cl, best.plan, best.prediction))
+        if note:
+            console.print(f"[bold]context parallel:[/] {note}")
     for i, c in enumerate(result.top[1:], start=2):
         d = c.step_time_s / best.step_time_s - 1
         console.print(f"  #{i} is {d:+.1%} slower")

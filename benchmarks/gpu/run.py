@@ -37,6 +37,8 @@ JOBS: dict[str, tuple[list[str], float, str]] = {
                   "a Qwen3-30B-A3B MoE block and grouped-GEMM efficiency against the cost model"),
     "fp8-schedule": (["python", "-m", "benchmarks.gpu.fp8_schedule", "--out", "{out}", "--tokens", "/tmp/zipf.bin",
                       "--budget-s", "{budget}"], 480, "float8 schedules: 300-step loss curves and tokens/s"),
+    "cp": (["python", "-m", "benchmarks.gpu.cp_roles", "--out", "{out}", "--budget-s", "60"], 150,
+           "context parallelism: a cp rank's ring attention and cp rank roles (8-64 GPUs, 32k-128k) rehearsed"),
 }
 
 
