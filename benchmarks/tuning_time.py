@@ -3,7 +3,7 @@
     python benchmarks/tuning_time.py [--repeat 3] [--fp8-budget 1.0]
 
 Prints one row per case: best-of-N wall time, the chosen layout, predicted step time, the solver's gap on the
-winning case, how many (tp, pp, dp, micro-batch) groups were searched out of all, and MILP/DP cases solved.
+winning case, how many (tp, cp, pp, dp, micro-batch) groups were searched out of all, and MILP/DP cases solved.
 Single-threaded HiGHS; run it on an otherwise idle machine (timings are wall clock).
 """
 from __future__ import annotations
@@ -26,6 +26,9 @@ CASES = [  # (model, cluster, global batch, seq len, target seconds)
     ("mixtral-8x22b", "16x8xh100", 1024, 4096, 10.0),
     ("qwen3-235b-a22b", "32x8xh100", 2048, 4096, 10.0),
     ("deepseek-v3", "256x8xh100", 4096, 4096, 60.0),
+    # long context (issue 16): context parallelism joins the search at 32k tokens and more
+    ("llama3-8b", "8xh100", 8, 131072, 10.0),
+    ("llama3-70b", "64x8xh100", 64, 131072, 60.0),
 ]
 
 
@@ -45,7 +48,8 @@ def main() -> None:
             res = tune(model, cluster, gbs, seq, space)
             best_s = min(best_s, time.perf_counter() - t0)
         b = res.best
-        plan = (f"tp{b.plan.tp} pp{b.plan.pp} dp{b.plan.dp}{f' ep{b.plan.ep}' if b.plan.ep > 1 else ''} zero{b.plan.zero} mbs{b.plan.micro_batch_size} "
+        cp, ep = (f" cp{b.plan.cp}" if b.plan.cp > 1 else "", f" ep{b.plan.ep}" if b.plan.ep > 1 else "") if b else ("", "")
+        plan = (f"tp{b.plan.tp}{cp} pp{b.plan.pp} dp{b.plan.dp}{ep} zero{b.plan.zero} mbs{b.plan.micro_batch_size} "
                 f"{b.plan.pp_schedule if b.plan.pp > 1 else ''} {b.plan.recompute} "
                 f"step {b.step_time_s:.2f} s mfu {b.prediction.mfu:.2f}") if b else "nothing fits"
         gap = f"{b.gap:.2%}" if b else "-"

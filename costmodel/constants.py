@@ -155,6 +155,14 @@ RUNTIME: dict[str, ConstantDef] = {
                                            "alignment); the trainer allocates the bound", 0, 1024),
     "moe_sync_exposed_kernels": ConstantDef("kernel launches whose latency a MoE block's host sync exposes (ep > 1)",
                                             0, 1000),
+    "cp_forward_bytes_per_q_element": ConstantDef("HBM bytes per local attention-output element of one context-"
+                                                  "parallel ring step's fp32 merge, forward", 0, 1000),
+    "cp_forward_bytes_per_kv_element": ConstantDef("HBM bytes per local K/V element of one ring step, forward",
+                                                   0, 1000),
+    "cp_backward_bytes_per_q_element": ConstantDef("HBM bytes per local query element of one ring step's fp32 "
+                                                   "gradient accumulation, backward", 0, 1000),
+    "cp_backward_bytes_per_kv_element": ConstantDef("HBM bytes per local K/V element of one ring step's fp32 "
+                                                    "gradient accumulation and send buffer, backward", 0, 1000),
 }
 
 QUALITY: dict[str, ConstantDef] = {

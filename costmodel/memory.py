@@ -72,7 +72,34 @@ ENGINES = {
 
 
 def tokens() -> sp.Expr:
-    return K.b * K.s
+    """Tokens of one micro-batch on a rank: context parallelism gives each of its cp ranks 1/cp of every sequence
+    (every per-token tensor, activations and logits alike, shrinks with it)."""
+    return K.b * K.s / K.c
+
+
+def fsdp_ranks() -> sp.Expr:
+    """Ranks FSDP shards over and reduces gradients across: dp × cp (the cp ranks hold the same parameters and
+    each computes gradients on its share of the same sequences, as in TorchTitan)."""
+    return K.d * K.c
+
+
+def kv_bytes() -> sp.Expr:
+    """One block's local keys and values on a rank (bf16, after RoPE): the block a context-parallel rank sends."""
+    return 2 * BF16 * tokens() * M.g * M.dh / K.t
+
+
+def cp_buffer_bytes(phase: Literal["forward", "backward"]) -> sp.Expr:
+    """Transient buffers of one block's context-parallel attention (torch 2.13 ``_templated_ring_attention``), 0
+    without cp. K/V blocks held: all-gather keeps the gathered cp blocks and the concatenated local one; the ring the
+    one in use, the one arriving and the one being sent. Forward merges the partial outputs in fp32 (the running
+    output and ~3 temporaries of its size); backward keeps fp32 gradients of q and of K/V, the K/V gradients' fp32
+    send and receive buffers, and one step's bf16 gradients."""
+    on = smin(K.c - 1, 1)
+    held = K.cag * (K.c + 1) + (1 - K.cag) * 3
+    q = tokens() * M.a * M.dh / K.t
+    if phase == "forward":
+        return on * (held * kv_bytes() + 4 * FP32 * q)
+    return on * (held * kv_bytes() + (FP32 + BF16) * q + (3 * 2 + 1) * kv_bytes())
 
 
 def seq_share() -> sp.Expr:
@@ -256,14 +283,15 @@ _IN_STEP = {k: k for k in ("grad_accumulators", "activations", "retained_logits"
 PHASE_TERMS = {
     # forward: the blocks' saved activations, the loss's forward working set, a float8 block's weight copies
     "peak_forward": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params", "logits": "logits_forward",
-                     "fp8_weight_copies": "fp8_weight_copies"},
+                     "fp8_weight_copies": "fp8_weight_copies", "cp_buffers": "cp_buffers_forward"},
     # the loss's backward (last stage): the output projection's gradient is not made yet, and under zero 3 the
     # root's parameters are re-gathered only when backward reaches it (one block, the last, is still unsharded)
     "peak_loss": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params_at_loss",
                   "logits": "logits_backward"},
     # the blocks' backward: the root's gradients live, one block's gradient buffers and a recomputed block
     "peak_backward": {**_STATIC, **_IN_STEP, "unsharded_params": "unsharded_params", "root_grads": "root_grads",
-                      "grad_buffers": "grad_buffers", "recompute_buffer": "recompute_buffer"},
+                      "grad_buffers": "grad_buffers", "recompute_buffer": "recompute_buffer",
+                      "cp_buffers": "cp_buffers_backward"},
     "peak_optimizer": {**_STATIC, "gradients": "gradients", "optimizer_temporaries": "optimizer_temporaries"},
 }
 """What is alive at each phase's peak of a step: breakdown name -> memory term (the one list predict reads)."""
@@ -315,6 +343,9 @@ def memory_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         # first stage) and for the output gradient (all but the last), allocated once and kept across steps
         "pipeline_buffers": int(opts.pipeline_recv_buffers) * (2 - K.first - K.last) * K.M * BF16 * tokens()
                             * M.h * seq_share(),
+        # one block's context-parallel exchange and merge buffers while its attention runs
+        "cp_buffers_forward": cp_buffer_bytes("forward"),
+        "cp_buffers_backward": cp_buffer_bytes("backward"),
         "host_state": 16 * K.os_ * Sb,                     # fp32 params, grads, AdamW state on the CPU
         "host_activations": K.m * acts["host"],
     }

@@ -67,6 +67,19 @@ class Plan:
     """Routed tokens on the busiest expert-parallel rank over the mean (>= 1), for the cost model: the trainer is
     dropless, every rank waits for the busiest one in the all-to-all. None = the runtime constant
     ``expert_load_imbalance`` (profiles/runtime/loadmaster.yaml)."""
+    cp: int = 1
+    """Context-parallel degree: each sequence is cut over cp ranks, which exchange keys and values so that every
+    query still attends to its whole causal prefix (PyTorch's ``context_parallel``, ring attention with causal load
+    balancing: the sequence cut into 2·cp chunks, rank i holding chunks i and 2·cp-1-i). FSDP shards parameters,
+    gradients and optimizer state over dp × cp; the device mesh is (pp, dp, cp, tp), tp innermost. Composes with
+    tp (each cp share is split again over tp under sequence parallelism), pp (stages pass cp shares), zero 2/3,
+    checkpointing, offload, compile and float8; zero 0 is refused (nothing to replicate over cp ranks that share
+    parameters); CUDA only (the trainer says so on a CPU)."""
+    cp_rotate: Literal["allgather", "alltoall"] = "allgather"
+    """How context parallelism brings each rank the other ranks' keys and values, per block and pass: allgather
+    (one all-gather, PyTorch's and TorchTitan's default) or alltoall (a ring of cp - 1 sends to the next rank, each
+    overlapped with one chunk's attention, as Megatron-LM's p2p). Backward returns the K/V gradients by a ring
+    either way."""
     zero: Literal[0, 1, 2, 3]
     """Sharding level, see the class docstring."""
     recompute: Literal["none", "full", "selective"]
@@ -137,7 +150,8 @@ class Plan:
     # ---- derived quantities -------------------------------------------------------------------
     @property
     def world_size(self) -> int:
-        return self.dp * self.tp * self.pp
+        """GPUs the plan runs on: dp × cp × tp × pp."""
+        return self.dp * self.cp * self.tp * self.pp
 
     @property
     def num_stages(self) -> int:
@@ -205,6 +219,11 @@ _FlowListDumper.add_representer(list, lambda dumper, data: dumper.represent_sequ
     "tag:yaml.org,2002:seq", data, flow_style=all(isinstance(x, (int, float)) for x in data)))
 
 
+def world_formula(plan: Plan) -> str:
+    """The plan's world size spelled out for messages: "dp × cp × tp × pp = 4 × 2 × 1 × 1 = 8"."""
+    return (f"dp × cp × tp × pp = {plan.dp} × {plan.cp} × {plan.tp} × {plan.pp} = {plan.world_size}")
+
+
 def tp_choices(model: ModelSpec) -> list[int]:
     """Tensor-parallel degrees that divide every sharded width of the model (at most the first 12)."""
     n = math.gcd(math.gcd(model.num_attention_heads, model.kv_heads),
@@ -216,7 +235,7 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
     """A Plan from a dict, with every check that needs no model or cluster."""
     plan = build_dataclass(Plan, data, source, what="plan")
     object.__setattr__(plan, "source", str(source))
-    for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "ep", "virtual_stages"):
+    for key in ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "cp", "ep", "virtual_stages"):
         v = getattr(plan, key)
         require(v >= 1, source, key, f"is {v}", "it must be a positive integer")
         require(v <= 10**9, source, key, f"is {v}, beyond any cluster or batch", "check the value")
@@ -234,6 +253,16 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
     fp8 = plan.fp8_layers if isinstance(plan.fp8_layers, list) else [plan.fp8_layers or 0]
     require(not plan.fp8_rotation_steps or any(fp8), source, "fp8_rotation_steps",
             f"is {plan.fp8_rotation_steps} with fp8_layers 0", "set fp8_layers or drop fp8_rotation_steps")
+    if plan.cp > 1:
+        # context_parallel balances causal attention by cutting the sequence into 2·cp chunks (without equal
+        # chunks PyTorch silently turns the balancing off, which the cost model does not describe)
+        fits = [c for c in (2, 4, 8, 16, 32, 64) if plan.seq_len % (2 * c) == 0]
+        require(plan.seq_len % (2 * plan.cp) == 0, source, "cp",
+                f"{plan.cp} does not cut seq_len {plan.seq_len} into 2 × cp = {2 * plan.cp} equal chunks (causal "
+                "load balancing gives each context-parallel rank two of them)",
+                f"use cp in {fits}" if fits else f"use a seq_len that is a multiple of {2 * plan.cp}")
+        require(plan.zero != 0, source, "zero", f"0 (replicated) with cp {plan.cp}: the trainer shards parameters "
+                "over dp × cp (FSDP2, as TorchTitan)", "use zero: 2 or 3 with cp > 1")
     per_mb = plan.micro_batch_size * plan.dp
     require(plan.global_batch_size % per_mb == 0, source, "global_batch_size",
             f"{plan.global_batch_size} is not a multiple of micro_batch_size × dp = {per_mb}",
@@ -359,13 +388,14 @@ def check_plan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None,
             "pipeline stages would separate", "use pp: 1 for a model with tie_word_embeddings")
     if cluster is not None:
         require(plan.world_size == cluster.num_gpus, source, "dp",
-                f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but cluster "
-                f"{cluster.name or ''} has {cluster.num_gpus} GPUs",
-                f"make dp × tp × pp = {cluster.num_gpus}")
+                f"{world_formula(plan)} but cluster {cluster.name or ''} has {cluster.num_gpus} GPUs",
+                f"make dp × cp × tp × pp = {cluster.num_gpus}")
     if plan.tp > 1 and plan.sequence_parallel:
-        require(plan.seq_len % plan.tp == 0, source, "seq_len",
-                f"{plan.seq_len} is not a multiple of tp {plan.tp} (sequence parallel)",
-                "use a multiple of tp or sequence_parallel: false")
+        # each context-parallel rank's share of the sequence is split again over the tensor-parallel ranks
+        local = f"seq_len / cp = {plan.seq_len // plan.cp}" if plan.cp > 1 else f"seq_len {plan.seq_len}"
+        require(plan.seq_len % (plan.cp * plan.tp) == 0, source, "seq_len",
+                f"{local} is not a multiple of tp {plan.tp} (sequence parallel)",
+                "use a multiple of cp × tp or sequence_parallel: false")
     require(plan.num_stages <= L, source, "pp", f"{plan.num_stages} stages for {L} blocks",
             "use at most one stage per block")
     layers = plan.stage_layers(L)

@@ -18,7 +18,7 @@ from .stage import evaluate, hardware_inputs, knob_inputs, model_inputs
 
 MEMORY_TERMS = tuple(dict.fromkeys(n for terms in PHASE_TERMS.values() for n in terms))
 PHASES = tuple(PHASE_TERMS)
-TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "pp_comm", "ep_comm", "fsdp_fwd", "fsdp_bwd",
+TIME_TERMS = ("compute_fwd", "compute_bwd", "head", "tp_comm", "cp_comm", "pp_comm", "ep_comm", "fsdp_fwd", "fsdp_bwd",
               "offload_activations", "fsdp_step", "optimizer")
 
 
@@ -77,8 +77,9 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
         reduce_every=float(plan.grad_reduce == "every"), vocab_parallel=float(plan.vocab_parallel),
         foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward),
         lm=[model.moe_layers_in(int(a), n) for a, n in zip(starts, layers)], ep=plan.ep,
-        imbalance=plan.moe_imbalance or 0.0)
-    kernels = kernel_inputs(plan_kernels(plan), model=model, tokens=plan.micro_batch_size * plan.seq_len)
+        imbalance=plan.moe_imbalance or 0.0,
+        cp=plan.cp, cp_allgather=float(plan.cp_rotate == "allgather"))
+    kernels = kernel_inputs(plan_kernels(plan), model=model, tokens=plan.micro_batch_size * plan.seq_len // plan.cp)
     knobs.update(fl=np.asarray(kernels.pop("fl"), dtype=float), nch=np.asarray(kernels.pop("nch"), dtype=float))
     return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **kernels, **knobs}
 

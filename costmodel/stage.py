@@ -59,19 +59,21 @@ def hardware_inputs(p: HardwareProfile) -> dict[str, float]:
 
 
 COMM_SYMBOLS = ("bw_tp", "bw_tp_rs", "bw_ag", "bw_rs", "bw_rag", "bw_rrs", "bw_pp", "t_tiny", "bw_a2a", "bw_eag",
-                "bw_ers", "t_a2a_tiny")
+                "bw_ers", "t_a2a_tiny", "bw_cp", "bw_cp_p2p")
 
 
 def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict) -> dict[str, np.ndarray]:
     """The effective bus bandwidth (B/s) of every collective of a stage, looked up on the profile's measured
-    curves (costmodel.comm) at that collective's own size and group, for the rank layout (pp, dp, tp), tp
-    innermost: a TP group is the t consecutive ranks, a DP group the d ranks t apart, pipeline neighbours t·d
-    apart. An expert-parallel group is e consecutive DP ranks (stride t), the ranks holding the same experts the
-    d / e ranks t·e apart. A group spanning nodes has min(n, GPUs per node / stride) members on each of its nodes."""
-    t, d, pp, e = (np.asarray(knobs[k], dtype=float) for k in ("t", "d", "pp", "e"))
+    curves (costmodel.comm) at that collective's own size and group, for the rank layout (pp, dp, cp, tp), tp
+    innermost (launcher.runtime.parallel.mesh): a TP group is the t consecutive ranks, a CP group the c ranks t
+    apart, the FSDP group (dp × cp) the d·c ranks t apart, pipeline neighbours t·d·c apart. Expert parallelism
+    folds dp into (dp / e, cp, e): an EP group is e ranks t apart, a CP group then c ranks t·e apart, and the ranks
+    holding the same experts d·c / e ranks t·e apart. A group spanning nodes has min(n, GPUs per node / stride)
+    members on each of its nodes."""
+    t, d, pp, e, c = (np.asarray(knobs[k], dtype=float) for k in ("t", "d", "pp", "e", "c"))
     sp_on, z0 = np.asarray(knobs["sp"], dtype=float), np.asarray(knobs["z0"], dtype=float)
-    n = max(np.size(x) for x in (t, d, pp, e, sp_on, z0, *msgs.values()))
-    t, d, pp, e, sp_on, z0 = (np.broadcast_to(x, (n,)) for x in (t, d, pp, e, sp_on, z0))
+    n = max(np.size(x) for x in (t, d, pp, e, c, sp_on, z0, *msgs.values()))
+    t, d, pp, e, c, sp_on, z0 = (np.broadcast_to(x, (n,)) for x in (t, d, pp, e, c, sp_on, z0))
     G = gpus_per_node
     out = {k: np.ones(n) for k in COMM_SYMBOLS}
     out["t_tiny"] = np.zeros(n)
@@ -113,18 +115,23 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
     each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("all_gather"), ar), "bw_tp")
     each(t, 1.0, msgs["msg_tp"], np.where(sp_on > 0, OPS.index("reduce_scatter"), ar), "bw_tp_rs")
     grad_op = np.where(z0 > 0, ar, OPS.index("reduce_scatter"))
-    each(d, t, msgs["msg_ag"], "all_gather", "bw_ag")
-    each(d, t, msgs["msg_rs"], grad_op, "bw_rs")
-    each(d, t, msgs["msg_root_ag"], "all_gather", "bw_rag")
-    each(d, t, msgs["msg_root_rs"], grad_op, "bw_rrs")
-    each(np.where(pp > 1, 2.0, 1.0), t * d, msgs["msg_pp"], "all_gather", "bw_pp", p2p=True)
+    each(d * c, t, msgs["msg_ag"], "all_gather", "bw_ag")
+    each(d * c, t, msgs["msg_rs"], grad_op, "bw_rs")
+    each(d * c, t, msgs["msg_root_ag"], "all_gather", "bw_rag")
+    each(d * c, t, msgs["msg_root_rs"], grad_op, "bw_rrs")
+    each(np.where(pp > 1, 2.0, 1.0), t * d * c, msgs["msg_pp"], "all_gather", "bw_pp", p2p=True)
     each(e, t, msgs["msg_a2a"], "all_to_all", "bw_a2a")
-    each(d / e, t * e, msgs["msg_eag"], "all_gather", "bw_eag")
-    each(d / e, t * e, msgs["msg_ers"], grad_op, "bw_ers")
+    each(d * c / e, t * e, msgs["msg_eag"], "all_gather", "bw_eag")
+    each(d * c / e, t * e, msgs["msg_ers"], grad_op, "bw_ers")
+    # context parallel: all-gather of a block's K/V (the gathered size) and the ring's send to the next cp rank,
+    # which crosses a node boundary when the cp group does
+    each(c, t * e, c * np.asarray(msgs["msg_cp"], dtype=float), "all_gather", "bw_cp")
+    each(c, t * e, msgs["msg_cp"], "all_gather", "bw_cp_p2p", p2p=True)
     return out
 
 
-MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp", "msg_eag", "msg_ers", "msg_a2a")
+MESSAGES = ("msg_tp", "msg_ag", "msg_rs", "msg_root_ag", "msg_root_rs", "msg_pp", "msg_eag", "msg_ers", "msg_a2a",
+            "msg_cp")
 
 
 def evaluate(outputs: tuple[str, ...] | None, inputs: dict, prof: HardwareProfile, gpus_per_node: int,
@@ -164,7 +171,8 @@ class StageModel:
         return dict(zip(self.exprs, self.fn(*values)))
 
 
-def _all_symbols() -> list[sp.Symbol]:
+def all_symbols() -> list[sp.Symbol]:
+    """Every symbol of the cost formulas, in the order the lambdified evaluator takes them."""
     syms = []
     for cls in (M, K, H, R):
         for v in vars(cls).values():
@@ -196,7 +204,7 @@ def stage_model(outputs: tuple[str, ...] | None = None, opts: ArchOptions = RUNT
     exprs = {**memory_terms(opts), **stage_time_terms(opts)}
     if outputs is not None:
         exprs = {k: exprs[k] for k in outputs}
-    args = _all_symbols()
+    args = all_symbols()
     path = _cache_dir() / f"stage_{_source_key(outputs, opts)}.py"
     fn = None
     if path.is_file():
@@ -229,7 +237,7 @@ def names(outputs: Iterable[str]) -> tuple[str, ...]:
 
 def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa, os, f, compile, m, M, first,
                 last, nV, reduce_every=0, vocab_parallel=1, foreach=0, pp_reshard=0, lm=0, ep=1,
-                imbalance=0, fused_loss=0, loss_chunks=1) -> dict[str, np.ndarray]:
+                imbalance=0, fused_loss=0, loss_chunks=1, cp=1, cp_allgather=1) -> dict[str, np.ndarray]:
     """Plan knobs (scalars or arrays over candidates) as the 0/1 flags and divisors the formulas take.
 
     zero 0 replicates (DDP-like all-reduce); 1 and 2 shard fp32 state and gradients and keep bf16 params
@@ -240,19 +248,21 @@ def knob_inputs(*, b, s, t, d, pp, zero, sequence_parallel, selective, l, r, oa,
     re-shards after each forward when ``pp_reshard`` (pp_reshard_after_forward). ``lm`` of the ``l`` blocks are
     mixture-of-experts blocks, their experts spread over ``ep`` ranks; ``imbalance`` is the plan's moe_imbalance
     (0: the runtime default). ``fused_loss`` and ``loss_chunks``: the fused linear cross-entropy and its token
-    chunks (costmodel.kernels.kernel_inputs gives both for a plan's loss_impl).
+    chunks (costmodel.kernels.kernel_inputs gives both for a plan's loss_impl). ``cp`` ranks share each sequence
+    (FSDP shards the fp32 state over dp × cp, the experts' over dp × cp / ep); ``cp_allgather`` (cp_rotate:
+    allgather) or a ring brings them K/V.
     """
     arr = lambda x: np.asarray(x, dtype=float)  # noqa: E731
-    t, d, pp, zero, M, m = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m)
+    t, d, pp, zero, M, m, c = arr(t), arr(d), arr(pp), arr(zero), arr(M), arr(m), arr(cp)
     nosync = (((M > 1) & ~arr(reduce_every).astype(bool)) | (pp > 1)).astype(float)
     return {
-        "b": arr(b), "s": arr(s), "t": t, "d": d, "pp": pp,
+        "b": arr(b), "s": arr(s), "t": t, "d": d, "pp": pp, "c": c, "cag": arr(cp_allgather),
         "sp": ((t > 1) & arr(sequence_parallel).astype(bool)).astype(float),
-        "ds": np.where(zero >= 1, d, 1.0), "z3": (zero >= 3).astype(float), "z0": (zero == 0).astype(float),
+        "ds": np.where(zero >= 1, d * c, 1.0), "z3": (zero >= 3).astype(float), "z0": (zero == 0).astype(float),
         "keep": ((pp > 1) & ~((zero >= 3) & arr(pp_reshard).astype(bool))).astype(float), "nosync": nosync,
         "acc": (M > m).astype(float), "fe": arr(foreach),
         "l": arr(l), "r": arr(r), "sel": arr(selective), "oa": arr(oa), "os": arr(os), "f": arr(f),
         "k": arr(compile), "m": m, "M": M, "first": arr(first), "last": arr(last), "nV": arr(nV),
         "vp": arr(vocab_parallel), "fl": arr(fused_loss), "nch": arr(loss_chunks),
-        "lm": arr(lm), "e": arr(ep), "dse": np.where(zero >= 1, d / arr(ep), 1.0), "imb": arr(imbalance),
+        "lm": arr(lm), "e": arr(ep), "dse": np.where(zero >= 1, d * c / arr(ep), 1.0), "imb": arr(imbalance),
     }

@@ -29,8 +29,10 @@ class M:
 class K:
     """Plan knobs of one pipeline stage (arrays over candidates)."""
     b, s, t, d = _syms("b s t d", positive=True)             # micro-batch, sequence, tp, dp
+    c = sp.Symbol("c", positive=True)                         # context-parallel degree (cp)
+    cag = sp.Symbol("cag", nonnegative=True)                  # cp brings K/V by all-gather (1) or a ring of sends (0)
     sp_ = sp.Symbol("sp", nonnegative=True)                   # sequence parallel on (tp > 1)
-    ds = sp.Symbol("ds", positive=True)                       # divisor of fp32 states: dp if zero >= 1 else 1
+    ds = sp.Symbol("ds", positive=True)                       # divisor of fp32 states: dp·cp if zero >= 1 else 1
     z3 = sp.Symbol("z3", nonnegative=True)                    # reshard bf16 params after forward (zero 3)
     z0 = sp.Symbol("z0", nonnegative=True)                    # replicated (zero 0): all-reduce, not reduce-scatter
     keep = sp.Symbol("keep", nonnegative=True)                # params stay unsharded across micro-batches (pp > 1)
@@ -71,6 +73,9 @@ class H:
     # root's; pipeline sends; and the time of a tiny all-reduce over the data-parallel group (gradient norm)
     bw_tp, bw_tp_rs, bw_ag, bw_rs, bw_rag, bw_rrs, bw_pp = _syms("bw_tp bw_tp_rs bw_ag bw_rs bw_rag bw_rrs bw_pp",
                                                                  positive=True)
+    # context parallelism: the all-gather of a block's K/V over the cp ranks (stride tp) and the send of a K/V
+    # block (or of its gradient) to the next cp rank
+    bw_cp, bw_cp_p2p = _syms("bw_cp bw_cp_p2p", positive=True)
     t_tiny = sp.Symbol("t_tiny", nonnegative=True)
     # expert parallelism: all-to-all over the EP group (dispatch and combine) and the experts' FSDP all-gather and
     # reduce-scatter over the dp / ep ranks holding the same experts; the token-count exchange's latency
@@ -108,6 +113,7 @@ class R:
     loss_keep = sp.Symbol("loss_keep", nonnegative=True)
     flce_chunk, flce_tok, flce_voc_f, flce_voc_b, flce_acc = _syms(
         "flce_chunk flce_tok flce_voc_f flce_voc_b flce_acc", nonnegative=True)
+    cp_fq, cp_fkv, cp_bq, cp_bkv = _syms("cp_fq cp_fkv cp_bq cp_bkv", nonnegative=True)
 
 
 RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol in the formulas, for the constants
@@ -129,6 +135,8 @@ RUNTIME_SYMBOLS = {  # constant name (costmodel.constants.RUNTIME) -> its symbol
     "moe_kernels_per_block_eager": R.kern_moe_eager, "moe_kernels_per_block_compiled": R.kern_moe_comp,
     "moe_sync_exposed_kernels": R.moe_sync, "expert_load_imbalance": R.imb,
     "moe_index_bytes_per_copy": R.moe_idx, "moe_pad_rows_per_expert": R.moe_pad,
+    "cp_forward_bytes_per_q_element": R.cp_fq, "cp_forward_bytes_per_kv_element": R.cp_fkv,
+    "cp_backward_bytes_per_q_element": R.cp_bq, "cp_backward_bytes_per_kv_element": R.cp_bkv,
 }
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sympy as sp
 
 from .memory import BF16, FP32, RUNTIME, ArchOptions, block_expert_params_local, block_params_local, block_state_params, \
-    expert_params_local, imbalance, moe_share, routed_tokens, seq_share, stage_activation_bytes, tokens, \
-    vocab_params_local, vocab_share
+    expert_params_local, fsdp_ranks, imbalance, kv_bytes, moe_share, routed_tokens, seq_share, stage_activation_bytes, \
+    tokens, vocab_params_local, vocab_share
 from .symbols import H, K, M, R, pos, smax, smin
 
 
@@ -100,22 +100,25 @@ def fp8_probe_s() -> sp.Expr:
 
 
 def attention_flops_fwd() -> sp.Expr:
-    """Causal attention forward per rank: QK^T and PV, 4·b·s²·a·dh halved by the mask."""
-    return 2 * K.b * K.s ** 2 * M.a * M.dh / K.t
+    """Causal attention forward per rank: QK^T and PV, 4·b·s²·a·dh halved by the mask. Under context parallelism a
+    rank's queries (its tokens()) attend to the whole sequence and causal load balancing (chunks i and 2·cp-1-i)
+    gives every cp rank the same 1/cp of the work."""
+    return 2 * tokens() * K.s * M.a * M.dh / K.t
 
 
 def attention_s(opts: ArchOptions = RUNTIME) -> tuple[sp.Expr, sp.Expr]:
     """(forward, backward) seconds of the attention core.
 
-    Flash: one fused kernel, backward 2.5× the forward FLOPs (it recomputes the scores). Materialized
-    (Megatron 2022): two batched GEMMs over the full s×s scores (no causal saving) each way, plus the
+    Flash: one fused kernel, backward 2.5× the forward FLOPs (it recomputes the scores); under context parallelism
+    cp kernels of 1/cp of the rank's work each (one per ring step), so the efficiency curve is read at that size.
+    Materialized (Megatron 2022): two batched GEMMs over the full s×s scores (no causal saving) each way, plus the
     scale/mask/softmax (4 B per score) and dropout (5 B) passes over HBM; backward twice that."""
     if opts.attention == "flash":
         total_flops = 3.5 * attention_flops_fwd()
-        total = total_flops / (H.peak * efficiency(total_flops, H.at_max, H.at_half, H.at_exp))
+        total = total_flops / (H.peak * efficiency(total_flops / K.c, H.at_max, H.at_half, H.at_exp))
         return total / 3.5, total * 2.5 / 3.5
-    per_bmm = 2 * K.b * K.s ** 2 * M.a * M.dh / K.t
-    scores = K.b * M.a * K.s ** 2 / K.t
+    per_bmm = 2 * tokens() * K.s * M.a * M.dh / K.t
+    scores = tokens() * M.a * K.s / K.t
     ew = (4 + 5 * int(opts.dropout)) * scores / (H.hbm * H.ew_eff)
     fwd = 2 * gemm_s(per_bmm) + ew
     return fwd, 2 * fwd
@@ -130,6 +133,36 @@ def moe_elementwise_bytes(compiled: bool) -> sp.Expr:
         (R.act_eager, R.gate_eager, R.router_eager, R.permute_eager)
     return (act + gate * M.gated) * (routed_tokens() * M.Fe + T * M.Fs) + router * T * M.E \
         + permute * T * M.topk * M.h
+
+
+def cp_attention_s(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
+    """Context parallelism's additions to one block's attention, as the trainer runs it (PyTorch's ring attention,
+    torch 2.13): ``merge_fwd``/``merge_bwd`` the memory-bound merging of the ring steps' partial results (fp32
+    outputs in forward over cp - 1 steps; fp32 q and K/V gradients in backward over cp steps; bytes per element are
+    runtime constants), ``comm_fwd``/``comm_bwd`` the exchange attention does not hide. Each ring step computes 1/cp
+    of the rank's attention; a transfer overlaps the step after the one that issues it and is exposed only where
+    longer, slowing compute while it runs (as FSDP's). Forward: all-gather (cag = 1) sends a block's K/V once, issued
+    before the first step; the ring sends it cp - 1 times, one per step. Backward gathers (or rings) K/V again and
+    returns the K/V gradients (fp32: twice the bf16 bytes) by a ring of cp sends, the last one waited on at the end."""
+    on = smin(K.c - 1, 1)
+    att_f, att_b = attention_s(opts)
+    step_f, step_b = att_f / K.c, att_b / K.c
+    kv, q_el, kv_el = kv_bytes(), tokens() * M.a * M.dh / K.t, 2 * tokens() * M.g * M.dh / K.t
+    ew = H.hbm * H.ew_eff
+    gather = coll_s(K.c * kv, K.c, H.bw_cp)              # nccl-tests size: the gathered output, cp blocks
+    send, dsend = kv / H.bw_cp_p2p, 2 * kv / H.bw_cp_p2p
+
+    def hidden(comm: sp.Expr, comp: sp.Expr) -> sp.Expr:
+        return pos(comm - comp) + H.slow_comm * smin(comm, comp)
+    ring_f = (K.c - 1) * hidden(send, step_f)
+    ring_b = (K.c - 1) * hidden(send + dsend, step_b) + dsend
+    gathered_b = hidden(gather, step_b) + (K.c - 1) * hidden(dsend, step_b) + dsend
+    return {
+        "merge_fwd": on * (K.c - 1) * (R.cp_fq * q_el + R.cp_fkv * kv_el) / ew,
+        "merge_bwd": on * K.c * (R.cp_bq * q_el + R.cp_bkv * kv_el) / ew,
+        "comm_fwd": on * (K.cag * hidden(gather, step_f) + (1 - K.cag) * ring_f),
+        "comm_bwd": on * (K.cag * gathered_b + (1 - K.cag) * ring_b),
+    }
 
 
 def elementwise_bytes_fwd(opts: ArchOptions = RUNTIME) -> sp.Expr:
@@ -168,7 +201,8 @@ def message_bytes() -> dict[str, sp.Expr]:
             "msg_root_ag": BF16 * Pv, "msg_root_rs": FP32 * Pv, "msg_pp": BF16 * tokens() * M.h * seq_share(),
             # one MoE block's routed experts (FSDP over dp / ep), and one dispatch's routed copies (all-to-all)
             "msg_eag": BF16 * expert_params_local(), "msg_ers": FP32 * expert_params_local(),
-            "msg_a2a": BF16 * tokens() * M.topk * M.h * imbalance()}
+            "msg_a2a": BF16 * tokens() * M.topk * M.h * imbalance(),
+            "msg_cp": kv_bytes()}
 
 
 def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
@@ -183,15 +217,16 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     g_bf16, g_fp8 = block_gemm_s(0), block_gemm_s(1)
     x = {}
     # ---- compute of the blocks (per micro-batch) ----
-    fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew)
-    bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew)
-    selective_redo = {"matmuls": ew, "attention_core": att_f,
+    cpx = cp_attention_s(opts)
+    fwd_gpu = nb * g_bf16 + nf * g_fp8 + K.l * (att_f + ew + cpx["merge_fwd"])
+    bwd_gpu = 2 * (nb * g_bf16 + nf * g_fp8) + K.l * (att_b + 2 * ew + cpx["merge_bwd"])
+    selective_redo = {"matmuls": ew, "attention_core": att_f + cpx["merge_fwd"],
                       "every_other_matmul": ew + (nb * g_bf16 + nf * g_fp8) / (2 * K.l)}[opts.selective]
     cast = fp8_cast_s()
     fp8_cast = nf * cast
     # a recomputed float8 block redoes its forward in float8, casts included (float8 blocks spread evenly)
     g_redo = (nb * g_bf16 + nf * (g_fp8 + cast / 3)) / K.l
-    recompute = K.r * ((1 - K.sel) * (g_redo + att_f + ew) + K.sel * selective_redo)
+    recompute = K.r * ((1 - K.sel) * (g_redo + att_f + ew + cpx["merge_fwd"]) + K.sel * selective_redo)
     # host side: kernel launches and FSDP2 hooks; a block is never faster than the host feeds it
     host_f = K.l * (kernels_per_block_fwd() * H.launch + H.hook)
     host_b = K.l * (2 * kernels_per_block_fwd() * H.launch + H.hook) + K.r * kernels_per_block_fwd() * H.launch
@@ -228,6 +263,12 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
         tp_bwd = pos(tp_bwd - g_bwd) + H.slow_comm * smin(tp_bwd, g_bwd)
     recomputed = K.r * (1 - K.sel) + R.tp_redo * K.r * K.sel            # forward passes redone in backward
     x["tp_comm"] = K.l * (tp_fwd + tp_bwd) + recomputed * tp_fwd + (K.first + K.last) * vocab_tp
+    # ---- context parallel: the K/V exchange attention does not hide, in forward and backward, and again where
+    # backward recomputes a block's attention (full checkpointing; Korthikanti's selective recomputes it too) ----
+    redo_attention = K.r * (1 - K.sel) + (K.r * K.sel if opts.selective == "attention_core" else 0)
+    x["cp_comm_fwd"] = K.l * cpx["comm_fwd"]
+    x["cp_comm_bwd"] = K.l * cpx["comm_bwd"] + redo_attention * cpx["comm_fwd"]
+    x["cp_comm"] = x["cp_comm_fwd"] + x["cp_comm_bwd"]
     # ---- pipeline: receive the activation in forward and its gradient in backward ----
     x["pp_comm"] = 2 * smin(K.pp - 1, 1) * message_bytes()["msg_pp"] / H.bw_pp
     # ---- expert parallelism, exposed, as the trainer issues it (launcher.runtime.moe): per MoE block a dispatch
@@ -240,11 +281,12 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     x["offload_activations"] = 2 * acts["host"] / H.host
     # ---- FSDP2: all-gather bf16 params per block, reduce-scatter (all-reduce for zero 0) fp32 grads ----
     h2d = FP32 * block_state_params() / H.host        # an offloaded block's fp32 shard, each way
-    # a MoE block's routed experts are gathered and reduced over the dp / ep ranks that hold the same experts
+    # a MoE block's routed experts are gathered and reduced over the dp × cp / ep ranks that hold the same experts
     Pe = block_expert_params_local()
-    ag = coll_s(BF16 * (Pb - Pe), K.d, H.bw_ag * H.comm_eff) + coll_s(BF16 * Pe, K.d / K.e, H.bw_eag * H.comm_eff)
-    rs = coll_s(FP32 * (Pb - Pe), K.d, H.bw_rs * H.comm_eff, factor=1 + K.z0) \
-        + coll_s(FP32 * Pe, K.d / K.e, H.bw_ers * H.comm_eff, factor=1 + K.z0)
+    ag = coll_s(BF16 * (Pb - Pe), fsdp_ranks(), H.bw_ag * H.comm_eff) \
+        + coll_s(BF16 * Pe, fsdp_ranks() / K.e, H.bw_eag * H.comm_eff)
+    rs = coll_s(FP32 * (Pb - Pe), fsdp_ranks(), H.bw_rs * H.comm_eff, factor=1 + K.z0) \
+        + coll_s(FP32 * Pe, fsdp_ranks() / K.e, H.bw_ers * H.comm_eff, factor=1 + K.z0)
     blk_f = x["compute_fwd"] / K.l
     blk_b = x["compute_bwd"] / K.l
     nos = K.l - K.os_
@@ -273,18 +315,20 @@ def stage_time_terms(opts: ArchOptions = RUNTIME) -> dict[str, sp.Expr]:
     rs_last = (1 - K.keep) * K.nosync * (exposed(K.z3 * ag + rs, (K.z3 + 1) * h2d, blk_b)
                                          - exposed(K.z3 * ag, K.z3 * h2d, blk_b) + rs) \
         + K.keep * (nos * rs + K.os_ * (rs + h2d))
-    root = coll_s(BF16 * Pv, K.d, H.bw_rag) * (2 - K.keep) + coll_s(FP32 * Pv, K.d, H.bw_rrs, factor=1 + K.z0)
+    root = coll_s(BF16 * Pv, fsdp_ranks(), H.bw_rag) * (2 - K.keep) \
+        + coll_s(FP32 * Pv, fsdp_ranks(), H.bw_rrs, factor=1 + K.z0)
     x["fsdp_step"] = rs_last + K.keep * (exposed(ag, h2d, blk_f) + ag + K.l * copy_out) + root
     # ---- optimizer: fused AdamW + clipping over the local fp32 parameters; offloaded blocks on the CPU ----
     S_gpu = (K.l - K.os_) * block_state_params() + Pv / K.ds
     opt_bytes = (1 - K.fe) * R.opt_bytes + K.fe * R.opt_fe_bytes
     gpu_opt = opt_bytes * S_gpu / (H.hbm * H.ew_eff) + (R.opt_kern_block * K.l + R.opt_kern_fixed) * H.launch
     cpu_opt = K.os_ * block_state_params() / H.cpu_adam
-    x["optimizer"] = smax(gpu_opt, cpu_opt) + 2 * H.t_tiny   # the gradient norm's all-reduces
+    # the gradient norm's all-reduces; with cp the loss is a mean over the cp ranks' shares: one more tiny one
+    x["optimizer"] = smax(gpu_opt, cpu_opt) + (2 + smin(K.c - 1, 1)) * H.t_tiny
     x["t_fwd"] = x["compute_fwd"] + x["fsdp_fwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
-        + x["offload_activations"] / 2 + x["head"] / 3 + ep_fwd
+        + x["offload_activations"] / 2 + x["head"] / 3 + ep_fwd + x["cp_comm_fwd"]
     x["t_bwd"] = x["compute_bwd"] + x["fsdp_bwd"] + x["tp_comm"] / 2 + x["pp_comm"] / 2 \
-        + x["offload_activations"] / 2 + 2 * x["head"] / 3 + x["ep_comm"] - ep_fwd
+        + x["offload_activations"] / 2 + 2 * x["head"] / 3 + x["ep_comm"] - ep_fwd + x["cp_comm_bwd"]
     x["t_mb"] = x["t_fwd"] + x["t_bwd"]
     x["fp8_probe"] = fp8_probe_s()
     x.update(message_bytes())

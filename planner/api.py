@@ -32,7 +32,7 @@ PLAN_KEYS = tuple(f.name for f in dataclasses.fields(Plan) if f.init and f.name 
 """Plan keys a sweep may vary or ``predict`` may override."""
 SPACE_KEYS = tuple(f.name for f in dataclasses.fields(SearchSpace))
 """Search-space pins ``plan`` accepts."""
-_TABLE_KEYS = ("global_batch_size", "micro_batch_size", "seq_len", "dp", "tp", "pp", "ep", "zero", "recompute",
+_TABLE_KEYS = ("global_batch_size", "micro_batch_size", "seq_len", "dp", "cp", "tp", "pp", "ep", "zero", "recompute",
                *PER_STAGE_KEYS, "compile", "pp_schedule")
 
 
@@ -95,13 +95,14 @@ class Evaluation:
     @property
     def layout(self) -> str:
         """The parallel layout, e.g. ``tp2·pp8·dp4`` (``pp4×2`` for two interleaved chunks per rank, ``dp8(ep4)``
-        with expert parallelism folded from dp)."""
+        with expert parallelism folded from dp, ``cp4·`` before tp with context parallelism)."""
         if self.plan is None:
             return "?"
         p = self.plan
         chunks = f"×{p.virtual_stages}" if p.virtual_stages > 1 else ""
         ep = f"(ep{p.ep})" if p.ep > 1 else ""
-        return f"tp{p.tp}·pp{p.pp}{chunks}·dp{p.dp}{ep}"
+        cp = f"cp{p.cp}·" if p.cp > 1 else ""
+        return f"{cp}tp{p.tp}·pp{p.pp}{chunks}·dp{p.dp}{ep}"
 
     @property
     def label(self) -> str:
@@ -249,11 +250,11 @@ def _evaluate(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, dat
 def _fit_point(data: dict, changes: dict, model: ModelSpec, cluster: ClusterSpec, fit_dp: bool) -> list[str]:
     """Adapt the base plan's derived keys to one point; returns notes on what was adapted."""
     notes = []
-    tp, pp, v = data.get("tp"), data.get("pp"), data.get("virtual_stages", 1)
-    if not all(isinstance(x, int) and x >= 1 for x in (tp, pp, v)):
+    tp, pp, cp, v = data.get("tp"), data.get("pp"), data.get("cp", 1), data.get("virtual_stages", 1)
+    if not all(isinstance(x, int) and x >= 1 for x in (tp, pp, cp, v)):
         return notes   # a malformed value: parse_plan names it as the point's reason
-    if fit_dp and "dp" not in changes and cluster.num_gpus % (tp * pp) == 0:
-        data["dp"] = cluster.num_gpus // (tp * pp)
+    if fit_dp and "dp" not in changes and cluster.num_gpus % (tp * pp * cp) == 0:
+        data["dp"] = cluster.num_gpus // (tp * pp * cp)
     lps = data.get("layers_per_stage")
     if isinstance(lps, list) and "layers_per_stage" not in changes:
         if len(lps) != pp * v or sum(lps) != model.num_hidden_layers:
@@ -265,14 +266,14 @@ def _fit_point(data: dict, changes: dict, model: ModelSpec, cluster: ClusterSpec
 def predict(model: ModelRef, cluster: ClusterRef, plan: PlanRef, **changes: Any) -> Evaluation:
     """Cost ``plan`` (an object, dict, path or shipped plan name) for ``model`` on ``cluster``.
 
-    Keyword arguments override plan keys (``predict(m, c, p, seq_len=8192)``); overriding tp or pp
-    without dp sets dp to GPUs / (tp × pp). A plan that cannot run on the cluster raises SpecError naming
+    Keyword arguments override plan keys (``predict(m, c, p, seq_len=8192)``); overriding tp, pp or cp
+    without dp sets dp to GPUs / (tp × pp × cp). A plan that cannot run on the cluster raises SpecError naming
     the key and the fix; one that runs out of memory returns an Evaluation with ``feasible`` False and
     the reason."""
     _check_keys(changes, PLAN_KEYS, "predict override")
     m, c = load_model(model), load_cluster(cluster)
     data = {**_load_plan(plan).to_dict(), **changes}
-    notes = _fit_point(data, changes, m, c, fit_dp="tp" in changes or "pp" in changes)
+    notes = _fit_point(data, changes, m, c, fit_dp=bool({"tp", "pp", "cp"} & set(changes)))
     ev = _evaluate(m, c, profile_for(c), data, strict=True)
     ev.notes = notes + ev.notes
     return ev
@@ -294,7 +295,7 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
          **pins: Any) -> PlanResult:
     """Search for the fastest plan that fits (planner.tuner.tune).
 
-    ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``micro_batch_size`` fix a degree;
+    ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``cp``, ``micro_batch_size`` fix a degree;
     ``zero``, ``recompute``, ``compile``, ``schedules`` take one value or a list of allowed ones;
     ``offload=False`` forbids CPU offload; ``fp8_budget`` is the largest share of block-steps in float8 (a
     number in [0, 1], ``"off"`` or ``"auto"``; 1.0 allows float8 in every block)."""
@@ -329,10 +330,10 @@ def _as_list(ref: Any, load) -> list:
 def sweep(model: ModelRef | Sequence[ModelRef], cluster: ClusterRef | Sequence[ClusterRef], base_plan: PlanRef,
           *, fit_dp: bool = True, **axes: Any) -> Sweep:
     """Cost every point of the cartesian product of ``axes`` (plan keys with lists of values, e.g.
-    ``seq_len=[2048, 4096], tp=[1, 2, 4, 8]``) and of ``model`` and ``cluster`` when they are lists.
+    ``seq_len=[2048, 4096], tp=[1, 2, 4, 8], cp=[1, 2, 4]``) and of ``model`` and ``cluster`` when they are lists.
 
     Each point starts from ``base_plan``. With ``fit_dp`` (default) and dp not swept, dp becomes
-    GPUs / (tp × pp) so the plan fills each cluster; a base ``layers_per_stage`` that does not fit a
+    GPUs / (tp × pp × cp) so the plan fills each cluster; a base ``layers_per_stage`` that does not fit a
     point falls back to the even split. Points that cannot run, or do not fit in memory, are kept with
     their reason. An axis that is not a plan key raises ValueError naming it and the valid keys."""
     _check_keys(axes, PLAN_KEYS, "sweep axis")

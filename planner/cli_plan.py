@@ -15,7 +15,7 @@ from costmodel.hardware import GiB
 
 from .cli import check_choice, check_flags, console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint, float8_effect
+from .explain import alternatives, binding_constraint, cp_note, float8_effect
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, tune
 
@@ -31,7 +31,8 @@ def _knobs(c: Candidate) -> list[str]:
     p = c.plan
     rec = "-" if p.recompute == "none" else \
         f"{p.recompute[:3]} {'all' if p.recompute_layers is None else _short(p.recompute_layers)}"
-    layout = f"{p.tp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}{f'(ep{p.ep})' if p.ep > 1 else ''}"
+    ep = f"(ep{p.ep})" if p.ep > 1 else ""
+    layout = f"{p.tp}·{p.cp}·{p.pp}{'×2' if p.virtual_stages == 2 else ''}·{p.dp}{ep}"
     return [layout, str(p.micro_batch_size), str(p.zero), rec,
             f"{_short(p.offload_activation_layers)}/{_short(p.offload_state_layers)}", _short(p.fp8_layers),
             "y" if p.compile else "n", p.grad_reduce]
@@ -39,9 +40,9 @@ def _knobs(c: Candidate) -> list[str]:
 
 KNOB_COLUMNS = ("#", "layout", "mbs", "zero", "ckpt", "offl", "fp8", "cmp", "sync")
 RESULT_COLUMNS = ("#", "step", "tok/s/GPU", "MFU", "peak", "free")
-LEGEND = ("layout tp·pp·dp (×2: two virtual stages; (epN): expert parallel); mbs micro-batch; ckpt checkpointed blocks per stage; offl "
-          "offloaded blocks, activations/state; fp8 float8 blocks; cmp torch.compile; sync gradient reduce; peak "
-          "and free GPU memory per GPU")
+LEGEND = ("layout tp·cp·pp·dp (×2: two virtual stages; (epN): expert parallel); mbs micro-batch; ckpt "
+          "checkpointed blocks per stage; offl offloaded blocks, activations/state; fp8 float8 blocks; cmp "
+          "torch.compile; sync gradient reduce; peak and free GPU memory per GPU")
 
 
 def _rows(result: TuneResult) -> list[dict[str, str]]:
@@ -108,6 +109,7 @@ def register(app: typer.Typer) -> None:
         tp: int = typer.Option(None, "--tp", help="Pin the tensor-parallel degree."),
         pp: int = typer.Option(None, "--pp", help="Pin the pipeline degree."),
         dp: int = typer.Option(None, "--dp", help="Pin the data-parallel degree."),
+        cp: int = typer.Option(None, "--cp", help="Pin the context-parallel degree (1: off)."),
         micro_batch_size: int = typer.Option(None, "--micro-batch-size", "--mbs", help="Pin the micro-batch."),
         zero: int = typer.Option(None, "--zero", help="Pin the ZeRO level (0, 2, 3)."),
         recompute: str = typer.Option(None, "--recompute", help="Pin checkpointing: none, full, selective."),
@@ -137,7 +139,7 @@ def register(app: typer.Typer) -> None:
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
         check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--top-k", top_k, 1),
-                    ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--micro-batch-size", micro_batch_size, 1),
+                    ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--cp", cp, 1), ("--micro-batch-size", micro_batch_size, 1),
                     ("--fp8-rotation-steps", fp8_rotation_steps, 0))
         check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--fp8-temperature", fp8_temperature, 0.0),
                     high={"--gap": 1.0})
@@ -145,7 +147,7 @@ def register(app: typer.Typer) -> None:
         check_choice("--recompute", recompute, ("none", "full", "selective"))
         check_choice("--schedule", schedule, ("1F1B", "Interleaved1F1B", "GPipe"))
         space = SearchSpace(
-            tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
+            tp=tp, pp=pp, dp=dp, cp=cp, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
             recompute=(recompute,) if recompute else SearchSpace.recompute,
             compile=(compile_,) if compile_ is not None else SearchSpace.compile,
@@ -201,6 +203,7 @@ def register(app: typer.Typer) -> None:
             d = pred.to_dict()
             d.pop("stages")
             print_json({"prediction": d, "binding": binding_constraint(pred), "float8": float8_effect(m, c, p, pred),
+                        "context_parallel": cp_note(p, pred, alts),
                         "alternatives": [{"change": a.change, "step_time_s": a.prediction.step_time_s,
                                           "feasible": a.prediction.feasible, "reason": a.reason} for a in alts]})
             return
@@ -209,6 +212,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"[bold]binding:[/] {binding_constraint(pred)}")
         if (note := float8_effect(m, c, p, pred)) is not None:
             console.print(f"[bold]float8:[/] {note}")
+        note = cp_note(p, pred, alts)
+        if note:
+            console.print(f"[bold]context parallel:[/] {note}")
         table = Table(title="one-knob alternatives")
         for col in ("change", "step", "peak mem", "verdict"):
             table.add_column(col)
@@ -233,6 +239,11 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
     console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
     if (note := float8_effect(load_model(model), load_cluster(cluster), best.plan, best.prediction)) is not None:
         console.print(f"[bold]float8:[/] {note}")
+    if best.plan.cp > 1 or best.plan.seq_len >= SearchSpace.cp_min_seq_len:
+        m, cl = load_model(model), load_cluster(cluster)
+        note = cp_note(best.plan, best.prediction, alternatives(m, cl, best.plan, best.prediction))
+        if note:
+            console.print(f"[bold]context parallel:[/] {note}")
     for i, c in enumerate(result.top[1:], start=2):
         d = c.step_time_s / best.step_time_s - 1
         console.print(f"  #{i} is {d:+.1%} slower")

@@ -71,12 +71,12 @@ def rerank_verified(result, model: str, cluster: str, *, show: bool = True):
 
 def _rerank_table(checked) -> Table:
     table = Table(title="top plans re-ranked by traced memory (FSDPMemTracker)")
-    for col in ("#", "layout tp·pp·dp", "step", "predicted peak", "traced peak", "fits"):
+    for col in ("#", "layout tp·cp·pp·dp", "step", "predicted peak", "traced peak", "fits"):
         table.add_column(col, justify="right")
     for i, (over, cand, res) in enumerate(checked, start=1):
         p = cand.plan
         traced = fmt_bytes(res.peak_bytes) if not isinstance(res, str) else f"not traced: {res}"
-        table.add_row(str(i), f"{p.tp}·{p.pp}·{p.dp}", f"{cand.step_time_s:.3f} s",
+        table.add_row(str(i), f"{p.tp}·{p.cp}·{p.pp}·{p.dp}", f"{cand.step_time_s:.3f} s",
                       fmt_bytes(cand.prediction.peak_memory_bytes), traced, "[red]no[/]" if over else "yes")
     return table
 

@@ -17,7 +17,7 @@ def _frugal(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: S
     """The least-memory plan of the space: zero 3, full checkpointing, micro-batch 1, offload if allowed, the
     largest expert-parallel degree allowed, over every legal layout."""
     best = None
-    for t, p, d in layouts(model, cluster, space, seq):
+    for t, c, p, d in layouts(model, cluster, space, seq):
         mbs = micro_batches(gbs, d, p, space)
         if not mbs:
             continue
@@ -25,7 +25,8 @@ def _frugal(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: S
         eps = expert_degrees(model, d, space)
         if not eps:
             continue
-        plan = dict(global_batch_size=gbs, micro_batch_size=mbs[0][0], seq_len=seq, dp=d, tp=t, pp=p, ep=eps[-1],
+        plan = dict(global_batch_size=gbs, micro_batch_size=mbs[0][0], seq_len=seq, dp=d, tp=t, pp=p, cp=c,
+                    ep=eps[-1],
                     zero=(2 if p > 1 else 3) if 3 in space.zero else max(space.zero),
                     grad_reduce="every" if p == 1 else "last",
                     recompute="full" if "full" in space.recompute else space.recompute[0],
@@ -47,13 +48,13 @@ def diagnose(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: 
         lays = layouts(model, cluster, space, seq, rejected)
         if not lays:
             why = sorted(set(rejected.values()))
-            return [f"no (tp, pp, dp) with tp·pp·dp = {cluster.num_gpus} GPUs satisfies the pins and the plan "
-                    f"rules ({'; '.join(why[:3]) or 'the pins exclude every layout'}); unpin tp/pp/dp or change "
-                    "the GPU count"]
-        ok_dp = sorted({d for _, _, d in lays})
+            return [f"no (tp, cp, pp, dp) with tp·cp·pp·dp = {cluster.num_gpus} GPUs satisfies the pins and the "
+                    f"plan rules ({'; '.join(why[:3]) or 'the pins exclude every layout'}); unpin tp/cp/pp/dp or "
+                    "change the GPU count"]
+        ok_dp = sorted({lay.dp for lay in lays})
         return [f"global batch {gbs} does not split into whole micro-batches for any data-parallel degree "
                 f"{ok_dp} (pipelines also need at least pp micro-batches); use a multiple of "
-                f"{min(ok_dp)} sequences ≥ {min(ok_dp) * min(p for _, p, _ in lays)}"]
+                f"{min(ok_dp)} sequences ≥ {min(ok_dp) * min(lay.pp for lay in lays)}"]
     found = _frugal(model, cluster, gbs, seq, space, prof, space.offload)
     if found is None:
         return ["no legal plan could be costed for this model and cluster"]
@@ -61,7 +62,8 @@ def diagnose(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: 
     mem = pred.memory_breakdown
     top = max(mem, key=mem.get)
     ep = f", ep={plan['ep']}" if plan["ep"] > 1 else ""
-    lines = [f"even the least-memory plan (tp={plan['tp']}, pp={plan['pp']}, dp={plan['dp']}{ep}, micro-batch "
+    cp = f", cp={plan['cp']}" if plan["cp"] > 1 else ""
+    lines = [f"even the least-memory plan (tp={plan['tp']}{cp}, pp={plan['pp']}, dp={plan['dp']}{ep}, micro-batch "
              f"{plan['micro_batch_size']}, zero 3, full checkpointing"
              f"{', state offloaded' if space.offload else ''}) needs {pred.peak_memory_bytes / GiB:.1f} GiB per "
              f"GPU of {prof.memory_gib:.1f}; the largest term is {top.replace('_', ' ')} "

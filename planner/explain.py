@@ -83,6 +83,17 @@ def _neighbours(plan: Plan, model: ModelSpec) -> list[tuple[str, dict]]:
     for e in (plan.ep * 2, plan.ep // 2):   # expert parallelism (check_plan drops degrees the experts forbid)
         if model.is_moe and e >= 1 and plan.dp % e == 0:
             out.append((f"ep={e}", dict(ep=e)))
+    # context parallelism traded against data or tensor parallelism (the same GPUs): the batch stays whole, so
+    # fewer data-parallel ranks take more micro-batches each
+    for c in (plan.cp * 2, plan.cp // 2):
+        if c < 1:
+            continue
+        d = plan.dp * plan.cp // c
+        if (plan.dp * plan.cp) % c == 0 and plan.global_batch_size % (plan.micro_batch_size * d) == 0:
+            out.append((f"cp={c}, dp={d}", dict(cp=c, dp=d, zero=plan.zero or 2)))
+        if (plan.tp * plan.cp) % c == 0:
+            t = plan.tp * plan.cp // c
+            out.append((f"cp={c}, tp={t}", dict(cp=c, tp=t, zero=plan.zero or 2)))
     for mbs in (plan.micro_batch_size * 2, plan.micro_batch_size // 2):
         if mbs >= 1:
             out.append((f"micro-batch {mbs}", dict(micro_batch_size=mbs)))
@@ -129,3 +140,16 @@ def alternatives(model: ModelSpec, cluster: ClusterSpec, plan: Plan, pred: Predi
                       f"({moved[k]:+.3f} s)")
         out.append(Alternative(label, alt, ap, delta, reason))
     return sorted(out, key=lambda a: (not a.prediction.feasible, a.delta_s))
+
+
+def cp_note(plan: Plan, pred: Prediction, alts: list[Alternative]) -> str | None:
+    """Why the plan has the context parallelism it has, from its one-knob cp alternatives; None for a plan
+    without cp whose sequence is short enough that none was tried."""
+    changed = [a for a in alts if a.plan.cp != plan.cp]
+    if plan.cp == 1 and not changed:
+        return None
+    share = pred.time_breakdown.get("cp_comm", 0.0) / pred.step_time_s
+    head = (f"context parallel {plan.cp}: each GPU holds {plan.seq_len // plan.cp} of every {plan.seq_len}-token "
+            f"sequence and exchanges keys/values ({share:.1%} of the step exposed)" if plan.cp > 1 else
+            "no context parallelism")
+    return head + ("; " + "; ".join(f"{a.change} {a.reason}" for a in changed) if changed else "")

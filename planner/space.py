@@ -5,10 +5,11 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from costmodel import Plan, SpecError, check_plan, parse_fp8_budget
+from costmodel import SpecError, check_plan, parse_fp8_budget, parse_plan
 from costmodel.plan import ep_choices
 from costmodel.kernels import choices as kernel_choices_of
 from costmodel.plan import KERNEL_KEYS
@@ -32,6 +33,15 @@ class SearchSpace:
     max_ep: int = 64
     """Largest expert-parallel degree considered: beyond 8 nodes of all-to-all the search grows for plans the cost
     model rarely favours (pin ``ep`` to go further)."""
+    cp: int | None = None
+    """Pinned context-parallel degree (1 turns context parallelism off)."""
+    cp_min_seq_len: int = 32768
+    """Context parallelism is searched for sequences at least this long, or for shorter ones whose leanest cp = 1
+    plan does not fit (``cp_degrees``); below it attention is a small share of the work and splitting it gains
+    little over tensor or data parallelism, so the tuner saves the time."""
+    cp_min_tokens: int = 4096
+    """Smallest share of a sequence a context-parallel rank may hold: each ring step's attention kernel works on
+    chunks of half of it, and shorter ones leave the GPU idle."""
     micro_batch_size: int | None = None
     """Pinned micro-batch size."""
     zero: tuple[int, ...] = ZERO_LEVELS
@@ -110,40 +120,89 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def layout_problem(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int, tp: int, pp: int,
-                   dp: int) -> str | None:
-    """Why no plan of this (tp, pp, dp) layout can run, as costmodel.check_plan words it; None if some can.
+class Layout(NamedTuple):
+    """One way to lay a plan out on the cluster's GPUs: tp × cp × pp × dp = GPUs."""
 
-    The rules live in check_plan alone: a probe plan of the layout (no per-stage knobs) goes through it."""
-    probe = Plan(global_batch_size=dp, micro_batch_size=1, seq_len=seq_len, dp=dp, tp=tp, pp=pp, zero=2,
-                 recompute="none", sequence_parallel=space.sequence_parallel)
+    tp: int
+    cp: int
+    pp: int
+    dp: int
+
+
+def layout_problem(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int, tp: int, pp: int,
+                   dp: int, cp: int = 1) -> str | None:
+    """Why no plan of this (tp, cp, pp, dp) layout can run, as costmodel.check_plan words it; None if some can.
+
+    The rules live in parse_plan/check_plan alone: a probe plan of the layout (no per-stage knobs) goes through
+    them."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # warnings are for plans, not for probes
+            # pp micro-batches fill the pipeline: the batch itself is checked per case (micro_batches)
+            probe = parse_plan(dict(global_batch_size=dp * pp, micro_batch_size=1, seq_len=seq_len, dp=dp, tp=tp,
+                                    pp=pp, cp=cp, zero=2, recompute="none",
+                                    sequence_parallel=space.sequence_parallel), "layout")
             check_plan(probe, model, cluster, "layout")
     except SpecError as e:
         return f"{e.key}: {e.problem}"
     return None
 
 
+def cp_degrees(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int) -> list[int]:
+    """Context-parallel degrees the tuner searches: the pinned one, else 1 and, for a sequence that needs it (at
+    least ``cp_min_seq_len`` tokens, or one whose leanest cp = 1 plan does not fit), every power of two that
+    leaves each rank ``cp_min_tokens`` or more. Which degree pays is the cost model's call; this only keeps the
+    search to the cases where it can."""
+    if space.cp is not None:
+        return [space.cp]
+    if seq_len < space.cp_min_seq_len and lean_plan_fits(model, cluster, space, seq_len):
+        return [1]
+    out, c = [1], 2
+    while c <= cluster.num_gpus and seq_len // c >= space.cp_min_tokens:
+        if cluster.num_gpus % c == 0:
+            out.append(c)
+        c *= 2
+    return out
+
+
+def lean_plan_fits(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int) -> bool:
+    """Whether one sequence fits without context parallelism: micro-batch 1, full checkpointing, zero 3, the
+    widest tensor parallelism within a node and one pipeline stage per GPU left (as deep as the blocks allow)."""
+    from costmodel.prediction import predict
+    N, G, L = cluster.num_gpus, cluster.gpus_per_node, model.num_hidden_layers
+    for t in sorted((t for t in divisors(N) if t <= G), reverse=True):
+        p = max((p for p in divisors(N // t) if p <= L), default=1)
+        d = N // (t * p)
+        if layout_problem(model, cluster, space, seq_len, t, p, d) is not None:
+            continue
+        plan = dict(global_batch_size=d * p, micro_batch_size=1, seq_len=seq_len, dp=d, tp=t, pp=p,
+                    zero=2 if p > 1 else 3, recompute="full", sequence_parallel=space.sequence_parallel)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return predict(model, cluster, parse_plan(plan, "probe")).feasible
+    return False
+
+
 def layouts(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int,
-            rejected: dict | None = None) -> list[tuple[int, int, int]]:
-    """Every (tp, pp, dp) with tp·pp·dp = GPUs that the pins and the search policy allow and check_plan accepts;
-    ``rejected`` (if given) collects the layouts check_plan refuses, with its reason."""
+            rejected: dict | None = None) -> list[Layout]:
+    """Every (tp, cp, pp, dp) with tp·cp·pp·dp = GPUs that the pins and the search policy allow and the plan
+    rules accept; ``rejected`` (if given) collects the layouts they refuse, with the reason."""
     N = cluster.num_gpus
     out = []
+    cps = cp_degrees(model, cluster, space, seq_len)
     for t in divisors(N):
         if (t > cluster.gpus_per_node and not space.cross_node_tp) or (space.tp is not None and t != space.tp):
             continue
-        for p in divisors(N // t):
-            d = N // (t * p)
-            if (space.pp is not None and p != space.pp) or (space.dp is not None and d != space.dp):
-                continue
-            why = layout_problem(model, cluster, space, seq_len, t, p, d)
-            if why is None:
-                out.append((t, p, d))
-            elif rejected is not None:
-                rejected[(t, p, d)] = why
+        for c in (c for c in cps if (N // t) % c == 0):
+            for p in divisors(N // (t * c)):
+                d = N // (t * c * p)
+                if (space.pp is not None and p != space.pp) or (space.dp is not None and d != space.dp):
+                    continue
+                why = layout_problem(model, cluster, space, seq_len, t, p, d, c)
+                if why is None:
+                    out.append(Layout(t, c, p, d))
+                elif rejected is not None:
+                    rejected[Layout(t, c, p, d)] = why
     return out
 
 

@@ -33,6 +33,7 @@ class Group:
     mbs: int
     M: int
     ep: int = 1
+    cp: int = 1
 
 
 @dataclass
@@ -69,7 +70,8 @@ def knob_grid(model: ModelSpec, g: Group, role: str, space: SearchSpace) -> dict
     off = levels(3) if space.offload else np.zeros(1)
     fp8 = [0.0, space.max_fp8_fraction] if space.max_fp8_fraction > 0 else [0.0]
     rev = [0, 1] if g.pp == 1 and g.M > 1 else [0]
-    grid = np.meshgrid(np.asarray(space.zero), modes, [int(c) for c in space.compile], rev, ls, frac, off, off,
+    zeros = [z for z in space.zero if not (z == 0 and g.cp > 1)]   # cp shards over dp × cp (costmodel.plan)
+    grid = np.meshgrid(np.asarray(zeros), modes, [int(c) for c in space.compile], rev, ls, frac, off, off,
                        fp8, indexing="ij")
     zero, mode, k, rev, l, fr, fa, fs, ff = (x.ravel() for x in grid)
     r = np.where(mode == 0, 0, np.round(fr * l)).astype(int)
@@ -93,7 +95,7 @@ def evaluate_role(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile,
                          sequence_parallel=space.sequence_parallel, selective=(kn["mode"] == 2), l=kn["l"],
                          r=kn["r"], oa=kn["oa"], os=kn["os"], f=kn["f"], compile=kn["k"], m=0.0, M=g.M,
                          first=first, last=last, nV=nV, reduce_every=kn["rev"], ep=g.ep,
-                         lm=moe_layers_of_role(model, role, kn["l"], g.pp))
+                         lm=moe_layers_of_role(model, role, kn["l"], g.pp), cp=g.cp)
     inputs["acc"] = np.zeros(1)
     fixed = fixed or {**model_inputs(model), **hardware_inputs(prof)}
     out = evaluate(OUTPUTS, {**fixed, **inputs}, prof, cluster.gpus_per_node)

@@ -63,14 +63,14 @@ def _ideal_rate(model, cluster, prof, seq_len, groups: list[Group], space: Searc
     f_frac = space.max_fp8_fraction if k else 0.0
     rows = [(g, z) for g in groups for z in space.zero]
     col = lambda fn: np.array([fn(g, z) for g, z in rows], dtype=float)  # noqa: E731
-    t, d, pp = col(lambda g, z: g.tp), col(lambda g, z: g.dp), col(lambda g, z: g.pp)
+    t, d, pp, c = col(lambda g, z: g.tp), col(lambda g, z: g.dp), col(lambda g, z: g.pp), col(lambda g, z: g.cp)
     moe_frac = model.moe_layers_in(0, model.num_hidden_layers) / model.num_hidden_layers
 
     def at(l, every):
         inp = knob_inputs(b=col(lambda g, z: g.mbs), s=seq_len, t=t, d=d, pp=pp, zero=col(lambda g, z: z),
                           sequence_parallel=space.sequence_parallel, selective=0, l=l, r=0, oa=0, os=0,
                           f=np.floor(f_frac * l), compile=k, m=1, M=col(lambda g, z: g.M), first=0, last=0, nV=0,
-                          reduce_every=every, ep=col(lambda g, z: g.ep), lm=moe_frac * l)
+                          reduce_every=every, ep=col(lambda g, z: g.ep), lm=moe_frac * l, cp=c)
         return np.asarray(evaluate(OUTPUTS, {**fixed, **inp}, prof, cluster.gpus_per_node)["t_mb"])
     big = float(model.num_hidden_layers)
 
@@ -108,7 +108,7 @@ def to_plan(model: ModelSpec, g: Group, options: list[StageTable], picks: list[i
     rec = MODE_NAME[mode] if any(r) else "none"
     partial_fp8 = any(0 < fi < li for fi, li in zip(f, l))
     data = dict(global_batch_size=global_batch_size, micro_batch_size=g.mbs, seq_len=seq_len, dp=g.dp, tp=g.tp,
-                pp=g.pp, ep=g.ep, zero=zero, recompute=rec, recompute_layers=one(r) if rec != "none" else None,
+                pp=g.pp, cp=g.cp, ep=g.ep, zero=zero, recompute=rec, recompute_layers=one(r) if rec != "none" else None,
                 offload_activation_layers=one(oa), offload_state_layers=one(os_), fp8_layers=one(f),
                 **space.fp8_schedule_keys(partial_fp8),
                 layers_per_stage=None if l == even else l, compile=bool(compile_),
@@ -199,7 +199,7 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
         raise ValueError(f"global batch {global_batch_size} and seq len {seq_len} must be positive")
     prof = profile or profile_for(cluster)
     L = model.num_hidden_layers
-    groups = [Group(t, p, d, mbs, M, e) for (t, p, d) in layouts(model, cluster, space, seq_len)
+    groups = [Group(t, p, d, mbs, M, ep=e, cp=c) for (t, c, p, d) in layouts(model, cluster, space, seq_len)
               for e in expert_degrees(model, d, space) for (mbs, M) in micro_batches(global_batch_size, d, p, space)]
     result = TuneResult(None, [], 0.0, len(groups), 0, 0)
     if not groups:
@@ -230,8 +230,8 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
     for n_done, gi in enumerate(order):
         g = groups[gi]
         if progress:
-            progress(n_done, len(groups), f"tp={g.tp} pp={g.pp} dp={g.dp}" + (f" ep={g.ep}" if g.ep > 1 else "")
-                     + f" mbs={g.mbs}")
+            progress(n_done, len(groups), f"tp={g.tp}" + (f" cp={g.cp}" if g.cp > 1 else "") + f" pp={g.pp} dp={g.dp}"
+                     + (f" ep={g.ep}" if g.ep > 1 else "") + f" mbs={g.mbs}")
         if lb[gi] >= kth() * (1 - gap) or time.perf_counter() - t_start > time_limit_s:
             continue
         result.groups_searched += 1
@@ -240,7 +240,8 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
         inter = _can_interleave(space, g.pp, g.M)
         # interleaving can at best shrink a 1F1B step by this factor (equal ranks, same knobs)
         shrink = _fill(g.pp, g.M, True) / _fill(g.pp, g.M, False) if inter else 1.0
-        zeros = sorted({2 if (z == 3 and g.pp > 1) else z for z in space.zero})  # pipelines never reshard
+        # pipelines never reshard; cp shards over dp × cp, never replicates (costmodel.plan)
+        zeros = sorted({2 if (z == 3 and g.pp > 1) else z for z in space.zero if not (z == 0 and g.cp > 1)})
         for zero in zeros:
             for mode in sorted({MODE_CODE[m] for m in space.recompute if m != "none"} or {0}):
                 for k, rev in itertools.product(sorted({int(c) for c in space.compile}),

@@ -9,13 +9,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests without a CUDA GPU, and `gpus(n)` tests with fewer than n."""
     import torch
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        many = item.get_closest_marker("gpus")
+        need = many.args[0] if many else 1 if "gpu" in item.keywords else 0
+        if need > have:
+            item.add_marker(pytest.mark.skip(reason=f"needs {need} CUDA GPU{'s' if need > 1 else ''}"))
 
 
 @pytest.fixture

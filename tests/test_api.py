@@ -145,7 +145,7 @@ def test_sweep_without_fit_dp_keeps_the_base_dp():
     sw = planner.sweep("llama3-8b", "8xh100", "llama3-8b-fsdp", fit_dp=False, tp=[1, 2])
     first, second = sw.rows
     assert first.prediction is not None
-    assert second.prediction is None and "dp × tp × pp = 8 × 2 × 1 = 16" in second.reason
+    assert second.prediction is None and "dp × cp × tp × pp = 8 × 1 × 2 × 1 = 16" in second.reason
 
 
 def test_base_layers_per_stage_falls_back_to_even_where_it_does_not_fit():

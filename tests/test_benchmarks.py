@@ -60,6 +60,16 @@ def test_gpu_driver_runs_jobs_in_order_within_the_budget(tmp_path, monkeypatch):
     assert rows[0][1] is None and rows[0][2] == 0
 
 
+def test_gpu_driver_packs_every_job_into_one_archive(tmp_path, monkeypatch):
+    import tarfile
+    monkeypatch.setitem(gpu_run.JOBS, "ok", (["python", "-c", "open('{out}/r.json', 'w').write('1')"], 30, "writes"))
+    monkeypatch.setattr(gpu_run, "install_wheels", lambda: None)
+    assert gpu_run.main(["--out", str(tmp_path), "--budget-s", "60", "--pack", "ok"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["results.tar.gz"]
+    with tarfile.open(tmp_path / "results.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["ok", "ok/log.txt", "ok/r.json"]
+
+
 def test_gpu_driver_refuses_an_unknown_job(capsys):
     assert gpu_run.main(["--out", "x", "nope"]) == 2
     assert "unknown job nope" in capsys.readouterr().err

@@ -143,7 +143,7 @@ def test_cli_export_user_errors(run_cli, tmp_path):
     code, _, err = run_cli("export", bare, "--to", "megatron")
     assert code == 2 and "--model" in err
     code, _, err = run_cli("export", bare, "--to", "megatron", "--model", "llama3-8b", "--cluster", "4xl4")
-    assert code == 2 and "dp × tp × pp" in err
+    assert code == 2 and "dp × cp × tp × pp" in err
 
 
 # ---- the engines' own parsers (tests/engines.py) --------------------------------------------------------

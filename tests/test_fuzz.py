@@ -36,7 +36,8 @@ PLAN = {"global_batch_size": 8, "micro_batch_size": 2, "seq_len": 128, "dp": 4, 
         "recompute": "none"}
 PLAN_KEYS = ["recompute_layers", "offload_activation_layers", "offload_state_layers", "fp8_layers",
              "fp8_rotation_steps", "fp8_temperature", "fp8_recipe", "layers_per_stage", "pp_schedule", "virtual_stages",
-             "sequence_parallel", "compile", "grad_reduce", "model", "cluster", "ep", "moe_imbalance"]
+             "sequence_parallel", "compile", "grad_reduce", "model", "cluster", "ep", "moe_imbalance",
+             "cp", "cp_rotate"]
 MODEL_KEYS = ["head_dim", "tie_word_embeddings", "hidden_act", "rms_norm_eps", "rope_theta", "name",
               "architectures", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
               "num_shared_experts", "first_k_dense_replace", "decoder_sparse_step", "mlp_only_layers", "scoring_func",
@@ -127,12 +128,13 @@ def absurd_but_valid(draw) -> tuple[bytes, bytes, bytes]:
     nodes, per_node = pick(1, 2, 1000, 125_000), pick(1, 8)
     cluster = {"nodes": nodes, "gpus_per_node": per_node, "gpu": pick("l4", "h100-sxm", "a100-40g", "b200")}
     tp = pick(*[t for t in (1, 2, 8) if kv % t == 0 and ffn % t == 0])
-    pp, mbs, k = pick(1, 2, 4), pick(1, 2, 1000), pick(4, 16, 1000, 10**6)
+    pp, mbs, k, cp = pick(1, 2, 4), pick(1, 2, 1000), pick(4, 16, 1000, 10**6), pick(1, 2, 8)
     world = nodes * per_node
-    dp = world // (tp * pp) if world % (tp * pp) == 0 else 1
+    dp = world // (tp * pp * cp) if world % (tp * pp * cp) == 0 else 1
     stage = lambda: draw(st.one_of(st.sampled_from([0, 1, 2]), st.lists(st.integers(0, 2), min_size=pp, max_size=pp)))  # noqa: E731,E501
     plan = {"global_batch_size": mbs * dp * k, "micro_batch_size": mbs, "seq_len": pick(8, 128, 10**6, 10**9),
-            "dp": dp, "tp": tp, "pp": pp, "zero": pick(0, 1, 2, 3), "recompute": pick("none", "full", "selective"),
+            "dp": dp, "tp": tp, "pp": pp, "cp": cp, "cp_rotate": pick("allgather", "alltoall"),
+            "zero": pick(0, 1, 2, 3), "recompute": pick("none", "full", "selective"),
             "offload_activation_layers": stage(), "offload_state_layers": stage(), "fp8_layers": stage(),
             "compile": pick(True, False), "fp8_rotation_steps": pick(0, 10), "fp8_temperature": pick(0.0, 1.0),
             "ep": pick(*[e for e in (1, 2, 8, 256) if dp % e == 0])}

@@ -59,7 +59,7 @@ def test_cpu_launch_takes_its_process_count_from_the_plan_and_overrides(tmp_path
     two_nodes = resolve_launch(LaunchRequest(target=plan, model=model, nnodes=2, out="r",
                                              rdzv_endpoint="127.0.0.1:1"), cuda_devices=0)
     assert (two_nodes.nnodes, two_nodes.nproc_per_node) == (2, 2)
-    with pytest.raises(SpecError, match=r"4 × 1 × 1 = 4 but 1 node\(s\) × 3 processes = 3"):
+    with pytest.raises(SpecError, match=r"4 × 1 × 1 × 1 = 4 but 1 node\(s\) × 3 processes = 3"):
         resolve_launch(LaunchRequest(target=plan, model=model, nproc_per_node=3), cuda_devices=0)
 
 
@@ -132,7 +132,7 @@ def test_dry_run_on_64_nodes_prints_node_0_and_node_63(run_cli, tmp_path):
         assert (args.nnodes, args.nproc_per_node, args.node_rank, args.rdzv_backend) == ("64", "8", rank, "c10d")
         assert args.log_dir.endswith(f"run/logs/node{rank}")
     assert "62 more differ only in --node-rank" in stdout
-    assert "64 × 8 × 1 = 512 = 64 node(s) × 8 GPUs" in stdout and "(fits)" in stdout
+    assert "64 × 1 × 8 × 1 = 512 = 64 node(s) × 8 GPUs" in stdout and "(fits)" in stdout
     assert "export PYTORCH_ALLOC_CONF=expandable_segments:True" in lines
     assert not out.exists()  # a dry run starts and writes nothing
 

@@ -26,12 +26,12 @@ def brute_force(model, cluster, gbs, seq, space):
     """Every plan of the space, costed one by one with `predict` (the tuner's own shortcuts not used)."""
     L, best = model.num_hidden_layers, None
     frac = np.linspace(0, 1, space.knob_levels)
-    for t, p, d in layouts(model, cluster, space, seq):
+    for t, c, p, d in layouts(model, cluster, space, seq):
         for mbs, M in micro_batches(gbs, d, p, space):
             splits = [s for s in itertools.product(layer_counts(L, p, space.layer_slack), repeat=p) if sum(s) == L]
             for zero, rec, comp, every in itertools.product(space.zero, space.recompute, space.compile,
                                                             [False, True] if p == 1 and M > 1 else [False]):
-                if p > 1 and zero == 3:
+                if (p > 1 and zero == 3) or (c > 1 and zero == 0):
                     continue
                 for split in splits:
                     per_stage = [sorted({int(round(f * n)) for f in frac}) if rec != "none" else [0] for n in split]
@@ -39,7 +39,7 @@ def brute_force(model, cluster, gbs, seq, space):
                         if rec != "none" and not any(r):
                             continue
                         plan = parse_plan(dict(global_batch_size=gbs, micro_batch_size=mbs, seq_len=seq, dp=d,
-                                               tp=t, pp=p, zero=zero, recompute=rec,
+                                               tp=t, pp=p, cp=c, zero=zero, recompute=rec,
                                                recompute_layers=list(r) if rec != "none" else None,
                                                layers_per_stage=list(split) if p > 1 else None, compile=comp,
                                                grad_reduce="every" if every else "last"))

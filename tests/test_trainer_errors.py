@@ -65,7 +65,7 @@ def assert_one_line_error(results, *needles: str) -> None:
 
 def test_plan_for_another_world_size(tmp_path):
     args = write_inputs(tmp_path, dp=4)
-    assert_one_line_error(launch_ranks(2, args, tmp_path), "dp × tp × pp = 4 × 1 × 1 = 4", "WORLD_SIZE is 2",
+    assert_one_line_error(launch_ranks(2, args, tmp_path), "dp × cp × tp × pp = 4 × 1 × 1 × 1 = 4", "WORLD_SIZE is 2",
                           "plan.yaml")
 
 

@@ -56,12 +56,14 @@ def config(plan, *, model: ModelSpec = TINY, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def _worker(rank: int, world: int, store_path: str, fn, args, results) -> None:
+def _worker(rank: int, world: int, store_path: str, backend: str, fn, args, results) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     try:
+        if "nccl" in backend:
+            torch.cuda.set_device(rank)
         store = dist.FileStore(store_path, world)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=60))
         out = fn(rank, *args)
         from launcher.runtime.trainer import close_distributed
         close_distributed()
@@ -74,13 +76,13 @@ def _worker(rank: int, world: int, store_path: str, fn, args, results) -> None:
         os._exit(0)  # skip atexit handlers inherited from pytest
 
 
-def spawn(fn, world: int, *args, timeout_s: float = 90.0) -> list:
-    """Run ``fn(rank, *args)`` on ``world`` forked gloo ranks; their return values by rank. Never hangs: ranks
-    still running at the deadline are killed and the test fails."""
+def spawn(fn, world: int, *args, timeout_s: float = 90.0, backend: str = "gloo") -> list:
+    """Run ``fn(rank, *args)`` on ``world`` forked ranks (gloo; "cpu:gloo,cuda:nccl" puts rank r on GPU r);
+    their return values by rank. Never hangs: ranks still running at the deadline are killed and the test fails."""
     ctx = mp.get_context("fork")
     results = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_worker, args=(r, world, os.path.join(tmp, "store"), fn, args, results))
+        procs = [ctx.Process(target=_worker, args=(r, world, os.path.join(tmp, "store"), backend, fn, args, results))
                  for r in range(world)]
         for p in procs:
             p.start()

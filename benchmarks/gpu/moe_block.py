@@ -125,7 +125,7 @@ def predicted(spec: ModelSpec, tokens: int, prof, gg_eff: float | None) -> dict:
     hw["ge_max"] = prof.gemm.max_eff   # isolated: not inside a training step
     if gg_eff is not None:
         hw["gg_eff"] = gg_eff
-    values = {**model_inputs(spec), **hw, "b": 1, "s": tokens, "t": 1, "e": 1, "imb": 0, "lm": 1, "l": 1}
+    values = {**model_inputs(spec), **hw, "b": 1, "s": tokens, "t": 1, "c": 1, "e": 1, "imb": 0, "lm": 1, "l": 1}
     syms, fn = _model_fn()
     out = fn(*[values[str(s)] for s in syms])
     return dict(zip(("time_s", "gemm_s", "elementwise_s", "saved_bytes"), (float(v) for v in out)))

@@ -1,12 +1,13 @@
 """Run GPU measurement jobs on this machine, one after another, each into OUT/JOB, within a time budget.
 
-    python -m benchmarks.gpu.run --out OUT [--budget-s 540] JOB [JOB ...]
+    python -m benchmarks.gpu.run --out OUT [--budget-s 540] [--pack] JOB [JOB ...]
     python -m benchmarks.gpu.run --list
 
 Each job is one command of this repository (the table ``JOBS``); a job gets what is left of the budget, at most its
 own cap, and is stopped when that runs out (what it wrote so far stays). Wheels in ``.whl/`` (torchao, TorchTitan
 and their needs; not in git) are installed into ``/tmp/site`` first. The last lines printed are a table of the
-jobs: exit code, seconds, log file.
+jobs: exit code, seconds, log file. ``--pack`` then folds everything under OUT into OUT/results.tar.gz (the device
+tool brings back at most 8 files; every job writes several).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -45,6 +47,8 @@ JOBS: dict[str, tuple[list[str], float, str]] = {
                     190, "300-step loss curves, bf16 vs each kernel choice"),
     "fp8-schedule": (["python", "-m", "benchmarks.gpu.fp8_schedule", "--out", "{out}", "--tokens", "/tmp/zipf.bin",
                       "--budget-s", "{budget}"], 480, "float8 schedules: 300-step loss curves and tokens/s"),
+    "cp": (["python", "-m", "benchmarks.gpu.cp_roles", "--out", "{out}", "--budget-s", "60"], 150,
+           "context parallelism: a cp rank's ring attention and cp rank roles (8-64 GPUs, 32k-128k) rehearsed"),
 }
 
 
@@ -90,12 +94,25 @@ def run(jobs: list[str], out: Path, budget_s: float) -> list[tuple[str, int | No
     return rows
 
 
+def pack(out: Path) -> Path:
+    """Everything under ``out`` moved into ``out``/results.tar.gz (paths relative to ``out``)."""
+    archive = out / "results.tar.gz"
+    members = [p for p in out.iterdir() if p != archive]
+    with tarfile.open(archive, "w:gz") as tar:
+        for p in members:
+            tar.add(p, arcname=p.name)
+    for p in members:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return archive
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jobs", nargs="*", help="job names (--list shows them)")
     ap.add_argument("--out", default="out")
     ap.add_argument("--budget-s", type=float, default=540.0)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--pack", action="store_true", help="fold OUT into OUT/results.tar.gz at the end")
     a = ap.parse_args(argv)
     if a.list or not a.jobs:
         for name, (_, cap, what) in JOBS.items():
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for job, code, secs, log in rows:
         print(f"| {job} | {'skipped' if code is None and secs == 0 else 'stopped' if code is None else code} | "
               f"{secs:.0f} | {log} |")
+    if a.pack:
+        print(f"packed into {pack(Path(a.out))}")
     return 0
 
 

@@ -61,6 +61,8 @@ def ds_config(plan: Plan, model: ModelSpec, warnings: list[str]) -> dict:
         "bf16": {"enabled": True},
         "zero_optimization": zero,
     }
+    if plan.cp > 1:
+        _cp_fallback(plan, model, config, warnings)
     if plan.tp > 1:
         config["tensor_parallel"] = {"autotp_size": plan.tp}
         if plan.sequence_parallel:
@@ -96,6 +98,29 @@ def ds_config(plan: Plan, model: ModelSpec, warnings: list[str]) -> dict:
     if plan.grad_reduce == "every" and plan.num_microbatches > 1 and stage < 2:
         warnings.append("grad_reduce every: DeepSpeed ZeRO 0-1 reduce gradients at the accumulation boundary")
     return config
+
+
+def _cp_fallback(plan: Plan, model: ModelSpec, config: dict, warnings: list[str]) -> None:
+    """DeepSpeed has no ring attention: its cp ranks become data-parallel ranks of whole sequences, the batch
+    re-split so that the config stays consistent (DeepSpeed checks batch = micro × accumulation × dp)."""
+    ranks = plan.dp * plan.cp
+    note = (f"cp {plan.cp}: DeepSpeed has no ring-attention context parallelism; its Ulysses sequence parallelism "
+            f"(sequence_parallel_size, with deepspeed.sequence.layer.DistributedAttention in the model code) also "
+            f"splits the sequence but swaps it for attention heads by all-to-all (the {model.kv_heads} K/V heads "
+            f"must divide by the degree) and costs differently, so it is not exported: DeepSpeed runs {ranks} "
+            f"data-parallel ranks of whole sequences")
+    per_step = plan.micro_batch_size * ranks
+    if plan.global_batch_size % per_step == 0:
+        config["gradient_accumulation_steps"] = plan.global_batch_size // per_step
+        note += (f", {config['gradient_accumulation_steps']} micro-batch(es) of {plan.micro_batch_size} each "
+                 f"(about {plan.cp}× the activation memory per GPU planned)")
+    else:
+        config["train_micro_batch_size_per_gpu"] = 1
+        config["gradient_accumulation_steps"] = max(1, plan.global_batch_size // ranks)
+        config["train_batch_size"] = config["gradient_accumulation_steps"] * ranks
+        note += (f"; global batch {plan.global_batch_size} does not split over them, exported as "
+                 f"{config['train_batch_size']} sequences per step")
+    warnings.append(note)
 
 
 def export_deepspeed(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None = None) -> ExportResult:

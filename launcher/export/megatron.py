@@ -189,6 +189,11 @@ def megatron_args(plan: Plan, model: ModelSpec, warnings: list[str]) -> list[str
         a += ["--expert-model-parallel-size", plan.ep, "--expert-tensor-parallel-size", 1]
     if plan.tp > 1 and plan.sequence_parallel:
         a.append("--sequence-parallel")
+    if plan.cp > 1:
+        # Transformer Engine's ring is "p2p" (Megatron's default), its all-gather variant "all_gather"; both split
+        # the sequence into 2·cp load-balanced chunks as PyTorch's does. The data-parallel size is derived.
+        a += ["--context-parallel-size", plan.cp, "--cp-comm-type",
+              "all_gather" if plan.cp_rotate == "allgather" else "p2p"]
     a += _pipeline_args(plan, view, warnings)
     a += ["--micro-batch-size", plan.micro_batch_size, "--global-batch-size", plan.global_batch_size,
           "--bf16", "--clip-grad", "1.0"]

@@ -253,6 +253,8 @@ def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None 
                    f"disable_loss_parallel={not plan.vocab_parallel}"]
     if model.is_moe:   # TorchTitan folds EP from the data-parallel shards too; experts not tensor-parallel
         parallelism += [f"expert_parallel_degree={plan.ep}", "expert_tensor_parallel_degree=1"]
+    if plan.cp > 1:   # TorchTitan shards parameters over data_parallel_shard × cp, as the trainer does
+        parallelism += [f"context_parallel_degree={plan.cp}", f"context_parallel_rotate_method={plan.cp_rotate!r}"]
     if plan.pp > 1:
         parallelism += [f"pipeline_parallel_schedule={plan.pp_schedule!r}",
                         f"pipeline_parallel_microbatch_size={plan.micro_batch_size}",

@@ -19,6 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -102,14 +103,16 @@ class Rehearsal:
 
 
 def pipeline_rank_of(plan: Plan, rank: int) -> int:
-    """The pipeline rank of a global rank: the mesh is ("pp", "dp", "tp") with pp outermost."""
+    """The pipeline rank of a global rank: the mesh is ("pp", "dp", "cp", "tp") with pp outermost."""
     return rank // (plan.world_size // plan.pp)
 
 
 def roles(plan: Plan, model: ModelSpec, per_rank_peak: list[float]) -> list[int]:
     """Global ranks standing for every distinct role: data- and tensor-parallel ranks of a pipeline rank do the
     same work, so a role is a pipeline rank; the first and the last, the most loaded one between them, and the
-    first rank of each distinct combination of per-stage knobs."""
+    first rank of each distinct combination of per-stage knobs. Context-parallel ranks do the same work too, in
+    kernels of other shapes (causal load balancing: cp rank 0 runs each ring step as half its queries against two
+    K/V chunks, the last cp rank as all its queries against one), so with cp > 1 each role is rehearsed on both."""
     L, S = model.num_hidden_layers, plan.num_stages
     knobs = [plan.stage_layers(L)] + [plan.per_stage(k, L) for k in
                                       ("recompute_layers", "offload_activation_layers", "offload_state_layers",
@@ -123,14 +126,19 @@ def roles(plan: Plan, model: ModelSpec, per_rank_peak: list[float]) -> list[int]
         picks.add(max(range(1, plan.pp - 1), key=lambda r: per_rank_peak[r]))
     per_pp = plan.world_size // plan.pp
     assert S == plan.pp * plan.virtual_stages
-    return sorted(r * per_pp for r in picks)
+    cp_ends = {0, (plan.cp - 1) * plan.tp}     # mesh (pp, dp, cp, tp): cp ranks are tp apart
+    return sorted(r * per_pp + c for r in picks for c in cp_ends)
 
 
 def rehearse(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, plan: Plan | str | Path | dict, *,
-             ranks: list[int] | None = None, steps: int = 5, warmup_steps: int = 2) -> Rehearsal:
+             ranks: list[int] | None = None, steps: int = 5, warmup_steps: int = 2,
+             cp_attention: Literal["context_parallel", "ring"] = "context_parallel") -> Rehearsal:
     """Rehearse ``ranks`` (default: every role) of ``plan`` on this machine's first GPU (or CPU for tiny ranks).
 
-    SpecError/ValueError (one line) for bad ranks, a rank the local GPU cannot hold, or a big rank on a CPU."""
+    A context-parallel rank runs the trainer's ``context_parallel`` (CUDA only); ``cp_attention="ring"`` runs
+    PyTorch's ring functions directly instead (launcher.gputools.cp_ring: the same kernels and buffers without the
+    DTensor dispatch; on CPU too). SpecError/ValueError (one line) for bad ranks, a rank the local GPU cannot
+    hold, or a big rank on a CPU."""
     from costmodel.prediction import predict
     spec, cl, plan = load_model(model), load_cluster(cluster), load_plan(plan)
     check_plan(plan, spec, cl)
@@ -148,7 +156,14 @@ def rehearse(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, p
             raise SpecError("--rank", "rank", f"{r} is not a rank of this plan's {plan.world_size} GPUs",
                             f"use 0 to {plan.world_size - 1}, or --roles")
     device, local = _local_device(cl)
+    if plan.cp > 1 and device.type == "cpu" and cp_attention == "context_parallel":
+        from launcher.runtime.parallel.cp import NEEDS_CUDA
+        raise SpecError(plan.source, "cp", f"{plan.cp} on a machine without a GPU: "
+                        f"{NEEDS_CUDA.format(version=torch.__version__)}", "rehearse on a GPU node")
     notes, scale_by_pp = [], [1.0] * plan.pp
+    if plan.cp > 1 and cp_attention == "ring":
+        notes.append("context parallel rehearsed with PyTorch's ring functions called directly "
+                     "(launcher.gputools.cp_ring), not through context_parallel's DTensor dispatch")
     local_alone = alone
     if local is not None and local.name != target.name:
         with warnings.catch_warnings():
@@ -170,7 +185,8 @@ def rehearse(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, p
                             f"allocator's overhead; this {local.name} holds {local.memory_gib:.0f} GiB",
                             "rehearse on a GPU with more memory, or rehearse a plan with more sharding")
     from launcher.gputools.replay import run_isolated
-    measured = run_isolated(rehearse_rank, [(spec, plan, r, device.type, steps, warmup_steps) for r in chosen],
+    measured = run_isolated(rehearse_rank, [(spec, plan, r, device.type, steps, warmup_steps, cp_attention)
+                                            for r in chosen],
                             start_method="spawn" if device.type == "cuda" else "fork", width=1)
     out = []
     for r, (times, peak) in zip(chosen, measured):
@@ -207,14 +223,18 @@ def _local_device(cluster: ClusterSpec) -> tuple[torch.device, HardwareProfile |
     return torch.device("cuda", 0), profile_for(dataclasses.replace(cluster, gpu=name))
 
 
-def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, steps: int,
-                  warmup_steps: int) -> tuple[list[float], float]:
+def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, steps: int, warmup_steps: int,
+                  cp_attention: str = "context_parallel") -> tuple[list[float], float]:
     """(step times, peak allocated bytes) of global ``rank`` trained alone under fake collectives (a child
     process of its own: launcher.gputools.replay.run_isolated)."""
     from launcher.gputools.replay import fake_process_group, replay_pipeline_rank, replay_step
     from launcher.runtime.config import TrainConfig
     from launcher.runtime.kernels import build_loss, logits_loss
     from launcher.runtime.optim import build_optimizer, clip_grad_norm_
+    if cp_attention == "ring":
+        from launcher.gputools.cp_ring import ring_cp as apply_cp
+    else:
+        from launcher.runtime.parallel.cp import apply_cp
     from launcher.runtime.trainer import build_parts
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
     if device.type == "cuda":
@@ -238,17 +258,21 @@ def rehearse_rank(spec: ModelSpec, plan: Plan, rank: int, device_type: str, step
         for step in range(warmup_steps + steps):
             if fp8 is not None:   # the float8 set of this step, as the trainer's (its probe is not timed)
                 fp8.set_step(step)
+            # context parallelism shards the step's tokens and labels in place, as the trainer's fresh batch
+            step_tokens, step_labels = (tokens.clone(), labels.clone()) if plan.cp > 1 else (tokens, labels)
             _sync(device)
             if step == warmup_steps and device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
-            if plan.pp > 1:
-                replay_pipeline_rank(parts, plan, meshes.pp_rank, tokens, labels, device, act_dtype,
-                                     logits_loss=on_logits)
-            else:
-                replay_step(parts[0][1], plan, tokens, labels, loss_fn=loss_fn)
+            with apply_cp([m for _, m in parts], meshes.cp_mesh if plan.cp > 1 else None, tokens=step_tokens,
+                          labels=step_labels, rotate=plan.cp_rotate):
+                if plan.pp > 1:
+                    replay_pipeline_rank(parts, plan, meshes.pp_rank, step_tokens, step_labels, device, act_dtype,
+                                         logits_loss=on_logits)
+                else:
+                    replay_step(parts[0][1], plan, step_tokens, step_labels, loss_fn=loss_fn)
             clip_grad_norm_(params, 1.0, device=device, pp_group=pp_group)
             for opt in optimizers:
                 opt.step()

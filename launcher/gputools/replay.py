@@ -179,8 +179,9 @@ def replay_pipeline_rank(parts: list[tuple[int, Any]], plan: Plan, rank: int, to
     logits_loss = logits_loss or cross_entropy_fp32
     M, b = plan.num_microbatches, plan.micro_batch_size
     h = parts[0][1].spec.hidden_size
-    s_local = plan.seq_len // plan.tp if plan.tp > 1 and plan.sequence_parallel else plan.seq_len
-    shape = (b, s_local, h)   # activations cross stages sequence-sharded under SP
+    s_local = plan.seq_len // plan.cp   # each context-parallel rank's share of the sequence ...
+    s_local //= plan.tp if plan.tp > 1 and plan.sequence_parallel else 1   # ... sharded again over TP under SP
+    shape = (b, s_local, h)   # what crosses stages
     last_stage = plan.num_stages - 1
     recv_act = {s: [torch.empty(shape, dtype=act_dtype, device=device).requires_grad_() for _ in range(M)]
                 for s, _ in parts if s != 0}

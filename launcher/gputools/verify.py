@@ -105,6 +105,10 @@ def verify(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pla
         raise VerifyUnavailable(NEEDS_CUDA.format(version=torch.__version__))
     spec, cl, plan = load_model(model), load_cluster(cluster), load_plan(plan)
     check_plan(plan, spec, cl)
+    if plan.cp > 1:
+        raise ValueError(f"verify traces no context-parallel plan (cp {plan.cp}): PyTorch's ring attention needs "
+                         "real CUDA kernels, which FakeTensorMode does not run; rehearse a cp rank on one GPU instead "
+                         "(python -m benchmarks.gpu.cp_roles)")
     if plan.virtual_stages > 1:
         raise ValueError(f"verify traces one stage per pipeline rank; {plan.pp_schedule} with virtual_stages "
                          f"{plan.virtual_stages} holds several; verify the plan with pp_schedule: 1F1B instead")
@@ -126,7 +130,7 @@ def verify(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pla
         warnings.simplefilter("ignore")  # the plan's own warnings were shown when it was loaded
         pred = predict(spec, cl, traced)
     t0 = time.perf_counter()
-    ranks = [stage * plan.dp * plan.tp for stage in range(plan.pp)]   # mesh ("pp", "dp", "tp"), tp innermost
+    ranks = [stage * plan.dp * plan.cp * plan.tp for stage in range(plan.pp)]   # mesh (pp, dp, cp, tp), tp innermost
     _preload()  # imported once here, not again in every forked child
     try:
         traces = run_isolated(trace_rank, [(spec, traced, r, device) for r in ranks], start_method="fork",

@@ -6,6 +6,7 @@ import shlex
 from typing import TYPE_CHECKING
 
 from costmodel import GiB
+from costmodel.plan import world_formula
 
 if TYPE_CHECKING:
     from launcher.launch.request import Launch
@@ -84,7 +85,7 @@ def describe(launch: Launch, env: dict[str, str], prediction) -> dict:
     """What a dry run prints (and --json emits): checks, environment, the torchrun line of each shown node."""
     p = launch.plan
     where = f"{launch.nnodes} node(s) × {launch.nproc_per_node} {'GPUs' if launch.gpu else 'CPU processes'}"
-    checks = [f"world size: dp × tp × pp = {p.dp} × {p.tp} × {p.pp} = {p.world_size} = {where}"]
+    checks = [f"world size: {world_formula(p)} = {where}"]
     if prediction is None:
         checks.append("memory: not predicted (no cluster: pass --cluster)")
     else:

@@ -24,6 +24,7 @@ from pathlib import Path
 from costmodel import ClusterSpec, ModelSpec, Plan, SpecError, check_plan, load_cluster, load_model, load_plan
 from costmodel.flags import FlagError, FlagParser, add_flags, from_namespace
 from costmodel.specs import resolve
+from costmodel.plan import world_formula
 from launcher.launch.commands import DEFAULT_PORT, describe, format_description, launch_env, torchrun_argv
 from launcher.launch.report import failure_report
 from launcher.launch.rundir import preempted_since, read_run_dir, steps_done, summary_lines, write_atomic, write_run_dir
@@ -168,8 +169,8 @@ def _layout(req: LaunchRequest, plan: Plan, cluster: ClusterSpec | None, saved: 
     if nproc is None:
         nproc = cuda_devices or plan.world_size // nnodes
     if nnodes * nproc != plan.world_size:
-        raise SpecError(plan.source, "dp", f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = "
-                        f"{plan.world_size} but {nnodes} node(s) × {nproc} processes = {nnodes * nproc}",
+        raise SpecError(plan.source, "dp", f"{world_formula(plan)} but {nnodes} node(s) × {nproc} processes = "
+                        f"{nnodes * nproc}",
                         f"launch {plan.world_size} processes in all or use a plan for {nnodes * nproc}")
     return nnodes, nproc
 

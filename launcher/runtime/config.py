@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from costmodel import ModelSpec, Plan, SpecError, check_plan
+from costmodel.plan import world_formula
 
 
 @dataclass(kw_only=True)
@@ -98,13 +99,17 @@ def validate(cfg: TrainConfig, world_size: int) -> None:
     plan = cfg.plan
     src = cfg.plan_source or getattr(plan, "source", "<plan>")
     if plan.world_size != world_size:
-        raise SpecError(src, "dp", f"dp × tp × pp = {plan.dp} × {plan.tp} × {plan.pp} = {plan.world_size} but "
-                        f"WORLD_SIZE is {world_size}", f"launch {plan.world_size} processes or make "
-                        f"dp × tp × pp = {world_size}")
+        raise SpecError(src, "dp", f"{world_formula(plan)} but WORLD_SIZE is {world_size}",
+                        f"launch {plan.world_size} processes or make dp × cp × tp × pp = {world_size}")
     check_plan(plan, cfg.model, None, src)   # every rule of the plan itself lives there
     if cfg.model.rope_scaling and cfg.model.rope_type != "llama3":
         raise SpecError(cfg.model.name or "<model>", "rope_scaling", f"rope_type {cfg.model.rope_type} is not "
                         "implemented by the trainer (it runs llama3 scaling)", "drop rope_scaling or use llama3")
+    if plan.cp > 1:
+        from launcher.runtime.parallel import cp
+        why = cp.cp_unavailable()
+        if why:
+            raise SpecError(src, "cp", f"{plan.cp} on a machine without a GPU: {why}", cp.NEEDS_CUDA_FIX)
     if plan.fp8_layers and importlib.util.find_spec("torchao") is None:
         raise SpecError(src, "fp8_layers", "needs torchao, which is not installed",
                         "pip install torchao (0.18 matches torch 2.11) or set fp8_layers: 0")

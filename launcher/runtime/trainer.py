@@ -32,6 +32,7 @@ from launcher.runtime.model import Transformer, build_model
 from launcher.runtime.moe import set_aux_loss_scale
 from launcher.runtime.optim import build_optimizer, build_scheduler, clip_grad_norm_
 from launcher.runtime.parallel import Fp8Schedule, Meshes, PartOptions, build_meshes, parallelize_part
+from launcher.runtime.parallel.cp import apply_cp
 from launcher.runtime.parallel.fp8_schedule import default_probe_every
 from launcher.runtime.parallel.pipeline import build_schedule, pipeline_step, split_pipeline
 
@@ -233,7 +234,10 @@ def train_step(s: Session, step: int, batch: tuple[torch.Tensor, torch.Tensor]
     for opt in s.optimizers:
         opt.zero_grad(set_to_none=True)
     tokens, labels = batch
-    loss = forward_backward(s, tokens, labels)
+    plan = s.cfg.plan
+    with apply_cp(s.parts, s.meshes.cp_mesh if plan.cp > 1 else None, tokens=tokens, labels=labels,
+                  rotate=plan.cp_rotate):
+        loss = forward_backward(s, tokens, labels)
     if s.fp8 is not None:   # the float8 sensitivity probe reads this step's gradients before clipping
         s.fp8.after_backward(step, s.device)
     pp_group = s.meshes.pp_mesh.get_group() if s.meshes.pp > 1 else None
@@ -246,8 +250,9 @@ def train_step(s: Session, step: int, batch: tuple[torch.Tensor, torch.Tensor]
 
 
 def _global_loss_and_stop(s: Session, loss: torch.Tensor | None, stop: bool) -> tuple[float, bool]:
-    """Mean loss over the global batch on every rank, and whether any rank asked to stop (one all-reduce)."""
-    counts = s.cfg.plan.dp
+    """Mean loss over the global batch on every rank, and whether any rank asked to stop (one all-reduce). Each
+    context-parallel rank's loss is the mean over its equal share of the tokens, so the global mean averages them."""
+    counts = s.cfg.plan.dp * s.cfg.plan.cp
     contrib = loss / counts if (loss is not None and s.meshes.tp_rank == 0) else torch.zeros((), device=s.device)
     t = torch.stack([contrib.to(s.device, torch.float64), torch.tensor(float(stop), device=s.device,
                                                                          dtype=torch.float64)])

@@ -1,7 +1,8 @@
 """Parallelism and memory techniques, one function each, composed in TorchTitan's order.
 
 PP splits first (``split_pipeline``); then every stage module goes through ``parallelize_part``:
-float8 conversion → TP → EP → AC → activation offload → compile → FSDP (with state offload). The order matters:
+float8 conversion → TP → EP → AC → activation offload → compile → FSDP (with state offload, over dp × cp). Context
+parallelism changes no module: ``apply_cp`` is the context each step's forward and backward run in. The order matters:
 float8 swaps Linear modules before TP shards their weights; AC and offload wrap whole (TP-sharded) blocks;
 compile traces the wrapped block; FSDP goes last so its hooks stay outside compiled graphs.
 """
@@ -15,6 +16,7 @@ from costmodel import Plan
 from launcher.runtime.model import Transformer
 from launcher.runtime.parallel.ac import apply_ac
 from launcher.runtime.parallel.compile import apply_compile
+from launcher.runtime.parallel.cp import apply_cp
 from launcher.runtime.parallel.ep import apply_ep
 from launcher.runtime.parallel.fp8 import apply_fp8
 from launcher.runtime.parallel.fp8_schedule import Fp8Schedule
@@ -24,8 +26,9 @@ from launcher.runtime.parallel.offload import apply_offload
 from launcher.runtime.parallel.pipeline import build_schedule, split_pipeline
 from launcher.runtime.parallel.tp import apply_tp
 
-__all__ = ["apply_ac", "apply_compile", "apply_ep", "apply_fp8", "apply_fsdp", "apply_offload", "apply_tp", "split_pipeline",
-           "build_schedule", "build_meshes", "Meshes", "Fp8Schedule", "PartOptions", "parallelize_part"]
+__all__ = ["apply_ac", "apply_compile", "apply_cp", "apply_ep", "apply_fp8", "apply_fsdp", "apply_offload",
+           "apply_tp", "split_pipeline", "build_schedule", "build_meshes", "Meshes", "Fp8Schedule", "PartOptions",
+           "parallelize_part"]
 
 
 @dataclass(kw_only=True)
@@ -70,5 +73,6 @@ def parallelize_part(part: Transformer, *, stage: int, plan: Plan, meshes: Meshe
     apply_fsdp(part, meshes.fsdp_mesh, zero=plan.zero, param_dtype=options.param_dtype,
                reduce_dtype=options.reduce_dtype, offload_blocks=offload_blocks,
                pin_memory=options.pin_memory, pipelined=plan.pp > 1 and not plan.pp_reshard_after_forward,
-               last_stage=stage == plan.num_stages - 1, expert_mesh=meshes.expert_fsdp_mesh, dp=plan.dp)
+               last_stage=stage == plan.num_stages - 1, expert_mesh=meshes.expert_fsdp_mesh,
+               dp=plan.dp * plan.cp)   # expert gradients are averaged over every token shard: dp × cp
     return groups, offload_blocks

@@ -40,7 +40,8 @@ def apply_fsdp(model: Transformer, mesh: DeviceMesh, *, zero: int, param_dtype: 
 
     ``expert_mesh`` (expert parallelism): each MoE block's routed experts, already sharded over "ep", become an FSDP
     unit of their own over the dp / ep ranks that hold the same experts, sharded along dim 1 (a rank may hold fewer
-    experts than that group has ranks). Their gradients are summed over that group and divided by the whole ``dp``:
+    experts than that group has ranks). Their gradients are summed over that group and divided by the whole ``dp``
+    (dp × cp with context parallelism, whose ranks each see a share of the tokens):
     each EP rank's expert gradient already sums the contributions of the ``ep`` ranks whose tokens it served, so
     the default average over dp / ep ranks would be ``ep`` times too large (TorchTitan sets the same factor).
     """

@@ -1,20 +1,26 @@
-"""The device mesh ("pp", "dp", "tp"), tp innermost, and the sub-meshes each technique uses.
+"""The device mesh ("pp", "dp", "cp", "tp"), tp innermost, and the sub-meshes each technique uses.
 
 With expert parallelism dp is itself two dimensions, ("efsdp", "ep"), flattened back into "dp" (TorchTitan's
 folding): an EP group is ``ep`` consecutive data-parallel ranks, and "efsdp" joins the dp / ep ranks that hold the
-same experts (their FSDP group)."""
+same experts (their FSDP group). Context-parallel ranks hold the same parameters too, so FSDP shards over dp × cp
+("dp_cp") and the experts over (dp / ep) × cp ("efsdp_cp"). With both, the order is ("pp", "efsdp", "cp", "ep",
+"tp"): EP's all-to-all keeps its consecutive ranks and every group DTensor combines stays in mesh order (a cp group
+is then cp ranks ep·tp apart).
+"""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from costmodel import Plan
+from costmodel.plan import world_formula
 
-# One world mesh per (device type, shape) and process group: a benchmark that sweeps many plans in one process
-# group reuses the communicators instead of creating (and leaking) new ones per plan.
-_MESH_CACHE: dict[tuple, DeviceMesh] = {}
+# One world mesh (with its FSDP meshes) per (device type, shape) and process group: a benchmark that sweeps many
+# plans in one process group reuses the communicators instead of creating (and leaking) new ones per plan.
+_MESH_CACHE: dict[tuple, tuple[DeviceMesh, DeviceMesh, DeviceMesh | None]] = {}
 
 
 @dataclass(kw_only=True)
@@ -22,11 +28,20 @@ class Meshes:
     """The world mesh and the groups of one plan."""
 
     world: DeviceMesh
-    """("pp", "dp", "tp"); with zero 0 ("pp", "dp", "dp_shard", "tp") where dp_shard has size 1."""
+    """("pp", "dp", "cp", "tp"), or ("pp", "efsdp", "cp", "ep", "tp") with expert parallelism ("dp" is then
+    ("efsdp", "ep") flattened); zero 0 adds a size-1 "dp_shard" before "tp" (plans refuse zero 0 with cp > 1)."""
+    fsdp: DeviceMesh
+    """The mesh ``fully_shard`` gets: "dp"; "dp_cp" (dp and cp flattened) with context parallelism, whose ranks
+    hold the same parameters; 2-D ("dp", "dp_shard") HSDP for zero 0."""
+    expert_fsdp: DeviceMesh | None = None
+    """The routed experts' FSDP mesh: "efsdp", "efsdp_cp" with context parallelism, ("efsdp", "dp_shard") for zero
+    0; None without expert parallelism."""
     pp: int
     """Pipeline degree."""
     dp: int
     """Data-parallel degree."""
+    cp: int = 1
+    """Context-parallel degree."""
     tp: int
     """Tensor-parallel degree."""
     hsdp: bool
@@ -43,13 +58,17 @@ class Meshes:
         return self.world["dp"]
 
     @property
+    def cp_mesh(self) -> DeviceMesh:
+        """The ranks that share each sequence (stride tp): PyTorch's ``context_parallel`` runs over it."""
+        return self.world["cp"]
+
+    @property
     def tp_mesh(self) -> DeviceMesh:
         return self.world["tp"]
 
     @property
     def fsdp_mesh(self) -> DeviceMesh:
-        """The mesh ``fully_shard`` gets: 1-D "dp", or 2-D ("dp", "dp_shard") HSDP for zero 0."""
-        return self.world["dp", "dp_shard"] if self.hsdp else self.world["dp"]
+        return self.fsdp
 
     @property
     def ep_mesh(self) -> DeviceMesh | None:
@@ -58,10 +77,7 @@ class Meshes:
 
     @property
     def expert_fsdp_mesh(self) -> DeviceMesh | None:
-        """The mesh ``fully_shard`` gets for the routed experts: "efsdp" (with "dp_shard" for zero 0)."""
-        if self.ep == 1:
-            return None
-        return self.world["efsdp", "dp_shard"] if self.hsdp else self.world["efsdp"]
+        return self.expert_fsdp
 
     @property
     def pp_rank(self) -> int:
@@ -72,29 +88,50 @@ class Meshes:
         return self.world.get_local_rank("dp")
 
     @property
+    def cp_rank(self) -> int:
+        return self.world.get_local_rank("cp")
+
+    @property
     def tp_rank(self) -> int:
         return self.world.get_local_rank("tp")
 
 
 def build_meshes(plan: Plan, device_type: str) -> Meshes:
     """The mesh for ``plan`` on the current process group (cached per shape); tp varies fastest over ranks,
-    so a tensor-parallel group is consecutive ranks (one node when tp <= GPUs per node)."""
+    so a tensor-parallel group is consecutive ranks (one node when tp <= GPUs per node), a context-parallel group
+    cp ranks tp apart (ep·tp with expert parallelism), and FSDP's group the dp × cp ranks tp apart."""
     world_size = dist.get_world_size()
     if plan.world_size != world_size:
-        raise ValueError(f"plan needs dp × tp × pp = {plan.world_size} ranks but WORLD_SIZE is {world_size}; "
+        raise ValueError(f"plan needs {world_formula(plan)} ranks but WORLD_SIZE is {world_size}; "
                          f"launch {plan.world_size} processes or change the plan")
     hsdp = plan.zero == 0
-    dp_dims = ((plan.dp // plan.ep, plan.ep), ("efsdp", "ep")) if plan.ep > 1 else ((plan.dp,), ("dp",))
-    shard = ((1,), ("dp_shard",)) if hsdp else ((), ())
-    shape = (plan.pp, *dp_dims[0], *shard[0], plan.tp)
-    names = ("pp", *dp_dims[1], *shard[1], "tp")
+    if plan.ep > 1:
+        data = (("efsdp", plan.dp // plan.ep), ("cp", plan.cp), ("ep", plan.ep))
+    else:
+        data = (("dp", plan.dp), ("cp", plan.cp))
+    dims = (("pp", plan.pp), *data, *((("dp_shard", 1),) if hsdp else ()), ("tp", plan.tp))
+    shape, names = tuple(n for _, n in dims), tuple(name for name, _ in dims)
     key = (device_type, shape, names, id(dist.group.WORLD))
     if key not in _MESH_CACHE:
-        mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
-        if plan.ep > 1:
-            mesh["efsdp", "ep"]._flatten("dp")
-        _MESH_CACHE[key] = mesh
-    return Meshes(world=_MESH_CACHE[key], pp=plan.pp, dp=plan.dp, tp=plan.tp, hsdp=hsdp, ep=plan.ep)
+        world = init_device_mesh(device_type, shape, mesh_dim_names=names)
+        with warnings.catch_warnings():   # with cp > 1, cp lies between efsdp and ep: torch warns, and copes
+            warnings.simplefilter("ignore")
+            if plan.ep > 1:
+                world["efsdp", "ep"]._flatten("dp")
+            if hsdp:
+                fsdp = world["dp", "dp_shard"]
+            elif plan.cp > 1:   # TorchTitan's dp_shard_cp
+                fsdp = world[tuple(name for name, _ in data)]._flatten("dp_cp")
+            else:
+                fsdp = world["dp"]
+            experts = None
+            if plan.ep > 1:
+                experts = world["efsdp", "dp_shard"] if hsdp else \
+                    world["efsdp", "cp"]._flatten("efsdp_cp") if plan.cp > 1 else world["efsdp"]
+        _MESH_CACHE[key] = (world, fsdp, experts)
+    world, fsdp, experts = _MESH_CACHE[key]
+    return Meshes(world=world, fsdp=fsdp, expert_fsdp=experts, pp=plan.pp, dp=plan.dp, cp=plan.cp, tp=plan.tp,
+                  hsdp=hsdp, ep=plan.ep)
 
 
 def clear_mesh_cache() -> None:
