@@ -179,6 +179,11 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         require(plan.virtual_stages >= 2 and plan.pp >= 2, source, "virtual_stages",
                 f"Interleaved1F1B needs pp ≥ 2 and virtual_stages ≥ 2 (got pp={plan.pp}, "
                 f"virtual_stages={plan.virtual_stages})", "set virtual_stages: 2 or use pp_schedule: 1F1B")
+        # torch.distributed.pipelining's ScheduleInterleaved1F1B runs the micro-batches in rounds of about pp
+        rounds = max(1, plan.num_microbatches // plan.pp)
+        require(plan.num_microbatches % rounds == 0, source, "micro_batch_size",
+                f"Interleaved1F1B splits its {plan.num_microbatches} micro-batches into {rounds} rounds "
+                f"(micro-batches // pp), which must divide them", "make the micro-batch count a multiple of pp")
     else:
         require(plan.virtual_stages == 1, source, "virtual_stages",
                 f"is {plan.virtual_stages} with {plan.pp_schedule}", "use pp_schedule: Interleaved1F1B")

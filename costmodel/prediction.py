@@ -66,6 +66,16 @@ def _phase_memory(out: dict, chunks: list[int], phase: str) -> dict[str, float]:
     return mem
 
 
+def plan_wide_knobs(p) -> dict:
+    """The knob_inputs arguments that a plan's plan-wide keys set. ``p`` is a Plan, or any object whose attributes
+    hold arrays of those keys' values over candidates (the tuner's cases, planner.stages): the one mapping from
+    plan-wide keys to the formulas' flags (the float8 recipe goes through model_inputs)."""
+    return dict(zero=p.zero, sequence_parallel=p.sequence_parallel,
+                selective=(np.asarray(p.recompute) == "selective").astype(float),
+                compile=np.asarray(p.compile, dtype=float),
+                reduce_every=(np.asarray(p.grad_reduce) == "every").astype(float))
+
+
 def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: HardwareProfile) -> dict:
     """Numeric inputs of every pipeline stage of a plan (arrays over stages, first stage first)."""
     L, S, pp, v = model.num_hidden_layers, plan.num_stages, plan.pp, plan.virtual_stages
@@ -75,13 +85,11 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
     first, last = (idx == 0).astype(float), (idx == S - 1).astype(float)
     nV = vocab_matrices(first, last, S, model.tie_word_embeddings)
     knobs = knob_inputs(
-        b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, zero=plan.zero,
-        sequence_parallel=plan.sequence_parallel, selective=float(plan.recompute == "selective"),
+        b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, **plan_wide_knobs(plan),
         l=plan.stage_layers(L), r=plan.per_stage("recompute_layers", L),
         oa=plan.per_stage("offload_activation_layers", L), os=plan.per_stage("offload_state_layers", L),
-        f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
-        m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV,
-        reduce_every=float(plan.grad_reduce == "every"))
+        f=plan.per_stage("fp8_layers", L), m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first,
+        last=last, nV=nV)
     return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof),
             **link_inputs(prof, cluster.gpus_per_node, plan.tp, plan.dp, pp), **knobs}
 

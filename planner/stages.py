@@ -1,149 +1,494 @@
-"""Intra-stage search: every per-stage knob combination evaluated at once with the cost model, memory
-filtered, and each stage position's Pareto frontier of (time per micro-batch, once-per-step extra)."""
+"""Exact per-stage tables: every block count of every per-stage knob, costed in vectorised calls of the cost model.
+
+A *rank* of a pipeline (or the only rank without one) holds ``n`` blocks, split into ``v`` chunks under
+Interleaved1F1B. Its per-stage knobs are block counts: ``r`` checkpointed, ``oa`` activation-offloaded, ``os``
+state-offloaded and ``f`` float8 blocks. How each takes every integer value:
+
+- ``r`` (0..n) and ``os`` (0..n): enumerated, every pair, as rows of one lambdified call of the cost model
+  (costmodel.stage.stage_model) per role and batch of block counts, all cases (planner.knobs) together.
+- ``oa``: the least count that fits, per row and per number of micro-batches in flight. An offloaded block adds
+  the same time (its copies over the host link) and moves the same bytes from the GPU to the host, and changes
+  nothing else, so of two counts that fit the smaller is never worse. Its per-block time, GPU bytes and host
+  bytes are read off the cost model (the difference of two evaluations, 0 and 1 blocks, per case).
+- ``f``: 0 or the most the user allows (``max_fp8_fraction`` × blocks). A float8 block changes a block's forward,
+  backward and recomputed GEMM and cast time by the same sign (the cost model's per-block float8 terms), the time
+  of a rank never falls as its compute grows (overlapped communication hides at most what compute adds), and
+  its memory takes one float8 weight copy whatever the count: so between 1 and the most, the fewest is best
+  when float8 is slower and the most when it is faster, and 1 is never better than 0 in the first case.
+  tests/test_planner.py checks this against every count by brute force.
+
+Why enumeration and not integer variables in the MILP: the cost is not linear in the counts (the host-bound
+``max`` of a block's compute, the exposed part of each overlapped collective, which depends on the average
+compute per block and hence on ``r`` and ``f`` together, the CPU/GPU optimizer ``max``); a MILP would need
+those pieces restated in the planner with extra binaries, and would then be exact only as far as that restatement
+is. Enumerating (r, os) costs (n + 1)² rows of ~0.4 µs each per case and block count, measured: 2,200 rows for
+Llama-3-8B on one GPU, per case, in ~1 ms.
+
+Chunks of an interleaved rank: its blocks and each count are spread as evenly as possible over its chunks, in
+order (chunk j of ``x`` gets ``x // v + (j < x % v)``); offloaded-activation blocks follow the checkpointed ones.
+The tuner's interleaved space is these spreads (planner.knobs).
+
+For a pipeline each rank's candidates are reduced, per block count, to those no other candidate beats in both
+``T`` (time per micro-batch) and ``T + D`` (``D``: the once-per-step extra): in the step time
+``a·max T + b·ΣT + max_i(D_i − Σ_{j<i} T_j)`` a rank's ``T`` lower by ε lowers ``b·ΣT`` by ≥ ε·b and raises the
+last term by ≤ ε, and with ``T + D`` not higher its own term does not rise — so such a candidate is never worse.
+(b = 1 for 1F1B and GPipe; for Interleaved1F1B b = 1/v but a = M − 1 + (v − 1)/v: ``a + b ≥ 1`` covers it
+because the rank's T counts in ``a·max T`` too only when it is the maximum; tests check the reduction against
+enumeration.)
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
+from costmodel import GiB
 from costmodel.hardware import HardwareProfile
 from costmodel.pipeline import in_flight
 from costmodel.plan import vocab_matrices
+from costmodel.prediction import plan_wide_knobs
 from costmodel.specs import ClusterSpec, ModelSpec
 from costmodel.stage import hardware_inputs, knob_inputs, link_inputs, model_inputs, stage_model
 
-from .space import SearchSpace, layer_counts, levels
+from .knobs import fp8_allowed
+from .space import Layout, Schedule, SearchSpace
 
 OUTPUTS = ("t_mb", "delta", "peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch",
            "accumulator_bytes", "host_state", "host_act_per_microbatch")
-KNOBS = ("zero", "mode", "k", "rev", "l", "r", "oa", "os", "f")  # mode: 0 none, 1 full, 2 selective;
-# rev: gradients reduced after every micro-batch (grad_reduce: every; only without pipelining)
-MODE_CODE = {"none": 0, "full": 1, "selective": 2}
-ROLES = {"only": (1, 1), "first": (1, 0), "middle": (0, 0), "last": (0, 1)}
+STAGE_SET = ("l", "r", "oa", "os", "f", "m", "acc")
+"""Cost-model inputs the tables set per row; every other input comes from costmodel.prediction.stage_inputs."""
+FIT_MARGIN = 1e-9
+"""Relative headroom kept below the memory limits, so floating-point summation order never lets a plan through
+that predict would refuse."""
 
 
-@dataclass
-class Group:
-    """One parallel layout and micro-batch split: every stage of it shares these."""
-
-    tp: int
-    pp: int
-    dp: int
-    mbs: int
-    M: int
-
-
-@dataclass
-class StageTable:
-    """Candidates of one stage role in one group: knob columns and cost columns (arrays, same length)."""
-
-    knobs: dict[str, np.ndarray]
-    t_mb: np.ndarray
-    delta: np.ndarray
-    m_fit: np.ndarray          # most micro-batches in flight that fit in GPU and host memory
-
-    def take(self, idx: np.ndarray) -> "StageTable":
-        return StageTable({k: v[idx] for k, v in self.knobs.items()}, self.t_mb[idx], self.delta[idx],
-                          self.m_fit[idx])
-
-    def __len__(self) -> int:
-        return len(self.t_mb)
+def even(x, v: int) -> np.ndarray:
+    """``x`` (array) spread over ``v`` chunks in order: shape (len(x), v)."""
+    x = np.asarray(x, dtype=np.int64)[:, None]
+    if v == 1:
+        return x
+    j = np.arange(v)[None, :]
+    return x // v + (j < x % v)
 
 
 def roles(pp: int) -> list[str]:
     return ["only"] if pp == 1 else ["first"] + (["middle"] if pp > 2 else []) + ["last"]
 
 
-def role_of(stage: int, pp: int) -> str:
-    return "only" if pp == 1 else "first" if stage == 0 else "last" if stage == pp - 1 else "middle"
+def role_of(rank: int, pp: int) -> str:
+    return "only" if pp == 1 else "first" if rank == 0 else "last" if rank == pp - 1 else "middle"
 
 
-def knob_grid(model: ModelSpec, g: Group, role: str, space: SearchSpace) -> dict[str, np.ndarray]:
-    """All per-stage knob combinations of a role, as flat integer columns."""
-    L = model.num_hidden_layers
-    ls = [L] if g.pp == 1 else layer_counts(L, g.pp, space.layer_slack)
-    modes = [MODE_CODE[m] for m in space.recompute]
-    frac = levels(space.knob_levels)
-    off = levels(3) if space.offload else np.zeros(1)
-    fp8 = [0.0, space.max_fp8_fraction] if space.max_fp8_fraction > 0 else [0.0]
-    rev = [0, 1] if g.pp == 1 and g.M > 1 else [0]
-    grid = np.meshgrid(np.asarray(space.zero), modes, [int(c) for c in space.compile], rev, ls, frac, off, off,
-                       fp8, indexing="ij")
-    zero, mode, k, rev, l, fr, fa, fs, ff = (x.ravel() for x in grid)
-    r = np.where(mode == 0, 0, np.round(fr * l)).astype(int)
-    if 0 not in modes:
-        r = np.maximum(r, 1)
-    oa = np.round(fa * (l - r)).astype(int)
-    os_ = np.round(fs * l).astype(int)
-    f = np.where(k == 1, np.floor(ff * l + 1e-9), 0).astype(int)     # float8 pays only when compiled
-    mode = np.where(r == 0, 0, mode)
-    # rounding repeats some rows; the Pareto step drops repeats, cheaper than sorting them out here
-    return dict(zip(KNOBS, (zero, mode, k, rev, l, r, oa, os_, f)))
+def rank_of(role: str, pp: int) -> int:
+    return {"only": 0, "first": 0, "middle": 1, "last": pp - 1}[role]
 
 
-def evaluate_role(model: ModelSpec, cluster: ClusterSpec, prof: HardwareProfile, seq_len: int, g: Group,
-                  role: str, space: SearchSpace, fixed: dict | None = None) -> StageTable:
-    """Cost every knob combination of one stage role; keep those that fit at least one micro-batch."""
-    kn = knob_grid(model, g, role, space)
-    first, last = ROLES[role]
-    nV = vocab_matrices(first, last, g.pp, model.tie_word_embeddings)
-    inputs = knob_inputs(b=g.mbs, s=seq_len, t=g.tp, d=g.dp, pp=g.pp, zero=kn["zero"],
-                         sequence_parallel=space.sequence_parallel, selective=(kn["mode"] == 2), l=kn["l"],
-                         r=kn["r"], oa=kn["oa"], os=kn["os"], f=kn["f"], compile=kn["k"], m=0.0, M=g.M,
-                         first=first, last=last, nV=nV, reduce_every=kn["rev"])
-    inputs["acc"] = np.zeros(1)
-    fixed = fixed or {**model_inputs(model), **hardware_inputs(prof)}
-    out = stage_model(OUTPUTS)(**fixed, **link_inputs(prof, cluster.gpus_per_node, g.tp, g.dp, g.pp), **inputs)
-    n = len(kn["l"])
-    out = {k: np.broadcast_to(np.asarray(v, dtype=float), (n,)) for k, v in out.items()}
-    m_fit = fitting_microbatches(out, prof, cluster, g.M)
-    table = StageTable(kn, out["t_mb"], out["delta"], m_fit)
-    return table.take(np.nonzero(m_fit >= 1)[0])
+@dataclass
+class Context:
+    """One tuning job: the specs, the space and the memory limits, shared by every table."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    prof: HardwareProfile
+    seq_len: int
+    global_batch_size: int
+    space: SearchSpace
+    fn: object = None
+    gpu_limit: float = 0.0
+    host_limit: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.fn = stage_model(OUTPUTS)
+        self.L = self.model.num_hidden_layers
+        self.hardware = {k: float(v) for k, v in hardware_inputs(self.prof).items()}
+        self.model_inputs = {r: model_inputs(self.model, r) for r in ("tensorwise", "rowwise")}
+        # the fit rule of costmodel.hardware (needed_bytes <= memory_bytes), solved for the allocated bytes
+        self.gpu_limit = (self.prof.memory_bytes - self.prof.context_gib * GiB) / (1 + self.prof.fragmentation) \
+            * (1 - FIT_MARGIN)
+        # predict: the offloaded bytes of the worst rank, times the GPUs of a node, within the host budget
+        self.host_limit = self.prof.host_budget_bytes / self.cluster.gpus_per_node * (1 - FIT_MARGIN)
+
+    def r_min(self, v: int) -> int:
+        """Fewest checkpointed blocks of a rank: 0, or one per chunk when the space excludes recompute none."""
+        return 0 if "none" in self.space.recompute else v
 
 
-def fitting_microbatches(out: dict, prof: HardwareProfile, cluster: ClusterSpec, M: int) -> np.ndarray:
-    """Largest number of micro-batches in flight (0..M) whose peak fits the GPU and the host.
-
-    Memory is linear in the micro-batches in flight m; the fp32 gradient accumulators exist at the peak
-    unless all M micro-batches are in flight at once (costmodel.stage.knob_inputs: acc)."""
-    cap = prof.usable_memory_bytes
-    base = np.maximum(out["peak_forward"], out["peak_backward"])
-    act = np.maximum(out["act_per_microbatch"], 1.0)
-    ok_opt = out["peak_optimizer"] <= cap
-    below_M = np.floor((cap - base - out["accumulator_bytes"]) / act)
-    fits_all = base + M * act <= cap
-    m = np.where(fits_all, M, np.clip(below_M, 0, M - 1))
-    host_cap = prof.host_budget_bytes / cluster.gpus_per_node
-    host_m = np.floor((host_cap - out["host_state"]) / np.maximum(out["host_act_per_microbatch"], 1.0))
-    m = np.minimum(m, np.where(out["host_state"] <= host_cap, host_m, -1))
-    return np.where(ok_opt, np.maximum(m, 0), 0).astype(np.int64)
+def in_flight_by_rank(s: Schedule, pp: int, M: int) -> np.ndarray:
+    """Micro-batches in flight at each rank's peak (per chunk under Interleaved1F1B), as predict counts them."""
+    return np.asarray(in_flight(s.name, pp, np.arange(pp), M, s.v), dtype=float)
 
 
-def pareto(t: np.ndarray, d: np.ndarray, keep: int) -> np.ndarray:
-    """Indices of the (t, d) Pareto frontier (both minimised), sampled down to ``keep`` points evenly along
-    it, the fastest and the smallest-extra points always kept."""
-    if len(t) == 0:
+CHUNK_SET = ("first", "last", "nV")
+"""Inputs that differ between the chunks of a rank (set per role); the rest are per case."""
+
+
+def case_inputs(ctx: Context, g: Layout, cases: list[dict]) -> dict:
+    """Cost-model inputs of every case of a layout, through costmodel's own plan-to-inputs mapping
+    (costmodel.prediction.plan_wide_knobs, knob_inputs, model_inputs, link_inputs): an array over cases for each
+    input the cases set differently, a float for the rest. The per-stage counts and chunk flags are set later."""
+    keys = {k: np.array([c[k] for c in cases]) for k in cases[0]}
+    knobs = knob_inputs(b=g.mbs, s=ctx.seq_len, t=g.tp, d=g.dp, pp=g.pp, **plan_wide_knobs(SimpleNamespace(**keys)),
+                        l=1.0, r=0.0, oa=0.0, os=0.0, f=0.0, m=0.0, M=g.M, first=0.0, last=0.0, nV=0.0)
+    recipes = keys["fp8_recipe"]
+    model = {k: np.where(recipes == "rowwise", ctx.model_inputs["rowwise"][k], ctx.model_inputs["tensorwise"][k])
+             for k in ctx.model_inputs["tensorwise"]}
+    link = link_inputs(ctx.prof, ctx.cluster.gpus_per_node, g.tp, g.dp, g.pp)
+    out = dict(ctx.hardware)
+    for k, val in {**link, **model, **knobs}.items():
+        if k in STAGE_SET or k in CHUNK_SET:
+            continue
+        a = np.asarray(val, dtype=float)
+        if a.size == 1 or np.all(a == a.flat[0]):
+            out[k] = float(a.flat[0])
+        else:
+            out[k] = np.ascontiguousarray(np.broadcast_to(a, (len(cases),)))
+    return out
+
+
+class RoleTable:
+    """Every candidate of one rank role in one (layout, schedule), for a list of cases, built lazily by block count.
+
+    For each number of micro-batches in flight ``m`` the role needs, it keeps per (case, block count) the
+    candidates no other beats in (T, T + D) (module docstring); ``t0`` is the memory-blind least T per (case,
+    block count), the tuner's lower bound."""
+
+    def __init__(self, ctx: Context, g: Layout, s: Schedule, role: str, cases: list[dict], ms: list[float],
+                 inputs: dict | None = None):
+        self.ctx, self.g, self.s, self.role, self.cases = ctx, g, s, role, cases
+        self.v = s.v
+        self.ms = sorted(set(float(m) for m in ms))
+        self.evaluated: set[tuple[int, int]] = set()      # (case, n) costed
+        self.front: dict[float, dict[str, list]] = {m: {k: [] for k in ("case", "n", "r", "oa", "os", "f", "T", "D")}
+                                                     for m in self.ms}
+        self._cols: dict = {}
+        self.cut: dict[tuple[int, int], float] = {}              # (case, n) -> least cap rows were cut at
+        self.cut_step: dict[int, float] = {}                     # case -> least step-time bound of a cut row
+        self.rows_costed = 0
+        self.inputs = inputs if inputs is not None else case_inputs(ctx, g, cases)
+        S, rank = g.pp * s.v, rank_of(role, g.pp)
+        chunk = np.array([rank + j * g.pp for j in range(s.v)])
+        first, last = (chunk == 0).astype(float), (chunk == S - 1).astype(float)
+        self.chunk_inputs = {"first": first, "last": last,
+                             "nV": np.asarray(vocab_matrices(first, last, S, ctx.model.tie_word_embeddings), dtype=float)
+                             * np.ones(s.v)}
+        flags = np.stack(list(self.chunk_inputs.values()), axis=1)
+        self.chunk_kind = np.unique(flags, axis=0, return_inverse=True)[1].ravel()
+        self.oa_t = None          # per-block offload slopes, costed on first use (add)
+
+    def _cost(self, case: np.ndarray, n, r, oa, os_, f) -> dict[str, np.ndarray]:
+        """Cost rows of rank-level counts (arrays over rows) spread over the chunks: outputs of shape (rows, v).
+        Chunks with the same case, role in the model and counts are costed once (an interleaved rank's chunks
+        repeat a few shapes)."""
+        v, rows = self.v, len(case)
+        chunk = {"l": even(n, v), "r": even(r, v), "os": even(os_, v), "f": np.asarray(f).reshape(rows, v),
+                 "oa": even(np.asarray(r) + np.asarray(oa), v) - even(r, v)}
+        ci = np.repeat(case, v)
+        kind = np.tile(self.chunk_kind, rows)
+        cols = {k: x.ravel().astype(np.int64) for k, x in chunk.items()}
+        if v > 1:
+            key = ci * 4 + kind
+            for k in ("l", "r", "oa", "os", "f"):
+                key = key * 256 + cols[k]
+            uniq, first_at, inverse = np.unique(key, return_index=True, return_inverse=True)
+            sel = first_at
+        else:
+            sel = None
+        pick = (lambda x: x) if sel is None else (lambda x: x[sel])  # noqa: E731
+        args = {k: (val if isinstance(val, float) else pick(val[ci])) for k, val in self.inputs.items()}
+        for k, x in self.chunk_inputs.items():
+            args[k] = float(x[0]) if v == 1 else pick(np.tile(x, rows))
+        args.update({k: pick(x).astype(float) for k, x in cols.items()})
+        args["m"], args["acc"] = 0.0, 0.0
+        out = self.ctx.fn(**args)
+        n_eval = rows * v if sel is None else len(sel)
+        self.rows_costed += n_eval
+        res = {}
+        for k, x in out.items():
+            x = np.broadcast_to(np.asarray(x, dtype=float), (n_eval,))
+            res[k] = (x if sel is None else x[inverse.ravel()]).reshape(rows, v)
+        return res
+
+    def _fp8_counts(self, case: np.ndarray, n: np.ndarray, on: np.ndarray) -> np.ndarray:
+        """Float8 blocks per chunk, (rows, v): the most the user allows in each chunk where ``on``, else 0."""
+        frac = self.ctx.space.max_fp8_fraction
+        return np.where(on[:, None], np.floor(frac * even(n, self.v) + 1e-9), 0).astype(np.int64)
+
+    def _offload_slopes(self) -> None:
+        """Per case: time, once-per-step extra, GPU bytes per micro-batch and host bytes per micro-batch that one more
+        activation-offloaded block adds (two evaluations of one chunk, 0 and 1 offloaded blocks)."""
+        nc, v = len(self.cases), self.v
+        case = np.repeat(np.arange(nc), 2)
+        n = np.full(2 * nc, 2 * v)
+        oa = np.tile([0, v], nc)                                 # one offloaded block per chunk
+        out = self._cost(case, n, np.zeros(2 * nc, dtype=np.int64), oa, np.zeros(2 * nc, dtype=np.int64),
+                         np.zeros((2 * nc, v), dtype=np.int64))
+        diff = lambda k: (out[k][1::2] - out[k][0::2]).sum(axis=1) / v  # noqa: E731  per offloaded block
+        self.oa_t, self.oa_d = diff("t_mb"), diff("delta")
+        self.oa_gpu, self.oa_host = -diff("act_per_microbatch"), diff("host_act_per_microbatch")
+
+    # ---- rows --------------------------------------------------------------------------------------------
+    def _grid(self, ns: list[int], full: bool, case_ids=None) -> dict[str, np.ndarray]:
+        """Rank-level rows: every case (of ``case_ids``) × block count × r × os × float8 choice (``full``), or only
+        the memory-blind fastest (least r, no offload) for the lower bound."""
+        ctx, v = self.ctx, self.v
+        case_ids = np.arange(len(self.cases)) if case_ids is None else np.asarray(case_ids, dtype=np.int64)
+        if full:
+            parts = []
+            for n in ns:   # one block of rows per block count, shared by every case
+                rs = np.arange(min(ctx.r_min(v), n), n + 1)
+                oss = np.arange(0, n + 1) if ctx.space.offload else np.array([0])
+                R, O, F = np.meshgrid(rs, oss, (0, 1), indexing="ij")
+                parts.append((np.full(R.size, n), R.ravel(), O.ravel(), F.ravel()))
+            n, r, os_, fon = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        else:
+            n = np.repeat(np.asarray(ns, dtype=np.int64), 2)
+            r = np.minimum(ctx.r_min(v), n)
+            os_, fon = np.zeros_like(n), np.tile([0, 1], len(ns))
+        none = np.array([self.cases[c]["recompute"] == "none" for c in case_ids])
+        fp8 = np.array([fp8_allowed(ctx.space, self.cases[c]) for c in case_ids])
+        keep = (~none[:, None] | (r[None, :] == 0)) & (fp8[:, None] | (fon[None, :] == 0))
+        ci, ri = np.nonzero(keep)
+        return {"case": case_ids[ci], "n": n[ri], "r": r[ri], "os": os_[ri], "fon": fon[ri].astype(bool)}
+
+    def _evaluate(self, rows: dict) -> dict:
+        f = self._fp8_counts(rows["case"], rows["n"], rows["fon"])
+        if rows["fon"].any():   # float8 chosen but none fits the share (e.g. 1 block at 50 %): drop the duplicate
+            keep = ~rows["fon"] | (f.sum(axis=1) > 0)
+            rows = {k: x[keep] for k, x in rows.items()}
+            f = f[keep]
+        out = self._cost(rows["case"], rows["n"], rows["r"], np.zeros_like(rows["r"]), rows["os"], f)
+        rows["f"] = f.sum(axis=1)
+        rows["f_chunks"] = f
+        return rows, out
+
+    def t0(self, ns: list[int]) -> np.ndarray:
+        """Memory-blind least time per micro-batch, (cases, len(ns)): no checkpointing beyond the least the space
+        allows, no offload, the faster float8 choice. Every candidate with that block count is at least this slow
+        (time never falls with more checkpointed or offloaded blocks)."""
+        rows, out = self._evaluate(self._grid(ns, full=False))
+        T = out["t_mb"].sum(axis=1)
+        res = np.full((len(self.cases), len(ns)), math.inf)
+        pos = {n: i for i, n in enumerate(ns)}
+        col = np.array([pos[int(n)] for n in rows["n"]])
+        np.minimum.at(res, (rows["case"], col), T)
+        return res
+
+    # ---- exact candidates ----------------------------------------------------------------------------------
+    def add(self, ns, cases=None, cap=None) -> None:
+        """Cost every candidate of the block counts ``ns`` (for the case indices ``cases``, default all) not costed
+        yet, and keep, per m, the reduced set. ``cap(case, n)`` (arrays) is a time per micro-batch at or above
+        which a candidate cannot win (a ``Cap``); candidates whose floor (below) reaches it are not costed, and the
+        cap they were cut at is kept as their least time."""
+        cases = range(len(self.cases)) if cases is None else [int(c) for c in cases]
+        todo: dict[int, list[int]] = {}
+        for c in cases:
+            for n in ns:
+                if n >= self.v and (c, int(n)) not in self.evaluated:
+                    todo.setdefault(int(n), []).append(c)
+        if not todo:
+            return
+        by_cases: dict[tuple, list[int]] = {}
+        for n, cs in todo.items():
+            by_cases.setdefault(tuple(cs), []).append(n)
+        for cs, n_list in by_cases.items():
+            self.evaluated.update((c, n) for c in cs for n in n_list)
+            self._add(sorted(n_list), list(cs), cap)
+
+    def _add(self, ns: list[int], cases: list[int], cap) -> None:
+        if self.oa_t is None:
+            self._offload_slopes()
+        grid = self._grid(ns, full=True, case_ids=cases)
+        if cap is None:
+            rows, out = self._evaluate(grid)
+        else:
+            rows, out = self._capped(grid, cap)
+        ci = rows["case"]
+        T0, D0 = out["t_mb"].sum(axis=1), out["delta"].sum(axis=1)
+        pfb = np.maximum(out["peak_forward"], out["peak_backward"])
+        for m in self.ms:
+            oa, ok = self._least_offload(rows, out, pfb, m)
+            T = T0 + oa * self.oa_t[ci]
+            D = D0 + oa * self.oa_d[ci]
+            self._keep(m, rows, oa, T, D, ok)
+
+    def _capped(self, grid: dict, cap) -> tuple[dict, dict]:
+        """Cost the rows on the two axes (least r, or no state offload) first; of the rest, only those whose floor
+        ``max(T(r, 0), T(r_least, os))`` is below the cap. The floor holds because a rank's time never falls with
+        one more checkpointed block (its compute grows and overlap hides at most that) or one more state-offloaded
+        block (its host copies add to the exposed time)."""
+        r_lo = np.minimum(self.ctx.r_min(self.v), grid["n"])
+        axis = (grid["r"] == r_lo) | (grid["os"] == 0)
+        a_rows, a_out = self._evaluate({k: x[axis] for k, x in grid.items()})
+        T = a_out["t_mb"].sum(axis=1)
+        base = max(int(grid["n"].max()) + 1, 2)
+
+        def key(c, n, r, o, f):
+            return (((c * base + n) * base + r) * base + o) * 2 + f
+        keys = key(a_rows["case"], a_rows["n"], a_rows["r"], a_rows["os"], a_rows["fon"].astype(np.int64))
+        order = np.argsort(keys)
+        skeys, sT = keys[order], T[order]
+
+        def look(k):
+            i = np.clip(np.searchsorted(skeys, k), 0, len(skeys) - 1)
+            return np.where(skeys[i] == k, sT[i], -math.inf)    # float8 row dropped as a duplicate: no floor
+        rest = {k: x[~axis] for k, x in grid.items()}
+        c, n, r, o, f = rest["case"], rest["n"], rest["r"], rest["os"], rest["fon"].astype(np.int64)
+        floor = np.maximum(look(key(c, n, r, 0, f)), look(key(c, n, np.minimum(self.ctx.r_min(self.v), n), o, f)))
+        limit = cap.time(c, n)
+        go = floor < limit
+        if (~go).any():    # the least time of what was cut: at least its cap
+            for cc, nn, lim in zip(c[~go], n[~go], limit[~go]):
+                k = (int(cc), int(nn))
+                self.cut[k] = min(self.cut.get(k, math.inf), float(lim))
+                self.cut_step[int(cc)] = min(self.cut_step.get(int(cc), math.inf), cap.step)
+        if not go.any():
+            return a_rows, a_out
+        g_rows, g_out = self._evaluate({k: x[go] for k, x in rest.items()})
+        rows = {k: np.concatenate([a_rows[k], g_rows[k]]) for k in a_rows}
+        out = {k: np.concatenate([a_out[k], g_out[k]]) for k in a_out}
+        return rows, out
+
+    def _least_offload(self, rows: dict, out: dict, pfb: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray]:
+        """Least activation-offloaded blocks with which a row fits the GPU at ``m`` micro-batches in flight, and
+        whether it then fits the host too."""
+        ctx, v, ci = self.ctx, self.v, rows["case"]
+        acc = 1.0 if self.g.M > m else 0.0
+        plain = self.oa_gpu[ci][:, None]
+        base = pfb + m * out["act_per_microbatch"] + acc * out["accumulator_bytes"]
+        po = out["peak_optimizer"]
+        r, room = rows["r"], rows["n"] - rows["r"]
+
+        r_even = even(r, v)
+
+        def gpu(oa):
+            shed = oa[:, None] if v == 1 else even(r + oa, v) - r_even
+            return np.maximum(base - m * shed * plain, po).sum(axis=1)
+        lo, hi = np.zeros_like(room), room.copy()
+        ok = gpu(hi) <= ctx.gpu_limit
+        if v == 1:       # closed form, then one step either way for rounding
+            over = base[:, 0] - ctx.gpu_limit
+            guess = np.ceil(np.maximum(over, 0) / np.maximum(m * plain[:, 0], 1e-30))
+            lo = np.clip(guess, 0, room).astype(np.int64)
+            lo = np.where((lo < room) & (gpu(lo) > ctx.gpu_limit), lo + 1, lo)
+            lo = np.where((lo > 0) & (gpu(np.maximum(lo - 1, 0)) <= ctx.gpu_limit), lo - 1, lo)
+            ok &= gpu(lo) <= ctx.gpu_limit
+        else:            # bisection: GPU memory falls with every offloaded block
+            lo = np.where(ok, lo, hi)
+            while True:
+                todo = lo < hi
+                if not todo.any():
+                    break
+                mid = (lo + hi) // 2
+                fits = gpu(mid) <= ctx.gpu_limit
+                hi = np.where(todo & fits, mid, hi)
+                lo = np.where(todo & ~fits, mid + 1, lo)
+        host = out["host_state"].sum(axis=1) + m * lo * self.oa_host[ci]
+        return lo, ok & (host <= ctx.host_limit)
+
+    def _keep(self, m: float, rows: dict, oa: np.ndarray, T: np.ndarray, D: np.ndarray, ok: np.ndarray) -> None:
+        idx = np.nonzero(ok)[0]
+        if len(idx) == 0:
+            return
+        ci, n, t, d = rows["case"][idx], rows["n"][idx], T[idx], D[idx]
+        keep = idx[self._reduce(ci, n, t, d)]
+        fr = self.front[m]
+        for k, col in (("case", rows["case"]), ("n", rows["n"]), ("r", rows["r"]), ("oa", oa), ("os", rows["os"]),
+                       ("f", rows["f"]), ("T", T), ("D", D)):
+            fr[k].append(col[keep])
+        self._cols.pop(m, None)
+
+    def _reduce(self, ci, n, t, d) -> np.ndarray:
+        """The candidates a rank keeps (module docstring): with one chunk per rank (b = 1), those no other beats in
+        T and T + D; under Interleaved1F1B (b = 1/v) the last rank's no other beats in T and b·T + D, and an earlier
+        rank keeps one candidate per distinct T (the least D): there a slower rank can hide more of a later rank's
+        extra than it adds to the bubble, so no faster candidate is always better."""
+        if self.v == 1:
+            return reduce_front(ci, n, t, t + d)
+        if self.role in ("last", "only"):
+            return reduce_front(ci, n, t, t / self.v + d)
+        order = np.lexsort((d, t, n, ci))
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = (ci[order][1:] != ci[order][:-1]) | (n[order][1:] != n[order][:-1]) | (t[order][1:] != t[order][:-1])
+        return np.sort(order[first])
+
+    def _columns(self, m: float) -> dict | None:
+        if m not in self._cols:
+            fr = self.front[m]
+            self._cols[m] = {k: np.concatenate(v) for k, v in fr.items()} if fr["case"] else None
+        return self._cols[m]
+
+    def options(self, m: float, case: int) -> "Options":
+        """The reduced candidates of one case at ``m`` in flight, over every block count costed so far."""
+        cols = self._columns(m)
+        if cols is None:
+            return Options.empty()
+        sel = cols["case"] == case
+        return Options(**{k: cols[k][sel] for k in ("n", "r", "oa", "os", "f", "T", "D")})
+
+    def at(self, m: float, case: int, n: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """The kept candidates' T and D with n blocks, and the least cap candidates there were cut at (inf if
+        none): every fitting candidate with n blocks is one of these, or at least as slow as that cap."""
+        cols = self._columns(m)
+        cut = self.cut.get((case, n), math.inf)
+        if cols is None:
+            return np.zeros(0), np.zeros(0), cut
+        sel = (cols["case"] == case) & (cols["n"] == n)
+        return cols["T"][sel], cols["D"][sel], cut
+
+    def cut_bound(self, case: int) -> float:
+        """A lower bound of the step time of any plan using a candidate of this case that a cap cut (inf if none
+        was cut): the threshold the cap came from."""
+        return self.cut_step.get(case, math.inf)
+
+
+@dataclass
+class Cap:
+    """A time per micro-batch at or above which a rank's candidate cannot give a step time below ``step``."""
+
+    time: object
+    """(case indices, block counts) -> cap, arrays."""
+    step: float
+    """The step-time threshold the caps come from: a plan using a cut candidate takes at least this long."""
+
+
+def reduce_front(case: np.ndarray, n: np.ndarray, T: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """Indices of the rows no other row of the same (case, n) beats in both T and S (ties: the first row)."""
+    if len(T) == 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((d, t))
-    best_d = np.minimum.accumulate(d[order])
-    prev = np.concatenate(([np.inf], best_d[:-1]))
-    front = order[d[order] < prev]
-    if len(front) > keep:
-        front = front[np.unique(np.round(np.linspace(0, len(front) - 1, keep)).astype(int))]
-    return front
+    order = np.lexsort((S, T, n, case))
+    seg = np.ones(len(order), dtype=bool)
+    seg[1:] = (case[order][1:] != case[order][:-1]) | (n[order][1:] != n[order][:-1])
+    seg_id = np.cumsum(seg) - 1
+    # running minimum of S within each segment, in exact integer ranks (no floating offsets)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[np.argsort(S[order], kind="stable")] = np.arange(len(order))
+    shifted = rank - seg_id * len(order)
+    run = np.minimum.accumulate(shifted)
+    prev = np.concatenate(([np.iinfo(np.int64).max], run[:-1]))
+    prev = np.where(seg, np.iinfo(np.int64).max, prev)
+    keep = shifted < prev
+    return np.sort(order[keep])
 
 
-def stage_options(table: StageTable, m_needed: int, keep: int) -> StageTable:
-    """A stage's frontier: per block count, the Pareto points among candidates that fit m_needed in flight."""
-    ok = np.nonzero(table.m_fit >= m_needed)[0]
-    picks = []
-    for l in np.unique(table.knobs["l"][ok]):
-        sel = ok[table.knobs["l"][ok] == l]
-        picks.append(sel[pareto(table.t_mb[sel], table.delta[sel], keep)])
-    idx = np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
-    return table.take(idx)
+@dataclass
+class Options:
+    """A stage position's candidates: block count, the four counts, T and D (arrays, same length)."""
 
+    n: np.ndarray
+    r: np.ndarray
+    oa: np.ndarray
+    os: np.ndarray
+    f: np.ndarray
+    T: np.ndarray
+    D: np.ndarray
+    extra: dict = field(default_factory=dict)
 
-def needed_in_flight(pp: int, M: int) -> list[int]:
-    """1F1B: stage i holds min(pp - i, M) micro-batches at its peak."""
-    return [int(x) for x in in_flight("1F1B", pp, np.arange(pp), M)]
+    @staticmethod
+    def empty() -> "Options":
+        z = np.zeros(0)
+        return Options(z.astype(np.int64), *(z.astype(np.int64) for _ in range(4)), z, z)
+
+    def __len__(self) -> int:
+        return len(self.T)
