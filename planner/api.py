@@ -172,6 +172,14 @@ class PlanResult:
     """(tp, pp, dp, micro-batch) layouts in the space."""
     layouts_searched: int
     """Layouts the bounds did not prune."""
+    bound_s: float = 0.0
+    """A lower bound on the step time of every plan of the space (planner.tuner)."""
+    gap: float = math.nan
+    """The best plan's relative distance to ``bound_s`` (NaN without a plan)."""
+    timed_out: bool = False
+    """The time limit stopped the search before it was complete."""
+    summary: str = ""
+    """One line: what was searched, the time limit if it cut the search, and the gap to the bound."""
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per plan of ``top`` with its rank (1 = best)."""
@@ -293,9 +301,13 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
     """Search for the fastest plan that fits (planner.tuner.tune).
 
     ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``micro_batch_size`` fix a degree;
-    ``zero``, ``recompute``, ``compile``, ``schedules`` take one value or a list of allowed ones;
-    ``offload=False`` forbids CPU offload; ``max_fp8_fraction=1.0`` allows float8 in every block."""
-    from .tuner import tune  # the MILP solver stack loads only when a search is asked for
+    ``zero``, ``recompute``, ``compile``, ``schedules``, ``sequence_parallel``, ``virtual_stages``... take one value
+    or a list of allowed ones; ``offload=False`` forbids CPU offload; ``max_fp8_fraction=1.0`` allows float8 in
+    every block. ``top_k`` < 1, a ``time_limit_s`` that is not a positive number and a ``gap`` outside [0, 1) raise
+    ValueError."""
+    from .tuner import check_limits, tune  # the MILP solver stack loads only when a search is asked for
+
+    check_limits(top_k, time_limit_s, gap)
 
     sp = _space(space, pins)
     m, c = load_model(model), load_cluster(cluster)
@@ -313,7 +325,8 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
         assert math.isclose(ev.step_time_s, cand.step_time_s, rel_tol=1e-9), (ev.step_time_s, cand.step_time_s)
         top.append(ev)
     return PlanResult(best=top[0] if top else None, top=top, diagnosis=list(res.diagnosis), seconds=res.seconds,
-                      layouts=res.groups, layouts_searched=res.groups_searched)
+                      layouts=res.groups, layouts_searched=res.groups_searched, bound_s=res.bound_s, gap=res.gap,
+                      timed_out=res.timed_out, summary=res.summary())
 
 
 def _as_list(ref: Any, load) -> list:

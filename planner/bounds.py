@@ -55,3 +55,16 @@ def sum_bound(counts: dict[str, int], grids: dict, t0s: dict, rho: np.ndarray, b
     vals = total[:, :, None] + rho[None, :, None] * np.atleast_1d(blocks)[None, None, :]
     best = vals.max(axis=1)
     return best[:, 0] if blocks.ndim == 0 else best
+
+
+def position_bound(coef: np.ndarray, dweight: np.ndarray, t_by_pos: list[np.ndarray], d_by_pos: list[np.ndarray],
+                   ns: np.ndarray, blocks: int, rho: np.ndarray) -> np.ndarray:
+    """Lower bound of ``Σ_i coef_i·T_i(n_i) + dweight_i·D_i(n_i)`` over splits ``Σ n_i = blocks`` (n_i in ``ns``), per
+    case: Lagrangian relaxation of the block budget, the best of the multipliers ``rho``. ``t_by_pos[i]`` and
+    ``d_by_pos[i]`` are (cases, len(ns)) floors of each position."""
+    total = None
+    for c, w, t, d in zip(coef, dweight, t_by_pos, d_by_pos):
+        val = c * t + (w * d if w else 0.0)                                     # (cases, n)
+        part = np.min(val[:, None, :] - rho[None, :, None] * ns[None, None, :], axis=2)   # (cases, rho)
+        total = part if total is None else total + part
+    return (total + rho[None, :] * blocks).max(axis=1)

@@ -13,9 +13,9 @@ from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint
+from .explain import alternatives, binding_constraint, cost_of, differences
 from .space import SearchSpace
-from .tuner import Candidate, TuneResult, tune
+from .tuner import Candidate, TuneResult, check_limits, tune
 
 
 
@@ -49,10 +49,29 @@ def top_table(result: TuneResult) -> Table:
     return table
 
 
-def _candidate_json(c: Candidate) -> dict:
+def runner_up_lines(result: TuneResult, num_layers: int) -> list[str]:
+    """Per row of the top table: the knobs that differ from #1 and what that costs; merged equivalent plans."""
+    out = []
+    best = result.top[0]
+    for i, c in enumerate(result.top):
+        same = f" (≡ {len(c.equivalent)} more plan{'s' if len(c.equivalent) > 1 else ''} with the same time and " \
+               "memory)" if c.equivalent else ""
+        if i == 0:
+            if same:
+                out.append(f"#1{same}")
+            continue
+        diff = "; ".join(differences(best.plan, c.plan, num_layers)) or "the same knobs"
+        out.append(f"#{i + 1}: {diff} — {cost_of(best.prediction, c.prediction)}{same}")
+    return out
+
+
+def _candidate_json(c: Candidate, best: Candidate, num_layers: int) -> dict:
     d = c.prediction.to_dict()
     d.pop("stages")
-    return {"plan": c.plan.to_dict(), "prediction": d, "gap": c.gap, "solver": c.status}
+    return {"plan": c.plan.to_dict(), "prediction": d, "solver_gap": c.gap, "solver": c.status,
+            "differs_from_best": differences(best.plan, c.plan, num_layers),
+            "cost_vs_best": cost_of(best.prediction, c.prediction) if c is not best else "",
+            "equivalent": [p.to_dict() for p in c.equivalent]}
 
 
 def register(app: typer.Typer) -> None:
@@ -64,9 +83,10 @@ def register(app: typer.Typer) -> None:
         global_batch_size: int = typer.Option(None, "--global-batch-size", "-b", help="Sequences per step."),
         seq_len: int = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
         job: str = typer.Option(None, "--job", help="Job file with global_batch_size and seq_len."),
-        top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list."),
-        time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take."),
-        gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap of the MILP."),
+        top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list (at least 1)."),
+        time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take (> 0)."),
+        gap: float = typer.Option(0.01, "--gap", help="Relative gap in [0, 1) within which the best plan is "
+                                  "proven optimal: layouts and cases whose bound is within it are not searched."),
         out: Path = typer.Option(None, "--output", "-o", help="Write the chosen plan YAML here."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         tp: int = typer.Option(None, "--tp", help="Pin the tensor-parallel degree."),
@@ -80,6 +100,10 @@ def register(app: typer.Typer) -> None:
         max_fp8_fraction: float = typer.Option(0.0, "--max-fp8-fraction", help="Share of blocks allowed in float8."),
         fp8_rotation_steps: int = typer.Option(100, "--fp8-rotation-steps", help="Rotate a partial float8 set every N steps."),
         schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
+        virtual_stages: int = typer.Option(None, "--virtual-stages", help="Pin the chunks per rank of Interleaved1F1B."),
+        sequence_parallel: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
+                                               help="Pin sequence parallelism on or off (tp > 1)."),
+        fp8_recipe: str = typer.Option(None, "--fp8-recipe", help="Pin the float8 recipe: tensorwise or rowwise."),
         cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
         verify: bool = typer.Option(False, "--verify", help="Re-rank the top plans by traced memory "
                                     "(`loadmaster verify`; needs a CUDA build of torch)."),
@@ -91,8 +115,11 @@ def register(app: typer.Typer) -> None:
             seq_len = seq_len or j.seq_len
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
+        check_limits(top_k, time_limit, gap)
+        pins = {k: (v,) for k, v in (("virtual_stages", virtual_stages), ("sequence_parallel", sequence_parallel),
+                                     ("fp8_recipes", fp8_recipe)) if v is not None}
         space = SearchSpace(
-            tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
+            **pins, tp=tp, pp=pp, dp=dp, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
             recompute=(recompute,) if recompute else SearchSpace.recompute,
             compile=(compile_,) if compile_ is not None else SearchSpace.compile,
@@ -116,13 +143,17 @@ def register(app: typer.Typer) -> None:
             result = rerank_verified(result, model, cluster, show=not as_json)
         if out is not None and result.best is not None:
             out.write_text(result.best.plan.to_yaml())
+        L = load_model(model).num_hidden_layers
         if as_json:
-            print_json({"best": _candidate_json(result.best) if result.best else None,
-                        "top": [_candidate_json(c) for c in result.top], "seconds": result.seconds,
+            best = result.best
+            print_json({"best": _candidate_json(best, best, L) if best else None,
+                        "top": [_candidate_json(c, best, L) for c in result.top], "seconds": result.seconds,
                         "layouts": result.groups, "layouts_searched": result.groups_searched,
-                        "diagnosis": result.diagnosis})
+                        "layouts_ruled_out": result.groups_pruned, "timed_out": result.timed_out,
+                        "bound_s": result.bound_s, "gap": result.gap if best else None,
+                        "summary": result.summary(), "diagnosis": result.diagnosis})
         else:
-            _print_result(result, model, cluster, out)
+            _print_result(result, model, cluster, out, L)
         if result.best is None:
             raise typer.Exit(1)
 
@@ -157,20 +188,19 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
 
-def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None) -> None:
+def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None, num_layers: int) -> None:
     if result.best is None:
-        console.print("[bold red]no plan fits.[/]")
+        head = "time limit reached before any plan." if result.timed_out else "no plan fits."
+        console.print(f"[bold red]{head}[/] {result.summary()}")
         for line in result.diagnosis:
             console.print(f"  • {line}")
         return
     console.print(top_table(result))
+    for line in runner_up_lines(result, num_layers):
+        console.print(f"  {line}", highlight=False)
+    console.print(result.summary())
     best = result.best
-    console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
-                  f"solver: {best.status}, gap {best.gap:.2%}")
     console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
-    for i, c in enumerate(result.top[1:], start=2):
-        d = c.step_time_s / best.step_time_s - 1
-        console.print(f"  #{i} is {d:+.1%} slower")
     if out is not None:
         console.print(f"plan written to [bold]{out}[/]; run it with `loadmaster launch {out} --model {model}`")
     else:

@@ -93,3 +93,41 @@ def alternatives(model: ModelSpec, cluster: ClusterSpec, plan: Plan, pred: Predi
                       f"({moved[k]:+.3f} s)")
         out.append(Alternative(label, alt, ap, delta, reason))
     return sorted(out, key=lambda a: (not a.prediction.feasible, a.delta_s))
+
+
+def _count(plan: Plan, key: str, L: int) -> str:
+    vals = plan.per_stage(key, L)
+    return str(vals[0]) if len(set(vals)) == 1 else "/".join(map(str, vals))
+
+
+def differences(ref: Plan, other: Plan, num_layers: int) -> list[str]:
+    """The knobs in which ``other`` differs from ``ref``, each as ``key ref→other`` (per-stage counts joined by
+    '/'), in plan-key order."""
+    out = []
+    layout = lambda p: f"tp{p.tp}·pp{p.pp}{f'×{p.virtual_stages}' if p.virtual_stages > 1 else ''}·dp{p.dp}"  # noqa
+    if layout(ref) != layout(other):
+        out.append(f"layout {layout(ref)}→{layout(other)}")
+    for key, label in (("micro_batch_size", "micro-batch"), ("zero", "zero"), ("recompute", "checkpointing"),
+                       ("compile", "compile"), ("grad_reduce", "grad reduce"), ("sequence_parallel", "seq. parallel"),
+                       ("fp8_recipe", "float8 recipe"), ("pp_schedule", "schedule")):
+        a, b = getattr(ref, key), getattr(other, key)
+        if a != b and not (key == "fp8_recipe" and not (any(ref.per_stage("fp8_layers", num_layers))
+                                                        and any(other.per_stage("fp8_layers", num_layers)))):
+            out.append(f"{label} {a}→{b}")
+    same_split = ref.num_stages == other.num_stages
+    if same_split and ref.stage_layers(num_layers) != other.stage_layers(num_layers):
+        out.append(f"split {'/'.join(map(str, ref.stage_layers(num_layers)))}"
+                   f"→{'/'.join(map(str, other.stage_layers(num_layers)))}")
+    for key, label in (("recompute_layers", "checkpointed"), ("offload_activation_layers", "act. offloaded"),
+                       ("offload_state_layers", "state offloaded"), ("fp8_layers", "float8")):
+        a, b = _count(ref, key, num_layers), _count(other, key, num_layers)
+        if a != b:
+            out.append(f"{label} {a}→{b}")
+    return out
+
+
+def cost_of(ref: Prediction, other: Prediction) -> str:
+    """What a runner-up costs against the best: step time and peak memory, relative and absolute."""
+    dt = other.step_time_s / ref.step_time_s - 1
+    dm = (other.peak_memory_bytes - ref.peak_memory_bytes) / GiB
+    return f"{dt:+.1%} step time, {dm:+.1f} GiB peak"

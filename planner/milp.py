@@ -241,3 +241,49 @@ def solve(options: list[Options], L: int, M: int, v: int = 1, *, time_limit_s: f
         picks, obj = warm.picks, warm.objective
     return Choice(picks, obj, min(bound, obj) if math.isfinite(bound) else 0.0,
                   "time limit (incumbent)" if timed_out else "optimal", time.perf_counter() - t0)
+
+
+def floor_bound(T: np.ndarray, D: np.ndarray, ns: np.ndarray, L: int, M: int, v: int = 1, n_taus: int = 32
+                ) -> np.ndarray:
+    """Lower bounds of the step time from per-rank floors, one per case: ``T[c, i, j]`` and ``D[c, i, j]`` bound the
+    time per micro-batch and the once-per-step extra of every candidate of case c's rank i with ``ns[j]`` blocks
+    (inf: none fits).
+
+    As in ``split_dp``, for each Tmax τ and weights λ (the first rank, the last, all equally)
+    ``step ≥ a·τ + Σ_j w_j·T_j + Σ_k λ_k·D_k`` with ``w_j = b − Σ_{k>j} λ_k``; a rank with w_j ≥ 0 counts its floor,
+    one with w_j < 0 counts τ (its T is at most τ). A dynamic programme over ranks and blocks used minimises it for
+    a grid of τ per case: for τ between grid points τ_k ≤ τ < τ_k+1 the bound takes a·τ_k and the programme's value
+    at τ_k+1 (which never rises with τ)."""
+    a, b = coefficients(M, v)
+    C, pp, N = T.shape
+    lams = np.unique(np.array([np.eye(pp)[0], np.eye(pp)[pp - 1], np.full(pp, 1.0 / pp)]), axis=0)
+    after = np.concatenate([np.cumsum(lams[:, ::-1], axis=1)[:, ::-1][:, 1:], np.zeros((len(lams), 1))], axis=1)
+    w = b - after                                                                     # (λ, ranks)
+    pos, neg = np.maximum(w, 0.0), np.minimum(w, 0.0).sum(axis=1)
+    # a τ grid per case, from the largest of the ranks' least floors to the largest finite floor
+    fin = np.where(np.isfinite(T), T, np.nan)
+    t_low = np.nanmax(np.nanmin(fin, axis=2), axis=1)                                # (C,)
+    t_high = np.nanmax(fin.reshape(C, -1), axis=1)
+    grid = t_low[:, None] + (t_high - t_low)[:, None] * np.linspace(0, 1, n_taus)[None, :]   # (C, τ)
+    nl, nt = len(lams), n_taus
+    cost = np.full((C, nl, nt, L + 1), math.inf)
+    cost[..., 0] = 0.0
+    for i in range(pp):
+        new = np.full_like(cost, math.inf)
+        for j, n in enumerate(ns):
+            n = int(n)
+            if n > L:
+                continue
+            t, d = T[:, i, j], D[:, i, j]                                            # (C,)
+            val = pos[None, :, i] * t[:, None] + lams[None, :, i] * d[:, None]        # (C, λ)
+            c = np.where((t[:, None] <= grid)[:, None, :], val[:, :, None], math.inf)       # (C, λ, τ)
+            np.minimum(new[..., n:], cost[..., :L + 1 - n] + c[..., None], out=new[..., n:])
+        cost = new
+    g = cost[..., L]                                                                  # (C, λ, τ)
+    up = np.concatenate([g[..., 1:], g[..., -1:]], axis=2)
+    upper = np.concatenate([grid[:, 1:], grid[:, -1:]], axis=1)
+    per = a * grid[:, None, :] + up + neg[None, :, None] * upper[:, None, :]
+    per = np.where(np.isnan(per), math.inf, per)
+    out = per.max(axis=1).min(axis=1)
+    out[~np.isfinite(t_low)] = math.inf
+    return out

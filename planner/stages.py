@@ -57,6 +57,9 @@ from .space import Layout, Schedule, SearchSpace
 
 OUTPUTS = ("t_mb", "delta", "peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch",
            "accumulator_bytes", "host_state", "host_act_per_microbatch")
+MEMORY = ("peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch", "accumulator_bytes", "host_state",
+          "host_act_per_microbatch")
+"""The memory outputs: checkpointed and state-offloaded blocks change separate terms of each (planner.stages)."""
 STAGE_SET = ("l", "r", "oa", "os", "f", "m", "acc")
 """Cost-model inputs the tables set per row; every other input comes from costmodel.prediction.stage_inputs."""
 FIT_MARGIN = 1e-9
@@ -64,13 +67,25 @@ FIT_MARGIN = 1e-9
 that predict would refuse."""
 
 
+_EVEN: dict[int, np.ndarray] = {}
+
+
 def even(x, v: int) -> np.ndarray:
     """``x`` (array) spread over ``v`` chunks in order: shape (len(x), v)."""
-    x = np.asarray(x, dtype=np.int64)[:, None]
+    x = np.asarray(x, dtype=np.int64)
     if v == 1:
-        return x
-    j = np.arange(v)[None, :]
-    return x // v + (j < x % v)
+        return x[:, None]
+    top = int(x.max()) + 1 if len(x) else 1
+    table = _EVEN.get(v)
+    if table is None or len(table) < top:
+        xs = np.arange(max(top, 512))[:, None]
+        table = _EVEN[v] = xs // v + (np.arange(v)[None, :] < xs % v)
+    return table[x]
+
+
+def rank_sum(x: np.ndarray) -> np.ndarray:
+    """(rows, v) → (rows,): a rank's total over its chunks."""
+    return x[:, 0] if x.shape[1] == 1 else x.sum(axis=1)
 
 
 def roles(pp: int) -> list[str]:
@@ -98,6 +113,8 @@ class Context:
     fn: object = None
     gpu_limit: float = 0.0
     host_limit: float = 0.0
+    separable: bool = True
+    """Memory rebuilt from the two axes matched the cost model on every row checked so far."""
 
     def __post_init__(self) -> None:
         self.fn = stage_model(OUTPUTS)
@@ -178,37 +195,43 @@ class RoleTable:
         self.oa_t = None          # per-block offload slopes, costed on first use (add)
 
     def _cost(self, case: np.ndarray, n, r, oa, os_, f) -> dict[str, np.ndarray]:
-        """Cost rows of rank-level counts (arrays over rows) spread over the chunks: outputs of shape (rows, v).
-        Chunks with the same case, role in the model and counts are costed once (an interleaved rank's chunks
-        repeat a few shapes)."""
+        """Cost rows of rank-level counts (arrays over rows) spread over the chunks: outputs of shape (rows, v)."""
+        args, finish = self._cost_args(case, n, r, oa, os_, f)
+        return finish(self.ctx.fn(**args))
+
+    def _cost_args(self, case: np.ndarray, n, r, oa, os_, f):
+        """The cost model's arguments for rows of rank-level counts, and the function that turns its outputs into
+        arrays (rows, v). Chunks with the same case, role in the model and counts are costed once (an interleaved
+        rank's chunks repeat a few shapes)."""
         v, rows = self.v, len(case)
         chunk = {"l": even(n, v), "r": even(r, v), "os": even(os_, v), "f": np.asarray(f).reshape(rows, v),
                  "oa": even(np.asarray(r) + np.asarray(oa), v) - even(r, v)}
         ci = np.repeat(case, v)
-        kind = np.tile(self.chunk_kind, rows)
         cols = {k: x.ravel().astype(np.int64) for k, x in chunk.items()}
+        inverse = None
         if v > 1:
-            key = ci * 4 + kind
+            key = ci * 4 + np.tile(self.chunk_kind, rows)
             for k in ("l", "r", "oa", "os", "f"):
                 key = key * 256 + cols[k]
-            uniq, first_at, inverse = np.unique(key, return_index=True, return_inverse=True)
-            sel = first_at
+            _, sel, inverse = np.unique(key, return_index=True, return_inverse=True)
+            pick = lambda x: x[sel]  # noqa: E731
         else:
-            sel = None
-        pick = (lambda x: x) if sel is None else (lambda x: x[sel])  # noqa: E731
+            pick = lambda x: x  # noqa: E731
         args = {k: (val if isinstance(val, float) else pick(val[ci])) for k, val in self.inputs.items()}
         for k, x in self.chunk_inputs.items():
             args[k] = float(x[0]) if v == 1 else pick(np.tile(x, rows))
         args.update({k: pick(x).astype(float) for k, x in cols.items()})
         args["m"], args["acc"] = 0.0, 0.0
-        out = self.ctx.fn(**args)
-        n_eval = rows * v if sel is None else len(sel)
+        n_eval = rows * v if inverse is None else len(sel)
         self.rows_costed += n_eval
-        res = {}
-        for k, x in out.items():
-            x = np.broadcast_to(np.asarray(x, dtype=float), (n_eval,))
-            res[k] = (x if sel is None else x[inverse.ravel()]).reshape(rows, v)
-        return res
+
+        def finish(out: dict) -> dict:
+            res = {}
+            for k, x in out.items():
+                x = np.broadcast_to(np.asarray(x, dtype=float), (n_eval,))
+                res[k] = (x if inverse is None else x[inverse.ravel()]).reshape(rows, v)
+            return res
+        return args, finish
 
     def _fp8_counts(self, case: np.ndarray, n: np.ndarray, on: np.ndarray) -> np.ndarray:
         """Float8 blocks per chunk, (rows, v): the most the user allows in each chunk where ``on``, else 0."""
@@ -229,58 +252,162 @@ class RoleTable:
         self.oa_gpu, self.oa_host = -diff("act_per_microbatch"), diff("host_act_per_microbatch")
 
     # ---- rows --------------------------------------------------------------------------------------------
-    def _grid(self, ns: list[int], full: bool, case_ids=None) -> dict[str, np.ndarray]:
-        """Rank-level rows: every case (of ``case_ids``) × block count × r × os × float8 choice (``full``), or only
-        the memory-blind fastest (least r, no offload) for the lower bound."""
+    def _grid(self, ns, case_ids=None, r_vals=None, os_vals=None) -> dict[str, np.ndarray]:
+        """Rank-level rows: every case (of ``case_ids``) × block count × r × os × float8 choice. ``r_vals(n)`` and
+        ``os_vals(n)`` give the counts to use (default: every count the space allows)."""
         ctx, v = self.ctx, self.v
         case_ids = np.arange(len(self.cases)) if case_ids is None else np.asarray(case_ids, dtype=np.int64)
-        if full:
-            parts = []
-            for n in ns:   # one block of rows per block count, shared by every case
-                rs = np.arange(min(ctx.r_min(v), n), n + 1)
-                oss = np.arange(0, n + 1) if ctx.space.offload else np.array([0])
-                R, O, F = np.meshgrid(rs, oss, (0, 1), indexing="ij")
-                parts.append((np.full(R.size, n), R.ravel(), O.ravel(), F.ravel()))
-            n, r, os_, fon = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        else:
-            n = np.repeat(np.asarray(ns, dtype=np.int64), 2)
-            r = np.minimum(ctx.r_min(v), n)
-            os_, fon = np.zeros_like(n), np.tile([0, 1], len(ns))
+        parts = []
+        for n in ns:   # one block of rows per block count, shared by every case
+            rs = r_vals(n) if r_vals else np.arange(min(ctx.r_min(v), n), n + 1)
+            oss = (os_vals(n) if os_vals else np.arange(0, n + 1)) if ctx.space.offload else np.array([0])
+            R, O, F = np.meshgrid(rs, oss, (0, 1), indexing="ij")
+            parts.append((np.full(R.size, n), R.ravel(), O.ravel(), F.ravel()))
+        n, r, os_, fon = (np.concatenate([p[i] for p in parts]) for i in range(4))
         none = np.array([self.cases[c]["recompute"] == "none" for c in case_ids])
         fp8 = np.array([fp8_allowed(ctx.space, self.cases[c]) for c in case_ids])
         keep = (~none[:, None] | (r[None, :] == 0)) & (fp8[:, None] | (fon[None, :] == 0))
         ci, ri = np.nonzero(keep)
-        return {"case": case_ids[ci], "n": n[ri], "r": r[ri], "os": os_[ri], "fon": fon[ri].astype(bool)}
+        rows = {"case": case_ids[ci], "n": n[ri], "r": r[ri], "os": os_[ri], "fon": fon[ri].astype(bool)}
+        f = self._fp8_counts(rows["case"], rows["n"], rows["fon"])
+        dup = rows["fon"] & (f.sum(axis=1) == 0)     # float8 on but none fits the share: the f = 0 row again
+        rows = {k: x[~dup] for k, x in rows.items()}
+        rows["f_chunks"] = f[~dup]
+        rows["f"] = rows["f_chunks"].sum(axis=1)
+        return rows
 
     def _evaluate(self, rows: dict) -> dict:
-        f = self._fp8_counts(rows["case"], rows["n"], rows["fon"])
-        if rows["fon"].any():   # float8 chosen but none fits the share (e.g. 1 block at 50 %): drop the duplicate
-            keep = ~rows["fon"] | (f.sum(axis=1) > 0)
-            rows = {k: x[keep] for k, x in rows.items()}
-            f = f[keep]
-        out = self._cost(rows["case"], rows["n"], rows["r"], np.zeros_like(rows["r"]), rows["os"], f)
-        rows["f"] = f.sum(axis=1)
-        rows["f_chunks"] = f
-        return rows, out
+        return self._cost(rows["case"], rows["n"], rows["r"], np.zeros_like(rows["r"]), rows["os"], rows["f_chunks"])
 
-    def t0(self, ns: list[int]) -> np.ndarray:
+    def t0_rows(self, ns) -> dict:
+        """The rows ``t0`` costs: for each count, the least r, no offload, float8 off and (where allowed) on."""
+        ctx, v = self.ctx, self.v
+        ns = np.asarray(ns, dtype=np.int64)
+        C = len(self.cases)
+        case = np.repeat(np.arange(C), 2 * len(ns))
+        n = np.tile(np.repeat(ns, 2), C)
+        fon = np.tile([False, True], C * len(ns))
+        fp8 = np.array([fp8_allowed(ctx.space, c) for c in self.cases])
+        rows = {"case": case, "n": n, "r": np.minimum(ctx.r_min(v), n), "os": np.zeros_like(n), "fon": fon}
+        f = self._fp8_counts(case, n, fon)
+        keep = ~fon | (fp8[case] & (f.sum(axis=1) > 0))
+        rows = {k: x[keep] for k, x in rows.items()}
+        rows["f_chunks"] = f[keep]
+        return rows
+
+    def t0(self, ns, costed: tuple[dict, dict] | None = None, dense=None) -> np.ndarray | None:
         """Memory-blind least time per micro-batch, (cases, len(ns)): no checkpointing beyond the least the space
         allows, no offload, the faster float8 choice. Every candidate with that block count is at least this slow
-        (time never falls with more checkpointed or offloaded blocks)."""
-        rows, out = self._evaluate(self._grid(ns, full=False))
-        T = out["t_mb"].sum(axis=1)
-        res = np.full((len(self.cases), len(ns)), math.inf)
-        pos = {n: i for i, n in enumerate(ns)}
-        col = np.array([pos[int(n)] for n in rows["n"]])
-        np.minimum.at(res, (rows["case"], col), T)
+        (time never falls with more checkpointed or offloaded blocks).
+
+        Every block of a rank costs the same in the cost model, so this time is linear in the block count: it is
+        costed at five counts (``t0_sample``; ``costed`` = those rows and their outputs when the caller batched
+        them), and at every count only for the cases where those five are not on one line (``dense`` = the caller's
+        batch of those; None when it is needed comes back as None: cost ``t0_rows(ns)`` of them and call again)."""
+        ns = np.asarray(ns, dtype=np.int64)
+        sample = self.t0_sample(ns)
+        if costed is None:
+            rows = self.t0_rows(sample)
+            costed = (rows, self._evaluate(rows))
+        rows, out = costed
+        T = rank_sum(out["t_mb"])
+        C = len(self.cases)
+        res = np.full((C, len(ns)), math.inf)
+        key = rows["case"] * 2 + rows["fon"]
+        col = np.searchsorted(sample, rows["n"])
+        Y = np.full((2 * C, len(sample)), np.nan)
+        Y[key, col] = T
+        present = np.zeros(2 * C, dtype=bool)
+        present[key] = True
+        full = present & ~np.isnan(Y).any(axis=1)
+        x = sample.astype(float)
+        if len(sample) > 1:
+            slope = (Y[:, -1] - Y[:, 0]) / (x[-1] - x[0])
+            line_ok = np.all(np.isclose(Y, Y[:, :1] + slope[:, None] * (x[None, :] - x[0]), rtol=1e-9, atol=1e-12),
+                             axis=1)
+        else:
+            slope, line_ok = np.zeros(len(Y)), np.ones(len(Y), dtype=bool)
+        good = full & line_ok
+        lines = np.where(good[:, None], Y[:, :1] + slope[:, None] * (ns[None, :] - x[0]), math.inf)
+        res = np.minimum(lines[0::2], lines[1::2])
+        if (present & ~good).any():
+            if dense is None:
+                drows = self.t0_rows(ns)
+                dense = (drows, self._evaluate(drows))
+            drows, dout = dense
+            bad = np.unique(np.nonzero(present & ~good)[0] // 2)
+            sel = np.isin(drows["case"], bad)
+            res[bad] = math.inf
+            np.minimum.at(res, (drows["case"][sel], np.searchsorted(ns, drows["n"][sel])),
+                          rank_sum(dout["t_mb"])[sel])
         return res
+
+    @staticmethod
+    def t0_sample(ns: np.ndarray) -> np.ndarray:
+        return np.unique(ns[[0, min(1, len(ns) - 1), len(ns) // 2, max(len(ns) - 2, 0), len(ns) - 1]])
+
+    # ---- the two axes, and what they tell about the rows between them ----------------------------------------
+    def _axes(self, rows: dict) -> np.ndarray:
+        return (rows["r"] == np.minimum(self.ctx.r_min(self.v), rows["n"])) | (rows["os"] == 0)
+
+    def _lookup(self, a_rows: dict):
+        base = 256
+
+        def key(c, n, r, o, f):
+            return (((c.astype(np.int64) * base + n) * base + r) * base + o) * 2 + f.astype(np.int64)
+        keys = key(a_rows["case"], a_rows["n"], a_rows["r"], a_rows["os"], a_rows["fon"])
+        order = np.argsort(keys)
+        skeys = keys[order]
+
+        def find(c, n, r, o, f):
+            k = key(c, n, r, o, f)
+            i = np.clip(np.searchsorted(skeys, k), 0, max(len(skeys) - 1, 0))
+            found = skeys[i] == k if len(skeys) else np.zeros(len(k), dtype=bool)
+            return np.where(found, order[i] if len(order) else 0, -1)
+        return find
+
+    def _between(self, a_rows: dict, a_out: dict, rows: dict, r_ref=None) -> dict:
+        """For rows off the axes: their memory terms, rebuilt from the axes — ``X(r, os) = X(r, 0) + X(r0, os) −
+        X(r0, 0)`` (checkpointing and state offload change separate memory terms, checked by ``_check``) — and a
+        floor of their time per micro-batch, ``max(T(r, 0), T(r0, os))`` (time never falls with either count).
+        ``r_ref`` (optional) takes the r of the axis row to read instead of each row's own (coarse axes)."""
+        find = self._lookup(a_rows)
+        c, n, o, f = rows["case"], rows["n"], rows["os"], rows["fon"]
+        r = rows["r"] if r_ref is None else r_ref
+        r0 = np.minimum(self.ctx.r_min(self.v), n)
+        i_r, i_o, i_0 = find(c, n, r, np.zeros_like(o), f), find(c, n, r0, o, f), find(c, n, r0, np.zeros_like(o), f)
+        ok = (i_r >= 0) & (i_o >= 0) & (i_0 >= 0)
+        i_r, i_o, i_0 = (np.maximum(i, 0) for i in (i_r, i_o, i_0))
+        v = self.v
+        stack = np.concatenate([a_out[k] for k in MEMORY], axis=1)           # (axis rows, keys·v)
+        rebuilt = stack[i_r] + stack[i_o] - stack[i_0]
+        out = {k: rebuilt[:, j * v:(j + 1) * v] for j, k in enumerate(MEMORY)}
+        T = rank_sum(a_out["t_mb"])
+        return {"mem": out, "floor": np.where(ok, np.maximum(T[i_r], T[i_o]), -math.inf),
+                "D_os": rank_sum(a_out["delta"])[i_o], "ok": ok}
+
+    def _check(self, rows: dict, between: dict, out: dict) -> None:
+        """Compare rebuilt memory and time floors with the cost model's own values on (up to 64 of the) costed rows;
+        a mismatch turns the rebuilding off for the rest of the search (everything is then costed)."""
+        n = len(rows["r"])
+        if not n:
+            return
+        pick = np.unique(np.linspace(0, n - 1, min(n, 64)).astype(int))
+        got = np.concatenate([between["mem"][k][pick] for k in MEMORY], axis=1)
+        want = np.concatenate([out[k][pick] for k in MEMORY], axis=1)
+        T = rank_sum(out["t_mb"][pick])
+        if not np.allclose(got, want, rtol=1e-9, atol=1.0) or np.any(T < between["floor"][pick] * (1 - 1e-12) - 1e-15):
+            self.ctx.separable = False
+        if self.g.pp > 1 and not np.allclose(between["D_os"][pick], rank_sum(out["delta"][pick]), rtol=1e-9,
+                                             atol=1e-12):
+            self.ctx.separable = False
 
     # ---- exact candidates ----------------------------------------------------------------------------------
     def add(self, ns, cases=None, cap=None) -> None:
         """Cost every candidate of the block counts ``ns`` (for the case indices ``cases``, default all) not costed
         yet, and keep, per m, the reduced set. ``cap(case, n)`` (arrays) is a time per micro-batch at or above
-        which a candidate cannot win (a ``Cap``); candidates whose floor (below) reaches it are not costed, and the
-        cap they were cut at is kept as their least time."""
+        which a candidate cannot win (a ``Cap``); candidates whose floor reaches it are not costed, and the cap
+        they were cut at is kept as their least time."""
         cases = range(len(self.cases)) if cases is None else [int(c) for c in cases]
         todo: dict[int, list[int]] = {}
         for c in cases:
@@ -299,13 +426,9 @@ class RoleTable:
     def _add(self, ns: list[int], cases: list[int], cap) -> None:
         if self.oa_t is None:
             self._offload_slopes()
-        grid = self._grid(ns, full=True, case_ids=cases)
-        if cap is None:
-            rows, out = self._evaluate(grid)
-        else:
-            rows, out = self._capped(grid, cap)
+        rows, out = self._candidates(self._grid(ns, case_ids=cases), cap)
         ci = rows["case"]
-        T0, D0 = out["t_mb"].sum(axis=1), out["delta"].sum(axis=1)
+        T0, D0 = rank_sum(out["t_mb"]), rank_sum(out["delta"])
         pfb = np.maximum(out["peak_forward"], out["peak_backward"])
         for m in self.ms:
             oa, ok = self._least_offload(rows, out, pfb, m)
@@ -313,42 +436,124 @@ class RoleTable:
             D = D0 + oa * self.oa_d[ci]
             self._keep(m, rows, oa, T, D, ok)
 
-    def _capped(self, grid: dict, cap) -> tuple[dict, dict]:
-        """Cost the rows on the two axes (least r, or no state offload) first; of the rest, only those whose floor
-        ``max(T(r, 0), T(r_least, os))`` is below the cap. The floor holds because a rank's time never falls with
-        one more checkpointed block (its compute grows and overlap hides at most that) or one more state-offloaded
-        block (its host copies add to the exposed time)."""
-        r_lo = np.minimum(self.ctx.r_min(self.v), grid["n"])
-        axis = (grid["r"] == r_lo) | (grid["os"] == 0)
-        a_rows, a_out = self._evaluate({k: x[axis] for k, x in grid.items()})
-        T = a_out["t_mb"].sum(axis=1)
-        base = max(int(grid["n"].max()) + 1, 2)
-
-        def key(c, n, r, o, f):
-            return (((c * base + n) * base + r) * base + o) * 2 + f
-        keys = key(a_rows["case"], a_rows["n"], a_rows["r"], a_rows["os"], a_rows["fon"].astype(np.int64))
-        order = np.argsort(keys)
-        skeys, sT = keys[order], T[order]
-
-        def look(k):
-            i = np.clip(np.searchsorted(skeys, k), 0, len(skeys) - 1)
-            return np.where(skeys[i] == k, sT[i], -math.inf)    # float8 row dropped as a duplicate: no floor
+    def _candidates(self, grid: dict, cap) -> tuple[dict, dict]:
+        """Cost the rows on the two axes (least r, or no state offload); of the rows between, only those that fit at
+        the role's fewest micro-batches in flight and whose time floor (plus the least activation offload) is
+        below the cap. Rebuilt memory and floors are checked on the rows costed (``_check``)."""
+        axis = self._axes(grid)
+        a_rows = {k: x[axis] for k, x in grid.items()}
+        a_out = self._evaluate(a_rows)
         rest = {k: x[~axis] for k, x in grid.items()}
-        c, n, r, o, f = rest["case"], rest["n"], rest["r"], rest["os"], rest["fon"].astype(np.int64)
-        floor = np.maximum(look(key(c, n, r, 0, f)), look(key(c, n, np.minimum(self.ctx.r_min(self.v), n), o, f)))
-        limit = cap.time(c, n)
-        go = floor < limit
-        if (~go).any():    # the least time of what was cut: at least its cap
-            for cc, nn, lim in zip(c[~go], n[~go], limit[~go]):
-                k = (int(cc), int(nn))
-                self.cut[k] = min(self.cut.get(k, math.inf), float(lim))
-                self.cut_step[int(cc)] = min(self.cut_step.get(int(cc), math.inf), cap.step)
+        if not len(rest["r"]):
+            return a_rows, a_out
+        go = np.ones(len(rest["r"]), dtype=bool)
+        btw = None
+        if self.ctx.separable:
+            btw = self._between(a_rows, a_out, rest)
+            pfb = np.maximum(btw["mem"]["peak_forward"], btw["mem"]["peak_backward"])
+            oa, fits = self._least_offload(rest, btw["mem"], pfb, self.ms[0])
+            floor = btw["floor"] + oa * self.oa_t[rest["case"]]
+            go = fits | ~btw["ok"]
+            if cap is not None:
+                limit = cap.time(rest["case"], rest["n"])
+                cut = go & btw["ok"] & (floor >= limit)
+                if cut.any():
+                    key = rest["case"][cut] * 4096 + rest["n"][cut]
+                    uniq, inv = np.unique(key, return_inverse=True)
+                    least = np.full(len(uniq), math.inf)
+                    np.minimum.at(least, inv.ravel(), limit[cut])
+                    for kk, lim in zip(uniq, least):
+                        k = (int(kk // 4096), int(kk % 4096))
+                        self.cut[k] = min(self.cut.get(k, math.inf), float(lim))
+                        self.cut_step[k[0]] = min(self.cut_step.get(k[0], math.inf), cap.step)
+                go &= ~cut
         if not go.any():
             return a_rows, a_out
-        g_rows, g_out = self._evaluate({k: x[go] for k, x in rest.items()})
+        g_rows = {k: x[go] for k, x in rest.items()}
+        g_out = self._evaluate(g_rows)
+        if btw is not None:
+            self._check(g_rows, {"mem": {k: x[go] for k, x in btw["mem"].items()}, "floor": btw["floor"][go],
+                                 "D_os": btw["D_os"][go]}, g_out)
+            if not self.ctx.separable:     # a model the rebuilding does not describe: cost every row
+                g_rows, g_out = rest, self._evaluate(rest)
         rows = {k: np.concatenate([a_rows[k], g_rows[k]]) for k in a_rows}
         out = {k: np.concatenate([a_out[k], g_out[k]]) for k in a_out}
         return rows, out
+
+    # ---- a memory-aware floor per block count (the bound) -------------------------------------------------------
+    def floors(self, ns: list[int], m: float, cases=None, samples: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Per (case, n): a floor of the time per micro-batch and of the once-per-step extra of every candidate with
+        n blocks that fits with ``m`` micro-batches in flight (inf where none can), from the full state-offload
+        axis and ``samples`` checkpoint counts: a candidate with r between samples r_k ≤ r < r_k+1 is at least as
+        slow as at r_k and needs at least the memory of r_k+1 (each count only lowers memory), and a rank needs at
+        least max(Σ chunk peaks − offloaded bytes, Σ optimizer peaks). Memory between the axes is rebuilt as in
+        ``_between``; without that rebuilding (``Context.separable`` False) the floors are the memory-blind ones
+        (time) and 0 (extra)."""
+        if self.oa_t is None:
+            self._offload_slopes()
+        ctx, v = self.ctx, self.v
+        cases = np.arange(len(self.cases)) if cases is None else np.asarray(cases, dtype=np.int64)
+        T1 = np.full((len(self.cases), len(ns)), -math.inf)
+        D1 = np.zeros((len(self.cases), len(ns)))
+        if not ctx.separable:
+            return T1, D1
+        C, Nn = len(cases), len(ns)
+        ns_a = np.asarray(ns, dtype=np.int64)
+        none = np.array([self.cases[c]["recompute"] == "none" for c in cases])
+        # padded axes: (count, sample) r values, (count, os) os values; padding repeats the last value
+        r0 = np.minimum(ctx.r_min(v), ns_a)
+        R = samples
+        r_pad = np.round(r0[:, None] + (ns_a - r0)[:, None] * np.linspace(0, 1, R)[None, :]).astype(np.int64)
+        O = int(ns_a.max()) + 1 if ctx.space.offload else 1
+        o_pad = np.minimum(np.arange(O)[None, :], ns_a[:, None]) if ctx.space.offload else np.zeros((Nn, 1), int)
+        # rows: r axis (case, count, r, float8) at os = 0, then os axis (case, count, os, float8) at r0
+        cr = np.broadcast_to(cases[:, None, None, None], (C, Nn, R, 2)).ravel()
+        nr = np.broadcast_to(ns_a[None, :, None, None], (C, Nn, R, 2)).ravel()
+        rr = np.broadcast_to(r_pad[None, :, :, None], (C, Nn, R, 2)).ravel()
+        fr = np.broadcast_to(np.array([0, 1])[None, None, None, :], (C, Nn, R, 2)).ravel()
+        co = np.broadcast_to(cases[:, None, None, None], (C, Nn, O, 2)).ravel()
+        no = np.broadcast_to(ns_a[None, :, None, None], (C, Nn, O, 2)).ravel()
+        ro = np.broadcast_to(r0[None, :, None, None], (C, Nn, O, 2)).ravel()
+        oo = np.broadcast_to(o_pad[None, :, :, None], (C, Nn, O, 2)).ravel()
+        fo = np.broadcast_to(np.array([0, 1])[None, None, None, :], (C, Nn, O, 2)).ravel()
+        cc, nn, rr_, oo_, ff = (np.concatenate(x) for x in ((cr, co), (nr, no), (rr, ro), (np.zeros_like(rr), oo),
+                                                             (fr, fo)))
+        f = self._fp8_counts(cc, nn, ff.astype(bool))
+        out = self._cost(cc, nn, rr_, np.zeros_like(rr_), oo_, f)
+        split = C * Nn * R * 2
+        fp8 = np.array([fp8_allowed(ctx.space, self.cases[c]) for c in cases])
+        ok_f = (ff[:split] == 0) | ((f[:split].sum(axis=1) > 0) & fp8[np.searchsorted(cases, cc[:split])])
+        ok_f = ok_f.reshape(C, Nn, R, 2)[:, :, 0, :]                            # (case, count, float8)
+        keys = ("peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch", "accumulator_bytes",
+                "host_state")
+        ax_r = {k: out[k][:split].reshape(C, Nn, R, 2, v) for k in keys + ("t_mb",)}
+        ax_o = {k: out[k][split:].reshape(C, Nn, O, 2, v) for k in keys + ("t_mb", "delta")}
+        nxt = np.minimum(np.arange(R) + 1, R - 1)                                # memory of the next r sample
+        acc = 1.0 if self.g.M > m else 0.0
+
+        def mem(k):    # (case, count, r, os, float8, chunk) at (next r sample, os); "none" cases keep r = 0
+            a = ax_r[k][:, :, nxt]
+            a = np.where(none[:, None, None, None, None], ax_r[k][:, :, :1], a)
+            return a[:, :, :, None] + ax_o[k][:, :, None] - ax_r[k][:, :, :1, None]
+        base = (np.maximum(mem("peak_forward"), mem("peak_backward")) + m * mem("act_per_microbatch")
+                + acc * mem("accumulator_bytes")).sum(axis=-1)
+        po = mem("peak_optimizer").sum(axis=-1)
+        host0 = mem("host_state").sum(axis=-1)
+        shape = (C, 1, 1, 1, 1)
+        oa = np.maximum(np.ceil((base - ctx.gpu_limit) / np.maximum(m * self.oa_gpu[cases], 1e-30).reshape(shape)
+                                - 1e-9), 0)
+        room = (ns_a[:, None] - r_pad)[None, :, :, None, None]
+        host = host0 + m * oa * self.oa_host[cases].reshape(shape)
+        fits = (oa <= room) & (po <= ctx.gpu_limit) & (host <= ctx.host_limit) & ok_f[:, :, None, None, :]
+        fits &= ~(none[:, None, None, None, None] & (np.arange(R)[None, None, :, None, None] > 0))
+        T = np.maximum(ax_r["t_mb"].sum(-1)[:, :, :, None, :], ax_o["t_mb"].sum(-1)[:, :, None, :, :]) \
+            + oa * self.oa_t[cases].reshape(shape)
+        D = np.broadcast_to(ax_o["delta"].sum(-1)[:, :, None, :, :], T.shape) if self.g.pp > 1 \
+            else np.zeros(T.shape)
+        T1[cases] = np.where(fits, T, math.inf).reshape(C, Nn, -1).min(axis=2)
+        D1[cases] = np.where(fits, D, math.inf).reshape(C, Nn, -1).min(axis=2)
+        D1[np.isinf(T1)] = math.inf
+        return T1, D1
 
     def _least_offload(self, rows: dict, out: dict, pfb: np.ndarray, m: float) -> tuple[np.ndarray, np.ndarray]:
         """Least activation-offloaded blocks with which a row fits the GPU at ``m`` micro-batches in flight, and
@@ -364,7 +569,7 @@ class RoleTable:
 
         def gpu(oa):
             shed = oa[:, None] if v == 1 else even(r + oa, v) - r_even
-            return np.maximum(base - m * shed * plain, po).sum(axis=1)
+            return rank_sum(np.maximum(base - m * shed * plain, po))
         lo, hi = np.zeros_like(room), room.copy()
         ok = gpu(hi) <= ctx.gpu_limit
         if v == 1:       # closed form, then one step either way for rounding
@@ -384,7 +589,7 @@ class RoleTable:
                 fits = gpu(mid) <= ctx.gpu_limit
                 hi = np.where(todo & fits, mid, hi)
                 lo = np.where(todo & ~fits, mid + 1, lo)
-        host = out["host_state"].sum(axis=1) + m * lo * self.oa_host[ci]
+        host = rank_sum(out["host_state"]) + m * lo * self.oa_host[ci]
         return lo, ok & (host <= ctx.host_limit)
 
     def _keep(self, m: float, rows: dict, oa: np.ndarray, T: np.ndarray, D: np.ndarray, ok: np.ndarray) -> None:
@@ -441,6 +646,41 @@ class RoleTable:
         """A lower bound of the step time of any plan using a candidate of this case that a cap cut (inf if none
         was cut): the threshold the cap came from."""
         return self.cut_step.get(case, math.inf)
+
+
+def cost_batch(ctx: Context, jobs: list[tuple["RoleTable", dict]], limit: int = 200_000) -> list[dict]:
+    """Cost the rows of several tables in as few calls of the cost model as fit ``limit`` rows each (each call has
+    a fixed cost of about a millisecond, whatever its length); returns each job's outputs (rows, v)."""
+    results: list[dict | None] = [None] * len(jobs)
+    prepared = [rt._cost_args(rows["case"], rows["n"], rows["r"], np.zeros_like(rows["r"]), rows["os"],
+                              rows["f_chunks"]) for rt, rows in jobs]
+    lengths = [_length(a) for a, _ in prepared]
+    i = 0
+    while i < len(prepared):
+        j, size = i, 0
+        while j < len(prepared) and (size == 0 or size + lengths[j] <= limit):
+            size += lengths[j]
+            j += 1
+        group, lens = prepared[i:j], lengths[i:j]
+        args = {}
+        for k in group[0][0]:
+            vals = [a[k] for a, _ in group]
+            if all(isinstance(x, float) for x in vals) and all(x == vals[0] for x in vals):
+                args[k] = vals[0]
+            else:
+                args[k] = np.concatenate([np.broadcast_to(np.asarray(x, dtype=float), (n,))
+                                          for x, n in zip(vals, lens)])
+        out = ctx.fn(**args)
+        at = 0
+        for idx, ((a, finish), n) in enumerate(zip(group, lens)):
+            results[i + idx] = finish({k: (x if np.ndim(x) == 0 else np.asarray(x)[at:at + n]) for k, x in out.items()})
+            at += n
+        i = j
+    return results
+
+
+def _length(args: dict) -> int:
+    return len(args["l"])
 
 
 @dataclass

@@ -21,6 +21,8 @@ distance to it.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import time
 import warnings
@@ -34,11 +36,11 @@ from costmodel.hardware import HardwareProfile, profile_for
 from costmodel.plan import even_split
 from costmodel.prediction import Prediction, predict
 
-from .bounds import block_grid, rho_candidates, sum_bound
+from .bounds import block_grid, position_bound, rho_candidates, sum_bound
 from .knobs import CASE_KNOBS, cases as all_cases
-from .milp import Choice, coefficients, solve, split_dp
+from .milp import Choice, coefficients, floor_bound, solve, split_dp
 from .space import Layout, Schedule, SearchSpace, layouts, micro_batches, probe_problem, schedules
-from .stages import Cap, Context, Options, RoleTable, case_inputs, even, in_flight_by_rank, role_of, roles
+from .stages import Cap, Context, Options, RoleTable, case_inputs, cost_batch, even, in_flight_by_rank, role_of, roles
 
 MILP_LIMIT_S = 2.5
 """Time limit of one case's MILP; one that runs out keeps its incumbent and its bound, which the certificate uses."""
@@ -245,6 +247,7 @@ class LayoutSearch:
         self.contrib: list[float] = []
         self.inputs: dict | None = None
         self.last_solve: dict = {}
+        self.refined: set[Schedule] = set()
 
     # ---- bounds -----------------------------------------------------------------------------------------
     def role_table(self, s: Schedule, role: str) -> RoleTable:
@@ -260,15 +263,32 @@ class LayoutSearch:
     def n_range(self, s: Schedule) -> tuple[int, int]:
         return s.v, self.L - (self.g.pp - 1) * s.v
 
-    def bound(self) -> float:
-        """The memory-blind lower bound of every (schedule, case); returns the least."""
-        g, best = self.g, math.inf
+    def bound_jobs(self) -> list:
+        """The rows the memory-blind bound needs (``t0``'s five counts per role), for the caller to cost in a
+        batch with other layouts'."""
+        jobs = []
         for s in self.schedules:
             lo, hi = self.n_range(s)
-            grids, t0s = {}, {}
-            for role in roles(g.pp):
-                grid = np.array([self.L]) if g.pp == 1 else block_grid(lo, hi, self.L / g.pp)
-                grids[role], t0s[role] = grid, self.role_table(s, role).t0(list(grid))
+            for role in roles(self.g.pp):
+                grid = np.array([self.L]) if self.g.pp == 1 else block_grid(lo, hi, self.L / self.g.pp)
+                rt = self.role_table(s, role)
+                jobs.append((s, role, grid, rt, rt.t0_rows(rt.t0_sample(grid))))
+        return jobs
+
+    def bound(self, jobs: list | None = None, costed: list | None = None) -> float:
+        """The memory-blind lower bound of every (schedule, case); returns the least. ``jobs`` and ``costed``: the
+        caller's ``bound_jobs()`` and the outputs of their rows, in order (None: cost them here)."""
+        g, best = self.g, math.inf
+        jobs = jobs if jobs is not None else self.bound_jobs()
+        if costed is None:
+            costed = cost_batch(self.search.ctx, [(rt, rows) for _, _, _, rt, rows in jobs])
+        by_s: dict = {}
+        for (s, role, grid, rt, rows), out in zip(jobs, costed):
+            by_s.setdefault(s, ({}, {}))
+            by_s[s][0][role] = grid
+            by_s[s][1][role] = rt.t0(grid, costed=(rows, out))
+        for s in self.schedules:
+            grids, t0s = by_s[s]
             self.t0[s] = (grids, t0s)
             if g.pp == 1:
                 lb = g.M * t0s["only"][:, 0]
@@ -279,6 +299,76 @@ class LayoutSearch:
             best = min(best, float(lb.min()))
         return best
 
+    def refine(self, s: Schedule) -> float:
+        """A memory- and extra-aware lower bound of every case of a pipeline schedule; returns the least.
+
+        Per role, the floors of planner.stages.RoleTable.floors at every count near the even split and at a
+        geometric sample of the others (a count between samples keeps the floors of the sample below it: time,
+        extra and memory never fall with more blocks), never below the memory-blind time; then for weights λ (the
+        first rank alone, all ranks equally) ``step ≥ Σ_i (a/pp + b − Σ_{k>i} λ_k)·T_i + λ_i·D_i`` (planner.milp),
+        minimised over splits by Lagrangian relaxation."""
+        g, L = self.g, self.L
+        if g.pp == 1:         # one rank: M·T + D at least M·(its time floor) + (its extra floor)
+            active = [int(c) for c in np.nonzero(self.lb[s] < self.search.threshold())[0]]
+            if active:
+                T1, D1 = self.role_table(s, "only").floors([L], 1.0, cases=active)
+                lb = self.lb[s].copy()
+                lb[active] = np.maximum(lb[active], g.M * T1[active, 0] + np.where(np.isinf(T1[active, 0]), 0,
+                                                                                    D1[active, 0]))
+                self.lb[s] = lb
+            self.refined.add(s)
+            return float(self.lb[s].min())
+        lo, hi = self.n_range(s)
+        e = L / g.pp
+        ns = np.arange(lo, hi + 1)
+        near = np.arange(max(lo, math.floor(e) - 2), min(hi, math.ceil(e) + 2) + 1)
+        samples = np.unique(np.concatenate([near, np.round(np.geomspace(lo, hi, 10)).astype(int), [lo, hi]]))
+        grids, t0s = self.t0[s]
+        m_all = in_flight_by_rank(s, g.pp, g.M)
+        active = [int(c) for c in np.nonzero(self.lb[s] < self.search.threshold())[0]]
+        if not active:
+            return float(self.lb[s].min())
+        # floors at the sampled counts stand for every count up to the next sample (they never fall with more
+        # blocks); the memory-blind time holds at every count
+        at = np.searchsorted(samples, ns, side="right") - 1
+        tb, db = {}, {}
+        for role in roles(g.pp):
+            m_role = min(float(m_all[i]) for i in range(g.pp) if role_of(i, g.pp) == role)
+            T1, D1 = self.role_table(s, role).floors(list(samples), m_role, cases=active)
+            t = np.maximum(t0s[role][active], T1[active][:, at])
+            d = D1[active][:, at]
+            d[np.isinf(t)] = 0.0
+            tb[role], db[role] = t, d
+        a, b = coefficients(g.M, s.v)
+        pos_roles = [role_of(i, g.pp) for i in range(g.pp)]
+        # no split at all: the ranks' largest feasible counts cannot add up to L
+        top = {r: np.array([ns[np.isfinite(row)].max() if np.isfinite(row).any() else -1 for row in tb[r]]) for r in tb}
+        short = sum(top[r] for r in pos_roles) < L
+        best = np.full(len(active), -math.inf)
+        for lam in (np.eye(g.pp)[0], np.full(g.pp, 1.0 / g.pp)):
+            after = np.concatenate([np.cumsum(lam[::-1])[::-1][1:], [0.0]])
+            coef = a / g.pp + b - after
+            slopes = np.concatenate([np.diff(c * tb[r] + w * db[r], axis=1).ravel()
+                                     for c, w, r in {(float(c), float(w), r) for c, w, r in zip(coef, lam, pos_roles)}])
+            slopes = np.unique(slopes[np.isfinite(slopes) & (slopes > 0)])
+            if len(slopes) > 64:
+                slopes = np.quantile(slopes, np.linspace(0, 1, 64))
+            rho = np.concatenate([[0.0], slopes])
+            val = position_bound(coef, lam, [tb[r] for r in pos_roles], [db[r] for r in pos_roles], ns, L, rho)
+            best = np.maximum(best, val)
+        best[short] = math.inf
+        if g.pp <= 8:       # the dynamic programme over splits with Tmax: stronger, and cheap for few ranks
+            live = np.nonzero(np.isfinite(best))[0]
+            if len(live):
+                Tf = np.stack([tb[r][live] for r in pos_roles], axis=1)
+                Df = np.stack([db[r][live] for r in pos_roles], axis=1)
+                best[live] = np.maximum(best[live], floor_bound(Tf, Df, ns, L, g.M, s.v))
+        lb = self.lb[s].copy()
+        lb[active] = np.maximum(lb[active], np.where(np.isnan(best), math.inf, best))
+        self.lb[s] = lb
+        self.refined.add(s)
+        return float(lb.min())
+
     def counts(self, without: str | None = None) -> dict[str, int]:
         c = {r: 0 for r in ("first", "middle", "last")}
         for i in range(self.g.pp):
@@ -288,23 +378,18 @@ class LayoutSearch:
         return c
 
     # ---- search -----------------------------------------------------------------------------------------
-    def run(self) -> None:
-        """Search every schedule and case the bound leaves open; record each one's lower bound."""
-        order = sorted(self.schedules, key=lambda s: float(self.lb[s].min()))
-        for s in order:
-            lb = self.lb[s]
-            if self.search.out_of_time():
-                self.contrib.append(float(lb.min()))
-                continue
-            active = [ci for ci in np.argsort(lb) if lb[ci] < self.search.threshold()]
-            if len(active) < len(lb):
-                self.contrib.append(float(np.delete(lb, active).min()) if active else float(lb.min()))
-            if not active:
-                continue
-            if self.g.pp == 1:
-                self.run_single(s, active)
-            else:
-                self.run_pipeline(s, active)
+    def run(self, s: Schedule) -> None:
+        """Search the cases of one schedule that the bound leaves open; record each one's lower bound."""
+        lb = self.lb[s]
+        active = [ci for ci in np.argsort(lb) if lb[ci] < self.search.threshold()]
+        if len(active) < len(lb):
+            self.contrib.append(float(np.delete(lb, active).min()) if active else float(lb.min()))
+        if not active:
+            return
+        if self.g.pp == 1:
+            self.run_single(s, active)
+        else:
+            self.run_pipeline(s, active)
 
     def run_single(self, s: Schedule, active: list[int]) -> None:
         g, search = self.g, self.search
@@ -469,6 +554,13 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
     ``progress(done, total, message)`` is called as layouts finish; ``diagnose`` False skips the diagnosis of an
     empty result (the diagnosis itself runs the tuner)."""
     check_limits(top_k, time_limit_s, gap)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):   # inf - inf in bounds of infeasible cases
+        return _tune(model, cluster, global_batch_size, seq_len, space, top_k=top_k, time_limit_s=time_limit_s,
+                     gap=gap, profile=profile, progress=progress, diagnose=diagnose)
+
+
+def _tune(model, cluster, global_batch_size, seq_len, space, *, top_k, time_limit_s, gap, profile, progress,
+          diagnose) -> TuneResult:
     t_start = time.perf_counter()
     space = space or SearchSpace()
     model_ref = model if isinstance(model, str) else None
@@ -489,32 +581,67 @@ def tune(model: ModelSpec | str, cluster: ClusterSpec | str, global_batch_size: 
         return result
     top = TopK(top_k)
     search = Search(ctx, top, gap, t_start + time_limit_s, (model_ref, cluster_ref))
-    searches, bounds = [], []
-    for g in groups:                       # bound every layout first: the order, and the certificate
+    # best first over (layout, schedule): a memory-blind bound for all, refined (pipelines) when first reached
+    queue: list = []
+    tick = itertools.count()
+    searched: set[int] = set()
+    contrib: list[float] = []
+    bounded = 0
+    searches: list[LayoutSearch] = []
+    batch: list = []
+
+    def bound_batch() -> None:       # one call of the cost model for many layouts' bounds
+        nonlocal bounded
+        jobs = [(ls, ls.bound_jobs()) for ls in batch]
+        flat = [(rt, rows) for _, js in jobs for _, _, _, rt, rows in js]
+        outs = cost_batch(ctx, flat)
+        at = 0
+        for ls, js in jobs:
+            ls.bound(js, outs[at:at + len(js)])
+            at += len(js)
+            bounded += 1
+            for s in ls.schedules:
+                heapq.heappush(queue, (float(ls.lb[s].min()), next(tick), ls.index, ls, s))
+        batch.clear()
+    for g in groups:
         if search.out_of_time():
-            result.timed_out = True
             break
         ls = LayoutSearch(search, g)
+        ls.index = len(searches)
         searches.append(ls)
-        bounds.append(ls.bound())
-    contrib: list[float] = [0.0] * (len(groups) - len(searches))    # layouts not even bounded
-    for n_done, i in enumerate(np.argsort(bounds, kind="stable")):
-        ls = searches[i]
+        batch.append(ls)
+        if len(batch) >= 16:
+            bound_batch()
+    if batch and not search.out_of_time():
+        bound_batch()
+    if bounded < len(groups):
+        result.timed_out = True
+        contrib.append(0.0)                   # layouts not even bounded
+    n_done = 0
+    while queue:
+        lb, _, gi, ls, s = queue[0]
+        if search.out_of_time():
+            result.timed_out = True
+            contrib.extend(item[0] for item in queue)
+            break
+        if lb >= search.threshold():
+            contrib.extend(item[0] for item in queue)     # every other item's bound is at least this
+            break
+        heapq.heappop(queue)
+        if s not in ls.refined:
+            new = ls.refine(s)
+            if new > lb:
+                heapq.heappush(queue, (new, next(tick), gi, ls, s))
+                continue
         if progress:
-            progress(n_done, len(groups), f"tp={ls.g.tp} pp={ls.g.pp} dp={ls.g.dp} mbs={ls.g.mbs}")
-        if search.out_of_time():
-            result.timed_out = True
-            contrib.append(bounds[i])
-            continue
-        if bounds[i] >= search.threshold():
-            result.groups_pruned += 1
-            contrib.append(bounds[i])
-            continue
-        result.groups_searched += 1
-        ls.run()
+            progress(len(searched), len(groups), f"tp={ls.g.tp} pp={ls.g.pp} dp={ls.g.dp} mbs={ls.g.mbs}")
+        searched.add(gi)
+        n_done += 1
+        ls.run(s)
         contrib.extend(ls.contrib)
-        if search.out_of_time():
-            result.timed_out = True
+        ls.contrib = []
+    result.groups_searched = len(searched)
+    result.groups_pruned = bounded - len(searched) if not result.timed_out else 0
     result.top = list(top.items)
     result.best = result.top[0] if result.top else None
     result.bound_s = max(0.0, min(contrib + [top.best()]))
