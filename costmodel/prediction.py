@@ -144,7 +144,7 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     layers = plan.stage_layers(model.num_hidden_layers)
     stages = [{"stage": i, "layers": layers[i],
                "peak_memory_bytes": float(out["peak"][i]), "t_microbatch_s": float(out["t_mb"][i]),
-               "delta_s": float(out["delta"][i])} for i in range(S)]
+               "delta_s": float(out["delta"][i]), "host_memory_bytes": float(out["host_bytes"][i])} for i in range(S)]
     return Prediction(
         feasible=not reasons, step_time_s=step, peak_memory_bytes=float(peak[worst]),
         tokens_per_s=tokens_s, tokens_per_s_per_gpu=tokens_s / world,

@@ -28,13 +28,19 @@ Chunks of an interleaved rank: its blocks and each count are spread as evenly as
 order (chunk j of ``x`` gets ``x // v + (j < x % v)``); offloaded-activation blocks follow the checkpointed ones.
 The tuner's interleaved space is these spreads (planner.knobs).
 
+Not every row is costed: the rows on the two axes (the least r, or no state offload) are; memory of the rows
+between is rebuilt from them (checkpointing and state offload change separate memory terms, ``_between``), their
+time has a floor (``max(T(r, 0), T(r0, os))``: time never falls with either count), and only those that fit and
+whose floor can still win are costed. The rebuilding is checked against the cost model on the rows costed; a
+mismatch turns it off (everything is then costed).
+
 For a pipeline each rank's candidates are reduced, per block count, to those no other candidate beats in both
 ``T`` (time per micro-batch) and ``T + D`` (``D``: the once-per-step extra): in the step time
-``a·max T + b·ΣT + max_i(D_i − Σ_{j<i} T_j)`` a rank's ``T`` lower by ε lowers ``b·ΣT`` by ≥ ε·b and raises the
-last term by ≤ ε, and with ``T + D`` not higher its own term does not rise — so such a candidate is never worse.
-(b = 1 for 1F1B and GPipe; for Interleaved1F1B b = 1/v but a = M − 1 + (v − 1)/v: ``a + b ≥ 1`` covers it
-because the rank's T counts in ``a·max T`` too only when it is the maximum; tests check the reduction against
-enumeration.)
+``a·max T + b·ΣT + max_i(D_i − Σ_{j<i} T_j)`` with b = 1 (1F1B, GPipe), a rank's ``T`` lower by ε lowers ``ΣT`` by
+ε and raises the last term by at most ε, and with ``T + D`` not higher its own term does not rise — so such a
+candidate is never worse. Under Interleaved1F1B (b = 1/v) a faster rank can hide less of a later rank's extra than
+it saves: the last rank keeps candidates no other beats in ``T`` and ``b·T + D``, the others one candidate per
+distinct ``T`` (the least ``D``).
 """
 from __future__ import annotations
 
@@ -172,7 +178,7 @@ class RoleTable:
     block count), the tuner's lower bound."""
 
     def __init__(self, ctx: Context, g: Layout, s: Schedule, role: str, cases: list[dict], ms: list[float],
-                 inputs: dict | None = None):
+                 inputs: dict | None = None, slopes: dict | None = None):
         self.ctx, self.g, self.s, self.role, self.cases = ctx, g, s, role, cases
         self.v = s.v
         self.ms = sorted(set(float(m) for m in ms))
@@ -190,9 +196,9 @@ class RoleTable:
         self.chunk_inputs = {"first": first, "last": last,
                              "nV": np.asarray(vocab_matrices(first, last, S, ctx.model.tie_word_embeddings), dtype=float)
                              * np.ones(s.v)}
-        flags = np.stack(list(self.chunk_inputs.values()), axis=1)
-        self.chunk_kind = np.unique(flags, axis=0, return_inverse=True)[1].ravel()
-        self.oa_t = None          # per-block offload slopes, costed on first use (add)
+        self.chunk_kind = (first + 2 * last).astype(np.int64)      # chunks that differ in the model
+        self.oa_t = None          # per-block offload slopes, costed on first use (or shared by the layout)
+        self._shared = slopes if slopes is not None else {}
 
     def _cost(self, case: np.ndarray, n, r, oa, os_, f) -> dict[str, np.ndarray]:
         """Cost rows of rank-level counts (arrays over rows) spread over the chunks: outputs of shape (rows, v)."""
@@ -209,7 +215,7 @@ class RoleTable:
         ci = np.repeat(case, v)
         cols = {k: x.ravel().astype(np.int64) for k, x in chunk.items()}
         inverse = None
-        if v > 1:
+        if v > 1 and rows * v > 4096:       # worth the sort: large interleaved batches repeat chunk shapes
             key = ci * 4 + np.tile(self.chunk_kind, rows)
             for k in ("l", "r", "oa", "os", "f"):
                 key = key * 256 + cols[k]
@@ -240,7 +246,12 @@ class RoleTable:
 
     def _offload_slopes(self) -> None:
         """Per case: time, once-per-step extra, GPU bytes per micro-batch and host bytes per micro-batch that one more
-        activation-offloaded block adds (two evaluations of one chunk, 0 and 1 offloaded blocks)."""
+        activation-offloaded block adds (two evaluations of one chunk, 0 and 1 offloaded blocks). A block's offload
+        does not depend on the rank's role or chunks, so a layout's tables share them (``slopes``)."""
+        if "oa_t" in self._shared:
+            self.oa_t, self.oa_d, self.oa_gpu, self.oa_host = (self._shared[k] for k in ("oa_t", "oa_d", "oa_gpu",
+                                                                                          "oa_host"))
+            return
         nc, v = len(self.cases), self.v
         case = np.repeat(np.arange(nc), 2)
         n = np.full(2 * nc, 2 * v)
@@ -250,6 +261,7 @@ class RoleTable:
         diff = lambda k: (out[k][1::2] - out[k][0::2]).sum(axis=1) / v  # noqa: E731  per offloaded block
         self.oa_t, self.oa_d = diff("t_mb"), diff("delta")
         self.oa_gpu, self.oa_host = -diff("act_per_microbatch"), diff("host_act_per_microbatch")
+        self._shared.update(oa_t=self.oa_t, oa_d=self.oa_d, oa_gpu=self.oa_gpu, oa_host=self.oa_host)
 
     # ---- rows --------------------------------------------------------------------------------------------
     def _grid(self, ns, case_ids=None, r_vals=None, os_vals=None) -> dict[str, np.ndarray]:
@@ -481,14 +493,16 @@ class RoleTable:
         return rows, out
 
     # ---- a memory-aware floor per block count (the bound) -------------------------------------------------------
-    def floors(self, ns: list[int], m: float, cases=None, samples: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    def floors(self, ns: list[int], m: float, cases=None, samples: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Per (case, n): a floor of the time per micro-batch and of the once-per-step extra of every candidate with
         n blocks that fits with ``m`` micro-batches in flight (inf where none can), from the full state-offload
         axis and ``samples`` checkpoint counts: a candidate with r between samples r_k ≤ r < r_k+1 is at least as
-        slow as at r_k and needs at least the memory of r_k+1 (each count only lowers memory), and a rank needs at
-        least max(Σ chunk peaks − offloaded bytes, Σ optimizer peaks). Memory between the axes is rebuilt as in
-        ``_between``; without that rebuilding (``Context.separable`` False) the floors are the memory-blind ones
-        (time) and 0 (extra)."""
+        slow as at r_k and needs at least the memory of r_k+1 (each count only lowers memory), and a rank's peak is
+        at least the larger of its chunks' summed forward and backward peaks. GPU memory falls with every
+        state-offloaded block, so the least os that fits the GPU is found by bisection; the time floor takes that os
+        and the activation offload of the most os, the host check the state of that os and that offload (each the
+        least any fitting os needs), the extra floor the least extra over the os that fit. Memory between the axes is rebuilt as in ``_between``; without that
+        rebuilding (``Context.separable`` False) the floors are the memory-blind ones (time) and 0 (extra)."""
         if self.oa_t is None:
             self._offload_slopes()
         ctx, v = self.ctx, self.v
@@ -526,32 +540,52 @@ class RoleTable:
         ok_f = ok_f.reshape(C, Nn, R, 2)[:, :, 0, :]                            # (case, count, float8)
         keys = ("peak_forward", "peak_backward", "peak_optimizer", "act_per_microbatch", "accumulator_bytes",
                 "host_state")
-        ax_r = {k: out[k][:split].reshape(C, Nn, R, 2, v) for k in keys + ("t_mb",)}
-        ax_o = {k: out[k][split:].reshape(C, Nn, O, 2, v) for k in keys + ("t_mb", "delta")}
+        # a rank's chunks summed (the peak of a sum is at most the sum of the chunks' peaks: a lower bound)
+        ax_r = {k: out[k][:split].reshape(C, Nn, R, 2, v).sum(-1) for k in keys + ("t_mb",)}
+        ax_o = {k: out[k][split:].reshape(C, Nn, O, 2, v).sum(-1) for k in keys + ("t_mb", "delta")}
         nxt = np.minimum(np.arange(R) + 1, R - 1)                                # memory of the next r sample
         acc = 1.0 if self.g.M > m else 0.0
+        # memory at (next r sample, os) = r part + os part − shared origin; "none" cases keep r = 0
+        part_r = {k: np.where(none[:, None, None, None], ax_r[k][:, :, :1], ax_r[k][:, :, nxt]) - ax_r[k][:, :, :1]
+                  for k in keys}                                                  # (case, count, r, float8)
+        plain = np.maximum(m * self.oa_gpu[cases], 1e-30)[:, None, None, None]
+        room = (ns_a[:, None] - r_pad)[None, :, :, None]
 
-        def mem(k):    # (case, count, r, os, float8, chunk) at (next r sample, os); "none" cases keep r = 0
-            a = ax_r[k][:, :, nxt]
-            a = np.where(none[:, None, None, None, None], ax_r[k][:, :, :1], a)
-            return a[:, :, :, None] + ax_o[k][:, :, None] - ax_r[k][:, :, :1, None]
-        base = (np.maximum(mem("peak_forward"), mem("peak_backward")) + m * mem("act_per_microbatch")
-                + acc * mem("accumulator_bytes")).sum(axis=-1)
-        po = mem("peak_optimizer").sum(axis=-1)
-        host0 = mem("host_state").sum(axis=-1)
-        shape = (C, 1, 1, 1, 1)
-        oa = np.maximum(np.ceil((base - ctx.gpu_limit) / np.maximum(m * self.oa_gpu[cases], 1e-30).reshape(shape)
-                                - 1e-9), 0)
-        room = (ns_a[:, None] - r_pad)[None, :, :, None, None]
-        host = host0 + m * oa * self.oa_host[cases].reshape(shape)
-        fits = (oa <= room) & (po <= ctx.gpu_limit) & (host <= ctx.host_limit) & ok_f[:, :, None, None, :]
-        fits &= ~(none[:, None, None, None, None] & (np.arange(R)[None, None, :, None, None] > 0))
-        T = np.maximum(ax_r["t_mb"].sum(-1)[:, :, :, None, :], ax_o["t_mb"].sum(-1)[:, :, None, :, :]) \
-            + oa * self.oa_t[cases].reshape(shape)
-        D = np.broadcast_to(ax_o["delta"].sum(-1)[:, :, None, :, :], T.shape) if self.g.pp > 1 \
-            else np.zeros(T.shape)
+        def fits_at(o):        # GPU fit at os index o (case, count, r, float8): falls with os, so bisect
+            def g(k):
+                return part_r[k] + np.take_along_axis(ax_o[k], o, axis=2)
+            base = np.maximum(g("peak_forward"), g("peak_backward")) + m * g("act_per_microbatch") \
+                + acc * g("accumulator_bytes")
+            oa = np.maximum(np.ceil((base - ctx.gpu_limit) / plain - 1e-9), 0)
+            return (oa <= room) & (g("peak_optimizer") <= ctx.gpu_limit), oa
+        shape = (C, Nn, R, 2)
+        top = np.broadcast_to(np.minimum(ns_a, O - 1)[None, :, None, None], shape).copy()
+        ok_any, oa_least = fits_at(top)               # at the most state offload: the least activation offload
+        lo, hi = np.zeros(shape, dtype=np.int64), top.copy()
+        while True:
+            todo = ok_any & (lo < hi)
+            if not todo.any():
+                break
+            mid = (lo + hi) // 2
+            f_mid, _ = fits_at(mid)
+            hi = np.where(todo & f_mid, mid, hi)
+            lo = np.where(todo & ~f_mid, mid + 1, lo)
+        # host: the state of the least os that fits and the activation offload of the most os are each the least
+        host = part_r["host_state"] + np.take_along_axis(ax_o["host_state"], lo, axis=2) \
+            + m * oa_least * self.oa_host[cases][:, None, None, None]
+        fits = ok_any & ok_f[:, :, None, :] & (host <= ctx.host_limit)
+        fits &= ~(none[:, None, None, None] & (np.arange(R)[None, None, :, None] > 0))
+        # time: at least that of the cell's r and of the least os that fits, plus the least activation offload
+        T = np.maximum(ax_r["t_mb"], np.take_along_axis(ax_o["t_mb"], lo, axis=2)) \
+            + oa_least * self.oa_t[cases][:, None, None, None]
         T1[cases] = np.where(fits, T, math.inf).reshape(C, Nn, -1).min(axis=2)
-        D1[cases] = np.where(fits, D, math.inf).reshape(C, Nn, -1).min(axis=2)
+        if self.g.pp > 1:    # extra: the least over the os that fit (a suffix), read from suffix minima
+            d = ax_o["delta"]
+            suffix = np.minimum.accumulate(d[:, :, ::-1], axis=2)[:, :, ::-1]
+            D = np.take_along_axis(suffix, lo, axis=2)
+            D1[cases] = np.where(fits, D, math.inf).reshape(C, Nn, -1).min(axis=2)
+        else:
+            D1[cases] = np.where(np.isfinite(T1[cases]), 0.0, math.inf)
         D1[np.isinf(T1)] = math.inf
         return T1, D1
 
@@ -665,10 +699,12 @@ def cost_batch(ctx: Context, jobs: list[tuple["RoleTable", dict]], limit: int = 
         args = {}
         for k in group[0][0]:
             vals = [a[k] for a, _ in group]
-            if all(isinstance(x, float) for x in vals) and all(x == vals[0] for x in vals):
-                args[k] = vals[0]
+            first = vals[0]
+            if isinstance(first, float) and all(x == first for x in vals if isinstance(x, float)) and \
+                    all(isinstance(x, float) for x in vals):
+                args[k] = first
             else:
-                args[k] = np.concatenate([np.broadcast_to(np.asarray(x, dtype=float), (n,))
+                args[k] = np.concatenate([x if not isinstance(x, float) else np.full(n, x)
                                           for x, n in zip(vals, lens)])
         out = ctx.fn(**args)
         at = 0

@@ -2,22 +2,30 @@
 
 The search (planner.knobs names every knob and how it is searched):
 
-1. Layouts (tp, pp, dp) × micro-batch splits, each with its schedules (1F1B, Interleaved1F1B with 2–4 chunks)
-   and cases (zero, checkpointing mode, compile, gradient reduction, sequence parallelism, float8 recipe).
-2. A memory-blind lower bound for every (layout, schedule, case) from the least time per micro-batch of each
-   rank role (planner.bounds). Layouts are searched in order of their bound; a (layout, schedule, case) whose
-   bound is not below the k-th best plan found (less the gap) is skipped.
-3. Exact per-rank tables (planner.stages): every checkpointed / state-offloaded block count, the least
-   activation offload that fits, float8 none or the most allowed, per rank role and block count.
-4. Without a pipeline the best candidate of each case is the answer. With one, a dynamic programme over block
-   splits (and the MILP where it leaves a gap, planner.milp) picks each rank's candidate; the block counts
-   considered widen from the even split until the bound shows that no count outside them can win (memory
-   decides how far: a count at which nothing fits ends the widening that way).
+1. Items are (layout, schedule): a (tp, pp, dp) layout with its micro-batch split, and one of its schedules (1F1B;
+   Interleaved1F1B with 2–4 chunks). Each item holds its cases: every combination of zero level, checkpointing
+   mode, compile, gradient reduction, sequence parallelism and float8 recipe the layout allows.
+2. Every item gets a memory-blind lower bound per case (planner.bounds: the least time per micro-batch of each
+   rank role, over splits by Lagrangian relaxation), all layouts costed in a few batched calls of the cost model.
+3. Best first: the item with the least bound is taken. The first time, its bound is refined — memory- and
+   extra-aware floors per block count (planner.stages.RoleTable.floors), over splits by a dynamic programme with
+   Tmax (planner.milp.floor_bound) — and it goes back into the queue; the second time it is searched. An item
+   (or a case) whose bound is not below the best plan found less the gap is never searched; the search ends when
+   the least bound in the queue reaches that threshold.
+4. Searching an item: exact per-rank tables (planner.stages: every checkpointed and state-offloaded block count,
+   the least activation offload that fits, float8 none or the most allowed; rows whose time floor exceeds what
+   could still win are not costed). Without a pipeline each case's best candidate is its optimum. With one, a
+   dynamic programme over splits with Tmax (planner.milp.split_dp; a lower bound and a plan) and, where it leaves
+   a gap, the MILP pick each rank's candidate; the block counts widen from the even split until the bound shows
+   that no count outside them can win (a count at which nothing fits ends the widening that way).
 
-The certificate: every (layout, schedule, case) contributes a lower bound — its solved optimum (or the solver's
-bound), the bound that pruned it, or, for layouts a time limit left unsearched, their memory-blind bound (0 for
-those not even bounded). The least of them bounds every plan of the space; ``TuneResult.gap`` is the best plan's
-distance to it.
+The certificate: every (item, case) contributes a lower bound — its solved optimum (or the solver's bound), the
+bound that pruned it, or, for items a time limit left unsearched, their bound (0 for layouts not even bounded).
+The least of them bounds every plan of the space; ``TuneResult.gap`` is the best plan's distance to it. Every plan
+returned is costed by ``predict`` (check_plan and the fit rule) and must agree with the tables.
+
+The runner-ups are the best plans of the other cases and items searched (only the first is certified); plans with
+the same predicted time and memory are merged into one row.
 """
 from __future__ import annotations
 
@@ -213,8 +221,7 @@ class Search:
     def offer(self, g: Layout, s: Schedule, case: dict, picks, objective: float, gap: float, status: str) -> None:
         """Cost the plan with predict (the one judge: check_plan and the fit rule) and keep it if it is among the
         best."""
-        if objective >= self.top.kth() or objective >= self.top.best() * (1 + 1e-9) and len(self.top.items) >= \
-                self.top.k:
+        if objective >= self.top.kth():
             return
         try:
             plan = self.to_plan(g, s, case, picks)
@@ -246,6 +253,7 @@ class LayoutSearch:
         self.t0: dict[Schedule, tuple[dict, dict]] = {}
         self.contrib: list[float] = []
         self.inputs: dict | None = None
+        self.slopes: dict = {}
         self.last_solve: dict = {}
         self.refined: set[Schedule] = set()
 
@@ -257,7 +265,7 @@ class LayoutSearch:
             ms = [m[i] for i in range(self.g.pp) if role_of(i, self.g.pp) == role]
             if self.inputs is None:
                 self.inputs = case_inputs(self.search.ctx, self.g, self.cases)
-            self.tables[key] = RoleTable(self.search.ctx, self.g, s, role, self.cases, ms, self.inputs)
+            self.tables[key] = RoleTable(self.search.ctx, self.g, s, role, self.cases, ms, self.inputs, self.slopes)
         return self.tables[key]
 
     def n_range(self, s: Schedule) -> tuple[int, int]:
@@ -321,8 +329,8 @@ class LayoutSearch:
         lo, hi = self.n_range(s)
         e = L / g.pp
         ns = np.arange(lo, hi + 1)
-        near = np.arange(max(lo, math.floor(e) - 2), min(hi, math.ceil(e) + 2) + 1)
-        samples = np.unique(np.concatenate([near, np.round(np.geomspace(lo, hi, 10)).astype(int), [lo, hi]]))
+        near = np.arange(max(lo, math.floor(e) - 1), min(hi, math.ceil(e) + 1) + 1)
+        samples = np.unique(np.concatenate([near, np.round(np.geomspace(lo, hi, 7)).astype(int), [lo, hi]]))
         grids, t0s = self.t0[s]
         m_all = in_flight_by_rank(s, g.pp, g.M)
         active = [int(c) for c in np.nonzero(self.lb[s] < self.search.threshold())[0]]
