@@ -180,6 +180,8 @@ class PlanResult:
     """The time limit stopped the search before it was complete."""
     summary: str = ""
     """One line: what was searched, the time limit if it cut the search, and the gap to the bound."""
+    runner_ups: list[str] = field(default_factory=list)
+    """Per runner-up: the knobs that differ from the best plan and what that costs (planner.explain)."""
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per plan of ``top`` with its rank (1 = best)."""
@@ -305,6 +307,7 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
     or a list of allowed ones; ``offload=False`` forbids CPU offload; ``max_fp8_fraction=1.0`` allows float8 in
     every block. ``top_k`` < 1, a ``time_limit_s`` that is not a positive number and a ``gap`` outside [0, 1) raise
     ValueError."""
+    from .explain import runner_up_lines
     from .tuner import check_limits, tune  # the MILP solver stack loads only when a search is asked for
 
     check_limits(top_k, time_limit_s, gap)
@@ -326,7 +329,8 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
         top.append(ev)
     return PlanResult(best=top[0] if top else None, top=top, diagnosis=list(res.diagnosis), seconds=res.seconds,
                       layouts=res.groups, layouts_searched=res.groups_searched, bound_s=res.bound_s, gap=res.gap,
-                      timed_out=res.timed_out, summary=res.summary())
+                      timed_out=res.timed_out, summary=res.summary(),
+                      runner_ups=runner_up_lines(res, m.num_hidden_layers))
 
 
 def _as_list(ref: Any, load) -> list:

@@ -13,7 +13,7 @@ from costmodel.hardware import GiB
 
 from .cli import console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint, cost_of, differences
+from .explain import alternatives, binding_constraint, cost_of, differences, runner_up_lines
 from .space import SearchSpace
 from .tuner import Candidate, TuneResult, check_limits, tune
 
@@ -47,22 +47,6 @@ def top_table(result: TuneResult) -> Table:
                       f"{pr.mfu:.0%}", f"{pr.peak_memory_bytes / GiB:.1f}G",
                       f"{(pr.memory_capacity_bytes - pr.peak_memory_bytes) / GiB:.1f}G")
     return table
-
-
-def runner_up_lines(result: TuneResult, num_layers: int) -> list[str]:
-    """Per row of the top table: the knobs that differ from #1 and what that costs; merged equivalent plans."""
-    out = []
-    best = result.top[0]
-    for i, c in enumerate(result.top):
-        same = f" (≡ {len(c.equivalent)} more plan{'s' if len(c.equivalent) > 1 else ''} with the same time and " \
-               "memory)" if c.equivalent else ""
-        if i == 0:
-            if same:
-                out.append(f"#1{same}")
-            continue
-        diff = "; ".join(differences(best.plan, c.plan, num_layers)) or "the same knobs"
-        out.append(f"#{i + 1}: {diff} — {cost_of(best.prediction, c.prediction)}{same}")
-    return out
 
 
 def _candidate_json(c: Candidate, best: Candidate, num_layers: int) -> dict:
@@ -100,7 +84,8 @@ def register(app: typer.Typer) -> None:
         max_fp8_fraction: float = typer.Option(0.0, "--max-fp8-fraction", help="Share of blocks allowed in float8."),
         fp8_rotation_steps: int = typer.Option(100, "--fp8-rotation-steps", help="Rotate a partial float8 set every N steps."),
         schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
-        virtual_stages: int = typer.Option(None, "--virtual-stages", help="Pin the chunks per rank of Interleaved1F1B."),
+        virtual_stages: int = typer.Option(None, "--virtual-stages",
+                                           help="Pin the chunks per rank of Interleaved1F1B."),
         sequence_parallel: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
                                                help="Pin sequence parallelism on or off (tp > 1)."),
         fp8_recipe: str = typer.Option(None, "--fp8-recipe", help="Pin the float8 recipe: tensorwise or rowwise."),

@@ -135,8 +135,8 @@ def diagnose(model: ModelSpec, cluster: ClusterSpec, gbs: int, seq: int, space: 
         lines.append(f"no plan fits: the GPUs fit only with offload, and the least-memory plan ({_describe(data)}) "
                      f"needs {pred.host_memory_bytes / GiB:.0f} GiB of host memory per node, over the "
                      f"{prof.host_budget_bytes / GiB:.0f} GiB offload may use "
-                     f"({prof.const('host_memory_usable_fraction'):.0%} of {prof.host_memory_gib:.0f} GiB): host memory "
-                     "binds")
+                     f"({prof.const('host_memory_usable_fraction'):.0%} of {prof.host_memory_gib:.0f} GiB): "
+                     "host memory binds")
     else:
         lines.append(f"no plan fits the search, yet the least-memory plan ({_describe(data)}) fits at "
                      f"{pred.step_time_s:.3g} s per step; please report this")
@@ -173,7 +173,8 @@ def _changes(model, cluster, gbs, seq, space, prof, deadline) -> list[str]:
     for c in _bigger_clusters(cluster):
         got = _fits_with(model, c, gbs, seq, space, deadline)
         if got and got[0] is not None:
-            out.append(f"{c.num_gpus} GPUs ({c.nodes} × {c.gpus_per_node} {cluster.gpu}) would fit: {_plan_words(got[0])}")
+            out.append(f"{c.num_gpus} GPUs ({c.nodes} × {c.gpus_per_node} {cluster.gpu}) would fit: "
+                       f"{_plan_words(got[0])}")
             break
     for g in _nearby(gbs, low=1):
         got = _fits_with(model, cluster, g, seq, space, deadline)
@@ -191,8 +192,8 @@ def _changes(model, cluster, gbs, seq, space, prof, deadline) -> list[str]:
         c = dataclasses.replace(cluster, gpu=kind, name="")
         got = _fits_with(model, c, gbs, seq, space, deadline)
         if got and got[0] is not None:
-            out.append(f"the same {cluster.num_gpus} GPUs as {kind} ({load_profile(kind).memory_gib:.0f} GiB) would fit: "
-                       f"{_plan_words(got[0])}")
+            out.append(f"the same {cluster.num_gpus} GPUs as {kind} ({load_profile(kind).memory_gib:.0f} GiB) would "
+                       f"fit: {_plan_words(got[0])}")
             break
     if not out:
         out.append("no change tried fits (up to 64× the GPUs, the batch halved or doubled twice, sequences down to "

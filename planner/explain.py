@@ -131,3 +131,22 @@ def cost_of(ref: Prediction, other: Prediction) -> str:
     dt = other.step_time_s / ref.step_time_s - 1
     dm = (other.peak_memory_bytes - ref.peak_memory_bytes) / GiB
     return f"{dt:+.1%} step time, {dm:+.1f} GiB peak"
+
+
+def runner_up_lines(result, num_layers: int) -> list[str]:
+    """Per row of a tuner result's top plans (``result.top``: candidates with ``plan``, ``prediction`` and
+    ``equivalent``): the knobs that differ from #1 and what that costs, and the equivalent plans merged into it."""
+    out = []
+    if not result.top:
+        return out
+    best = result.top[0]
+    for i, c in enumerate(result.top):
+        same = f" (≡ {len(c.equivalent)} more plan{'s' if len(c.equivalent) > 1 else ''} with the same time and " \
+               "memory)" if c.equivalent else ""
+        if i == 0:
+            if same:
+                out.append(f"#1{same}")
+            continue
+        diff = "; ".join(differences(best.plan, c.plan, num_layers)) or "the same knobs"
+        out.append(f"#{i + 1}: {diff} — {cost_of(best.prediction, c.prediction)}{same}")
+    return out

@@ -53,7 +53,8 @@ def _recompute(space: "SearchSpace", g: "Layout", case: dict) -> tuple:
 
 
 def _grad_reduce(space: "SearchSpace", g: "Layout", case: dict) -> tuple:
-    return tuple(space.grad_reduce) if g.pp == 1 and g.M > 1 else ("last",)
+    # one micro-batch: nothing accumulates, both settings are the same plan (check_plan refuses "every" in pipelines)
+    return tuple(space.grad_reduce) if g.M > 1 else ("last",)
 
 
 def _sequence_parallel(space: "SearchSpace", g: "Layout", case: dict) -> tuple:
@@ -85,8 +86,8 @@ KNOBS: tuple[Knob, ...] = (
          "applies one mode to every stage (launcher.parallel.parallelize_part → apply_ac), so a per-stage mode would "
          "need the trainer first", _recompute),
     Knob("compile", "case", "on and off", lambda s, g, c: tuple(s.compile)),
-    Knob("grad_reduce", "case", "last and every without a pipeline and with more than one micro-batch; pipelines "
-         "reduce once per step (parse_plan)", _grad_reduce),
+    Knob("grad_reduce", "case", "last and every with more than one micro-batch, where check_plan accepts them "
+         "(pipelines reduce once per step)", _grad_reduce),
     Knob("sequence_parallel", "case", "on and off with tp > 1", _sequence_parallel),
     Knob("fp8_recipe", "case", "tensorwise and rowwise wherever float8 is allowed", _fp8_recipe),
     Knob("recompute_layers", "stage", "every count 0..blocks of the stage"),

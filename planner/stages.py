@@ -124,6 +124,7 @@ class Context:
 
     def __post_init__(self) -> None:
         self.fn = stage_model(OUTPUTS)
+        self.fn_time = stage_model(("t_mb",))          # the memory-blind bound needs the time alone
         self.L = self.model.num_hidden_layers
         self.hardware = {k: float(v) for k, v in hardware_inputs(self.prof).items()}
         self.model_inputs = {r: model_inputs(self.model, r) for r in ("tensorwise", "rowwise")}
@@ -193,9 +194,8 @@ class RoleTable:
         S, rank = g.pp * s.v, rank_of(role, g.pp)
         chunk = np.array([rank + j * g.pp for j in range(s.v)])
         first, last = (chunk == 0).astype(float), (chunk == S - 1).astype(float)
-        self.chunk_inputs = {"first": first, "last": last,
-                             "nV": np.asarray(vocab_matrices(first, last, S, ctx.model.tie_word_embeddings), dtype=float)
-                             * np.ones(s.v)}
+        nV = np.asarray(vocab_matrices(first, last, S, ctx.model.tie_word_embeddings), dtype=float) * np.ones(s.v)
+        self.chunk_inputs = {"first": first, "last": last, "nV": nV}
         self.chunk_kind = (first + 2 * last).astype(np.int64)      # chunks that differ in the model
         self.oa_t = None          # per-block offload slopes, costed on first use (or shared by the layout)
         self._shared = slopes if slopes is not None else {}
@@ -501,8 +501,9 @@ class RoleTable:
         at least the larger of its chunks' summed forward and backward peaks. GPU memory falls with every
         state-offloaded block, so the least os that fits the GPU is found by bisection; the time floor takes that os
         and the activation offload of the most os, the host check the state of that os and that offload (each the
-        least any fitting os needs), the extra floor the least extra over the os that fit. Memory between the axes is rebuilt as in ``_between``; without that
-        rebuilding (``Context.separable`` False) the floors are the memory-blind ones (time) and 0 (extra)."""
+        least any fitting os needs), the extra floor the least extra over the os that fit. Memory between the axes
+        is rebuilt as in ``_between``; without that rebuilding (``Context.separable`` False) the floors are the
+        memory-blind ones (time) and 0 (extra)."""
         if self.oa_t is None:
             self._offload_slopes()
         ctx, v = self.ctx, self.v
@@ -649,7 +650,8 @@ class RoleTable:
             return reduce_front(ci, n, t, t / self.v + d)
         order = np.lexsort((d, t, n, ci))
         first = np.ones(len(order), dtype=bool)
-        first[1:] = (ci[order][1:] != ci[order][:-1]) | (n[order][1:] != n[order][:-1]) | (t[order][1:] != t[order][:-1])
+        c_o, n_o, t_o = ci[order], n[order], t[order]
+        first[1:] = (c_o[1:] != c_o[:-1]) | (n_o[1:] != n_o[:-1]) | (t_o[1:] != t_o[:-1])
         return np.sort(order[first])
 
     def _columns(self, m: float) -> dict | None:
@@ -682,7 +684,7 @@ class RoleTable:
         return self.cut_step.get(case, math.inf)
 
 
-def cost_batch(ctx: Context, jobs: list[tuple["RoleTable", dict]], limit: int = 200_000) -> list[dict]:
+def cost_batch(ctx: Context, jobs: list[tuple["RoleTable", dict]], limit: int = 200_000, fn=None) -> list[dict]:
     """Cost the rows of several tables in as few calls of the cost model as fit ``limit`` rows each (each call has
     a fixed cost of about a millisecond, whatever its length); returns each job's outputs (rows, v)."""
     results: list[dict | None] = [None] * len(jobs)
@@ -706,7 +708,7 @@ def cost_batch(ctx: Context, jobs: list[tuple["RoleTable", dict]], limit: int = 
             else:
                 args[k] = np.concatenate([x if not isinstance(x, float) else np.full(n, x)
                                           for x, n in zip(vals, lens)])
-        out = ctx.fn(**args)
+        out = (fn or ctx.fn)(**args)
         at = 0
         for idx, ((a, finish), n) in enumerate(zip(group, lens)):
             results[i + idx] = finish({k: (x if np.ndim(x) == 0 else np.asarray(x)[at:at + n]) for k, x in out.items()})

@@ -289,7 +289,8 @@ class LayoutSearch:
         g, best = self.g, math.inf
         jobs = jobs if jobs is not None else self.bound_jobs()
         if costed is None:
-            costed = cost_batch(self.search.ctx, [(rt, rows) for _, _, _, rt, rows in jobs])
+            costed = cost_batch(self.search.ctx, [(rt, rows) for _, _, _, rt, rows in jobs],
+                                fn=self.search.ctx.fn_time)
         by_s: dict = {}
         for (s, role, grid, rt, rows), out in zip(jobs, costed):
             by_s.setdefault(s, ({}, {}))
@@ -602,7 +603,7 @@ def _tune(model, cluster, global_batch_size, seq_len, space, *, top_k, time_limi
         nonlocal bounded
         jobs = [(ls, ls.bound_jobs()) for ls in batch]
         flat = [(rt, rows) for _, js in jobs for _, _, _, rt, rows in js]
-        outs = cost_batch(ctx, flat)
+        outs = cost_batch(ctx, flat, fn=ctx.fn_time)
         at = 0
         for ls, js in jobs:
             ls.bound(js, outs[at:at + len(js)])
