@@ -10,14 +10,13 @@ step time ``a·max T + b·ΣT + Dmax ≥ (a / pp + b)·ΣT`` (the maximum is at 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
-def block_grid(n_min: int, n_max: int, centre: float) -> np.ndarray:
-    """Block counts at which to cost ``T0``: all of them. (Sampling fewer is valid through ``step_floor`` but loses
-    the multiplier times the widest gap between samples, which made the bound useless in practice.)"""
+def block_grid(n_min: int, n_max: int) -> np.ndarray:
+    """Block counts at which to take ``T0``: all of them (it is costed at five and extended along its line,
+    planner.stages.RoleTable.t0). Sampling fewer would be valid through ``step_floor`` but loses the multiplier times
+    the widest gap between samples, which made the bound useless in practice."""
     return np.arange(n_min, n_max + 1)
 
 

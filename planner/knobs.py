@@ -96,8 +96,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("offload_state_layers", "stage", "every count 0..blocks of the stage"),
     Knob("fp8_layers", "stage", "every count 0..max_fp8_fraction × blocks: 0 and the largest are the only "
          "candidates, since each float8 block changes time by the same sign (planner.stages)"),
-    Knob("layers_per_stage", "stage", "every split the memory and the bound leave open (planner.bounds widens the "
-         "range of block counts until the bound closes it)"),
+    Knob("layers_per_stage", "stage", "every split the memory and the bound leave open (planner.tuner widens the "
+         "range of block counts from the even split until the bound closes it)"),
     Knob("pp_schedule", "schedule", "1F1B and Interleaved1F1B; GPipe only when 1F1B is not allowed: it has 1F1B's "
          "step time (costmodel.pipeline.step_time) with every micro-batch in flight (in_flight), so it never wins"),
     Knob("virtual_stages", "schedule", "2, 3 and 4 chunks per rank under Interleaved1F1B (SearchSpace.virtual_stages); "
@@ -117,10 +117,6 @@ def cases(space: "SearchSpace", g: "Layout") -> list[dict[str, Any]]:
     for knob in CASE_KNOBS:
         out = [{**c, knob.key: v} for c in out for v in knob.values(space, g, c)]
     return out
-
-
-def case_label(case: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in case.items())
 
 
 def plan_keys() -> tuple[str, ...]:

@@ -45,7 +45,7 @@ distinct ``T`` (the least ``D``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
@@ -761,7 +761,6 @@ class Options:
     f: np.ndarray
     T: np.ndarray
     D: np.ndarray
-    extra: dict = field(default_factory=dict)
 
     @staticmethod
     def empty() -> "Options":
