@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import difflib
 import math
 import reprlib
@@ -178,9 +179,15 @@ def _check(value: Any, tp: Any) -> tuple[bool, Any]:
 T = typing.TypeVar("T")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict:
+    """A dataclass's resolved field types (resolving them is most of a plan's parse time; the tuner parses many)."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type[T], data: dict, source: str | Path, *, what: str) -> T:
     """Build dataclass ``cls`` from ``data``: unknown keys, missing keys and wrong types are SpecErrors."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:

@@ -271,6 +271,11 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         require(plan.virtual_stages >= 2 and plan.pp >= 2, source, "virtual_stages",
                 f"Interleaved1F1B needs pp ≥ 2 and virtual_stages ≥ 2 (got pp={plan.pp}, "
                 f"virtual_stages={plan.virtual_stages})", "set virtual_stages: 2 or use pp_schedule: 1F1B")
+        # torch.distributed.pipelining's ScheduleInterleaved1F1B runs the micro-batches in rounds of about pp
+        rounds = max(1, plan.num_microbatches // plan.pp)
+        require(plan.num_microbatches % rounds == 0, source, "micro_batch_size",
+                f"Interleaved1F1B splits its {plan.num_microbatches} micro-batches into {rounds} rounds "
+                f"(micro-batches // pp), which must divide them", "make the micro-batch count a multiple of pp")
     else:
         require(plan.virtual_stages == 1, source, "virtual_stages",
                 f"is {plan.virtual_stages} with {plan.pp_schedule}", "use pp_schedule: Interleaved1F1B")
@@ -293,9 +298,10 @@ def parse_plan(data: dict, source: str | Path = "<plan>") -> Plan:
         if isinstance(v, list):
             require(len(v) == plan.num_stages, source, key, f"has {len(v)} entries for {plan.num_stages} stages",
                     "give one int per stage or a single int")
-    if plan.zero == 3 and plan.pp > 1:
+    if plan.zero == 3 and plan.pp > 1 and not plan.pp_reshard_after_forward:
         warnings.warn(f"{source}: zero 3 with pp > 1 runs as zero 2: pipeline stages keep their parameters "
-                      "unsharded across micro-batches (as TorchTitan does)", stacklevel=2)
+                      "unsharded across micro-batches (as TorchTitan does; pp_reshard_after_forward: true re-shards "
+                      "them)", stacklevel=2)
     if plan.zero == 1:
         warnings.warn(f"{source}: zero 1 runs as zero 2: FSDP2 cannot shard optimizer state alone",
                       stacklevel=2)

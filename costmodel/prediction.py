@@ -57,6 +57,25 @@ def _phase_memory(out: dict, chunks: list[int], phase: str) -> dict[str, float]:
     return {name: float(sum(out[key][c] for c in chunks)) for name, key in PHASE_TERMS[phase].items()}
 
 
+def plan_wide_knobs(p) -> dict:
+    """The knob_inputs arguments that a plan's plan-wide keys set. ``p`` is a Plan, or any object whose attributes
+    hold arrays of those keys' values over candidates (the tuner's cases, planner.stages; a key it lacks takes the
+    Plan's default): the one mapping from plan-wide keys to the formulas' flags (the float8 recipe goes through
+    model_inputs, the kernel choices through costmodel.kernels.kernel_inputs)."""
+    get = lambda key: np.asarray(getattr(p, key) if hasattr(p, key) else _PLAN_DEFAULTS[key])  # noqa: E731
+    return dict(zero=get("zero"), sequence_parallel=get("sequence_parallel"),
+                selective=(get("recompute") == "selective").astype(float), compile=get("compile").astype(float),
+                reduce_every=(get("grad_reduce") == "every").astype(float),
+                vocab_parallel=get("vocab_parallel").astype(float),
+                foreach=(get("optimizer_impl") == "foreach").astype(float),
+                pp_reshard=get("pp_reshard_after_forward").astype(float),
+                imbalance=float(getattr(p, "moe_imbalance", None) or 0.0),   # None: the runtime default (0 here)
+                cp_allgather=(get("cp_rotate") == "allgather").astype(float))
+
+
+_PLAN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Plan) if f.default is not dataclasses.MISSING}
+
+
 def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: HardwareProfile) -> dict:
     """Numeric inputs of every pipeline stage of a plan (arrays over stages, first stage first)."""
     L, S, pp, v = model.num_hidden_layers, plan.num_stages, plan.pp, plan.virtual_stages
@@ -67,20 +86,14 @@ def stage_inputs(model: ModelSpec, cluster: ClusterSpec, plan: Plan, prof: Hardw
     nV = vocab_matrices(first, last, S, model.tie_word_embeddings)
     layers = plan.stage_layers(L)
     starts = np.cumsum([0] + layers[:-1])
+    kernels = kernel_inputs(plan_kernels(plan), model=model, tokens=plan.micro_batch_size * plan.seq_len // plan.cp)
     knobs = knob_inputs(
-        b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, zero=plan.zero,
-        sequence_parallel=plan.sequence_parallel, selective=float(plan.recompute == "selective"),
+        b=plan.micro_batch_size, s=plan.seq_len, t=plan.tp, d=plan.dp, pp=pp, **plan_wide_knobs(plan),
         l=plan.stage_layers(L), r=plan.per_stage("recompute_layers", L),
         oa=plan.per_stage("offload_activation_layers", L), os=plan.per_stage("offload_state_layers", L),
-        f=plan.per_stage("fp8_layers", L), compile=float(plan.compile),
-        m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first, last=last, nV=nV,
-        reduce_every=float(plan.grad_reduce == "every"), vocab_parallel=float(plan.vocab_parallel),
-        foreach=float(plan.optimizer_impl == "foreach"), pp_reshard=float(plan.pp_reshard_after_forward),
-        lm=[model.moe_layers_in(int(a), n) for a, n in zip(starts, layers)], ep=plan.ep,
-        imbalance=plan.moe_imbalance or 0.0,
-        cp=plan.cp, cp_allgather=float(plan.cp_rotate == "allgather"))
-    kernels = kernel_inputs(plan_kernels(plan), model=model, tokens=plan.micro_batch_size * plan.seq_len // plan.cp)
-    knobs.update(fl=np.asarray(kernels.pop("fl"), dtype=float), nch=np.asarray(kernels.pop("nch"), dtype=float))
+        f=plan.per_stage("fp8_layers", L), m=in_flight(plan.pp_schedule, pp, rank, Mb, v), M=Mb, first=first,
+        last=last, nV=nV, lm=[model.moe_layers_in(int(a), n) for a, n in zip(starts, layers)], ep=plan.ep,
+        cp=plan.cp, fused_loss=kernels.pop("fl"), loss_chunks=kernels.pop("nch"))
     return {**model_inputs(model, plan.fp8_recipe), **hardware_inputs(prof), **kernels, **knobs}
 
 
@@ -138,7 +151,7 @@ def predict(model: ModelSpec | str | Path, cluster: ClusterSpec | str | Path, pl
     layers = plan.stage_layers(model.num_hidden_layers)
     stages = [{"stage": i, "layers": layers[i],
                "peak_memory_bytes": float(out["peak"][i]), "t_microbatch_s": float(out["t_mb"][i]),
-               "delta_s": float(out["delta"][i])} for i in range(S)]
+               "delta_s": float(out["delta"][i]), "host_memory_bytes": float(out["host_bytes"][i])} for i in range(S)]
     probe = float(by_rank(out["fp8_probe"]).max()) if plan.fp8_temperature > 0 else 0.0
     return Prediction(
         feasible=not reasons, step_time_s=step, peak_memory_bytes=float(peak[worst]),

@@ -175,6 +175,16 @@ class PlanResult:
     """(tp, pp, dp, micro-batch) layouts in the space."""
     layouts_searched: int
     """Layouts the bounds did not prune."""
+    bound_s: float = 0.0
+    """A lower bound on the step time of every plan of the space (planner.tuner)."""
+    gap: float = math.nan
+    """The best plan's relative distance to ``bound_s`` (NaN without a plan)."""
+    timed_out: bool = False
+    """The time limit stopped the search before it was complete."""
+    summary: str = ""
+    """One line: what was searched, the time limit if it cut the search, and the gap to the bound."""
+    runner_ups: list[str] = field(default_factory=list)
+    """Per runner-up: the knobs that differ from the best plan and what that costs (planner.explain)."""
 
     def to_frame(self) -> "pd.DataFrame":
         """One row per plan of ``top`` with its rank (1 = best)."""
@@ -295,11 +305,16 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
          **pins: Any) -> PlanResult:
     """Search for the fastest plan that fits (planner.tuner.tune).
 
-    ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``cp``, ``micro_batch_size`` fix a degree;
-    ``zero``, ``recompute``, ``compile``, ``schedules`` take one value or a list of allowed ones;
-    ``offload=False`` forbids CPU offload; ``fp8_budget`` is the largest share of block-steps in float8 (a
-    number in [0, 1], ``"off"`` or ``"auto"``; 1.0 allows float8 in every block)."""
-    from .tuner import tune  # the MILP solver stack loads only when a search is asked for
+    ``pins`` are SearchSpace fields: ``tp``, ``pp``, ``dp``, ``cp``, ``ep``, ``micro_batch_size`` fix a degree;
+    ``zero``, ``recompute``, ``compile``, ``schedules``, ``sequence_parallel``, ``virtual_stages``... take one value
+    or a list of allowed ones; ``offload=False`` forbids CPU offload; ``fp8_budget`` is the largest share of
+    block-steps in float8 (a number in [0, 1], ``"off"`` or ``"auto"``; 1.0 allows float8 in every block).
+    ``top_k`` < 1, a ``time_limit_s`` that is not a positive number and a ``gap`` outside [0, 1) raise
+    ValueError."""
+    from .explain import runner_up_lines
+    from .tuner import check_limits, tune  # the MILP solver stack loads only when a search is asked for
+
+    check_limits(top_k, time_limit_s, gap)
 
     sp = _space(space, pins)
     m, c = load_model(model), load_cluster(cluster)
@@ -317,7 +332,9 @@ def plan(model: ModelRef, cluster: ClusterRef, *, global_batch_size: int, seq_le
         assert math.isclose(ev.step_time_s, cand.step_time_s, rel_tol=1e-9), (ev.step_time_s, cand.step_time_s)
         top.append(ev)
     return PlanResult(best=top[0] if top else None, top=top, diagnosis=list(res.diagnosis), seconds=res.seconds,
-                      layouts=res.groups, layouts_searched=res.groups_searched)
+                      layouts=res.groups, layouts_searched=res.groups_searched, bound_s=res.bound_s, gap=res.gap,
+                      timed_out=res.timed_out, summary=res.summary(),
+                      runner_ups=runner_up_lines(res, m.num_hidden_layers))
 
 
 def _as_list(ref: Any, load) -> list:

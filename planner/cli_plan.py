@@ -15,9 +15,9 @@ from costmodel.hardware import GiB
 
 from .cli import check_choice, check_flags, console, guarded, print_json
 from .cli_predict import fmt_bytes, fmt_s, prediction_tables
-from .explain import alternatives, binding_constraint, cp_note, float8_effect
+from .explain import alternatives, binding_constraint, cost_of, cp_note, differences, float8_effect, runner_up_lines
 from .space import SearchSpace
-from .tuner import Candidate, TuneResult, tune
+from .tuner import Candidate, TuneResult, check_limits, tune
 
 
 def _short(v) -> str:
@@ -83,10 +83,13 @@ def top_tables(result: TuneResult, width: int) -> list[Table]:
     return [_table(f"{title}: knobs", KNOB_COLUMNS, rows), _table(f"{title}: predicted", RESULT_COLUMNS, rows)]
 
 
-def _candidate_json(c: Candidate) -> dict:
+def _candidate_json(c: Candidate, best: Candidate, num_layers: int) -> dict:
     d = c.prediction.to_dict()
     d.pop("stages")
-    return {"plan": c.plan.to_dict(), "prediction": d, "gap": c.gap, "solver": c.status}
+    return {"plan": c.plan.to_dict(), "prediction": d, "solver_gap": c.gap, "solver": c.status,
+            "differs_from_best": differences(best.plan, c.plan, num_layers),
+            "cost_vs_best": cost_of(best.prediction, c.prediction) if c is not best else "",
+            "equivalent": [p.to_dict() for p in c.equivalent]}
 
 
 def register(app: typer.Typer) -> None:
@@ -101,15 +104,17 @@ def register(app: typer.Typer) -> None:
         seq_len: int = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
         job: str = typer.Option(None, "--job", help="Job recipe name or file: global_batch_size and seq_len, "
                                 "and model and cluster when it names them (flags and MODEL win)."),
-        top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list."),
-        time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take."),
-        gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap of the MILP."),
+        top_k: int = typer.Option(5, "--top-k", "-k", help="Plans to list (at least 1)."),
+        time_limit: float = typer.Option(60.0, "--time-limit", help="Seconds the search may take (> 0)."),
+        gap: float = typer.Option(0.01, "--gap", help="Relative gap in [0, 1) within which the best plan is "
+                                  "proven optimal: layouts and cases whose bound is within it are not searched."),
         out: Path = typer.Option(None, "--output", "-o", help="Write the chosen plan YAML here."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
         tp: int = typer.Option(None, "--tp", help="Pin the tensor-parallel degree."),
         pp: int = typer.Option(None, "--pp", help="Pin the pipeline degree."),
         dp: int = typer.Option(None, "--dp", help="Pin the data-parallel degree."),
         cp: int = typer.Option(None, "--cp", help="Pin the context-parallel degree (1: off)."),
+        ep: int = typer.Option(None, "--ep", help="Pin the expert-parallel degree (mixture-of-experts models)."),
         micro_batch_size: int = typer.Option(None, "--micro-batch-size", "--mbs", help="Pin the micro-batch."),
         zero: int = typer.Option(None, "--zero", help="Pin the ZeRO level (0, 2, 3)."),
         recompute: str = typer.Option(None, "--recompute", help="Pin checkpointing: none, full, selective."),
@@ -121,6 +126,11 @@ def register(app: typer.Typer) -> None:
         fp8_temperature: float = typer.Option(1.0, "--fp8-temperature", help="Draw a rotating float8 set "
                                               "loss-aware at this temperature (0: sliding window)."),
         schedule: str = typer.Option(None, "--schedule", help="Pin the pipeline schedule."),
+        virtual_stages: int = typer.Option(None, "--virtual-stages",
+                                           help="Pin the chunks per rank of Interleaved1F1B."),
+        sequence_parallel: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel",
+                                               help="Pin sequence parallelism on or off (tp > 1)."),
+        fp8_recipe: str = typer.Option(None, "--fp8-recipe", help="Pin the float8 recipe: tensorwise or rowwise."),
         cross_node_tp: bool = typer.Option(False, "--cross-node-tp", help="Allow TP groups across nodes."),
         verify: bool = typer.Option(False, "--verify", help="Re-rank the top plans by traced memory "
                                     "(`loadmaster verify`; needs a CUDA build of torch)."),
@@ -138,16 +148,20 @@ def register(app: typer.Typer) -> None:
                              "that names them")
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
-        check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--top-k", top_k, 1),
-                    ("--tp", tp, 1), ("--pp", pp, 1), ("--dp", dp, 1), ("--cp", cp, 1), ("--micro-batch-size", micro_batch_size, 1),
-                    ("--fp8-rotation-steps", fp8_rotation_steps, 0))
-        check_flags(("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), ("--fp8-temperature", fp8_temperature, 0.0),
-                    high={"--gap": 1.0})
+        check_limits(top_k, time_limit, gap)
+        check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--tp", tp, 1),
+                    ("--pp", pp, 1), ("--dp", dp, 1), ("--cp", cp, 1), ("--ep", ep, 1),
+                    ("--micro-batch-size", micro_batch_size, 1),
+                    ("--virtual-stages", virtual_stages, 2), ("--fp8-rotation-steps", fp8_rotation_steps, 0),
+                    ("--fp8-temperature", fp8_temperature, 0.0))
         check_choice("--zero", zero, (0, 1, 2, 3))
         check_choice("--recompute", recompute, ("none", "full", "selective"))
         check_choice("--schedule", schedule, ("1F1B", "Interleaved1F1B", "GPipe"))
+        check_choice("--fp8-recipe", fp8_recipe, ("tensorwise", "rowwise"))
+        pins = {k: (v,) for k, v in (("virtual_stages", virtual_stages), ("sequence_parallel", sequence_parallel),
+                                     ("fp8_recipes", fp8_recipe)) if v is not None}
         space = SearchSpace(
-            tp=tp, pp=pp, dp=dp, cp=cp, micro_batch_size=micro_batch_size,
+            **pins, tp=tp, pp=pp, dp=dp, cp=cp, ep=ep, micro_batch_size=micro_batch_size,
             zero=(zero,) if zero is not None else SearchSpace.zero,
             recompute=(recompute,) if recompute else SearchSpace.recompute,
             compile=(compile_,) if compile_ is not None else SearchSpace.compile,
@@ -175,15 +189,19 @@ def register(app: typer.Typer) -> None:
             result = rerank_rehearsed(result, model, cluster)
         if out is not None and result.best is not None:
             out.write_text(result.best.plan.to_yaml())
+        L = load_model(model).num_hidden_layers
         if as_json:
-            print_json({"best": _candidate_json(result.best) if result.best else None,
-                        "float8": float8_effect(load_model(model), load_cluster(cluster), result.best.plan,
-                                                result.best.prediction) if result.best else None,
-                        "top": [_candidate_json(c) for c in result.top], "seconds": result.seconds,
+            best = result.best
+            print_json({"best": _candidate_json(best, best, L) if best else None,
+                        "float8": float8_effect(load_model(model), load_cluster(cluster), best.plan,
+                                                best.prediction) if best else None,
+                        "top": [_candidate_json(c, best, L) for c in result.top], "seconds": result.seconds,
                         "layouts": result.groups, "layouts_searched": result.groups_searched,
-                        "diagnosis": result.diagnosis})
+                        "layouts_ruled_out": result.groups_pruned, "timed_out": result.timed_out,
+                        "bound_s": result.bound_s, "gap": result.gap if best else None,
+                        "summary": result.summary(), "diagnosis": result.diagnosis})
         else:
-            _print_result(result, model, cluster, out)
+            _print_result(result, model, cluster, out, L)
         if result.best is None:
             raise typer.Exit(1)
 
@@ -224,18 +242,20 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
 
-def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None) -> None:
+def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None, num_layers: int) -> None:
     if result.best is None:
-        console.print("[bold red]no plan fits.[/]")
+        head = "time limit reached before any plan." if result.timed_out else "no plan fits."
+        console.print(f"[bold red]{head}[/] {result.summary()}")
         for line in result.diagnosis:
             console.print(f"  • {line}")
         return
     for table in top_tables(result, console.width):
         console.print(table)
     console.print(f"[dim]{LEGEND}[/]", highlight=False)
+    for line in runner_up_lines(result, num_layers):
+        console.print(f"  {line}", highlight=False)
+    console.print(result.summary())
     best = result.best
-    console.print(f"searched {result.groups_searched} of {result.groups} layouts in {result.seconds:.2f} s; "
-                  f"solver: {best.status}, gap {best.gap:.2%}")
     console.print(f"[bold]binding:[/] {binding_constraint(best.prediction)}")
     if (note := float8_effect(load_model(model), load_cluster(cluster), best.plan, best.prediction)) is not None:
         console.print(f"[bold]float8:[/] {note}")
@@ -244,9 +264,6 @@ def _print_result(result: TuneResult, model: str, cluster: str, out: Path | None
         note = cp_note(best.plan, best.prediction, alternatives(m, cl, best.plan, best.prediction))
         if note:
             console.print(f"[bold]context parallel:[/] {note}")
-    for i, c in enumerate(result.top[1:], start=2):
-        d = c.step_time_s / best.step_time_s - 1
-        console.print(f"  #{i} is {d:+.1%} slower")
     if out is not None:
         console.print(f"plan written to [bold]{out}[/] (it names its model and cluster); run it with "
                       f"`loadmaster launch {out}`")

@@ -153,3 +153,64 @@ def cp_note(plan: Plan, pred: Prediction, alts: list[Alternative]) -> str | None
             f"sequence and exchanges keys/values ({share:.1%} of the step exposed)" if plan.cp > 1 else
             "no context parallelism")
     return head + ("; " + "; ".join(f"{a.change} {a.reason}" for a in changed) if changed else "")
+
+
+def _count(plan: Plan, key: str, L: int) -> str:
+    vals = plan.per_stage(key, L)
+    return str(vals[0]) if len(set(vals)) == 1 else "/".join(map(str, vals))
+
+
+def differences(ref: Plan, other: Plan, num_layers: int) -> list[str]:
+    """The knobs in which ``other`` differs from ``ref``, each as ``key ref→other`` (per-stage counts joined by
+    '/'), in plan-key order."""
+    out = []
+    layout = lambda p: (f"tp{p.tp}" + (f"·cp{p.cp}" if p.cp > 1 else "") + f"·pp{p.pp}"  # noqa: E731
+                        + (f"×{p.virtual_stages}" if p.virtual_stages > 1 else "") + f"·dp{p.dp}"
+                        + (f"(ep{p.ep})" if p.ep > 1 else ""))
+    if layout(ref) != layout(other):
+        out.append(f"layout {layout(ref)}→{layout(other)}")
+    for key, label in (("micro_batch_size", "micro-batch"), ("zero", "zero"), ("recompute", "checkpointing"),
+                       ("compile", "compile"), ("grad_reduce", "grad reduce"), ("sequence_parallel", "seq. parallel"),
+                       ("fp8_recipe", "float8 recipe"), ("pp_schedule", "schedule"), ("cp_rotate", "cp exchange"),
+                       ("rope_impl", "RoPE"), ("norm_impl", "RMSNorm"), ("swiglu_impl", "SwiGLU"),
+                       ("loss_impl", "loss"), ("pp_reshard_after_forward", "re-shard after forward")):
+        a, b = getattr(ref, key), getattr(other, key)
+        if a != b and not (key == "fp8_recipe" and not (any(ref.per_stage("fp8_layers", num_layers))
+                                                        and any(other.per_stage("fp8_layers", num_layers)))):
+            out.append(f"{label} {a}→{b}")
+    same_split = ref.num_stages == other.num_stages
+    if same_split and ref.stage_layers(num_layers) != other.stage_layers(num_layers):
+        out.append(f"split {'/'.join(map(str, ref.stage_layers(num_layers)))}"
+                   f"→{'/'.join(map(str, other.stage_layers(num_layers)))}")
+    for key, label in (("recompute_layers", "checkpointed"), ("offload_activation_layers", "act. offloaded"),
+                       ("offload_state_layers", "state offloaded"), ("fp8_layers", "float8")):
+        a, b = _count(ref, key, num_layers), _count(other, key, num_layers)
+        if a != b:
+            out.append(f"{label} {a}→{b}")
+    return out
+
+
+def cost_of(ref: Prediction, other: Prediction) -> str:
+    """What a runner-up costs against the best: step time and peak memory, relative and absolute."""
+    dt = other.step_time_s / ref.step_time_s - 1
+    dm = (other.peak_memory_bytes - ref.peak_memory_bytes) / GiB
+    return f"{dt:+.1%} step time, {dm:+.1f} GiB peak"
+
+
+def runner_up_lines(result, num_layers: int) -> list[str]:
+    """Per row of a tuner result's top plans (``result.top``: candidates with ``plan``, ``prediction`` and
+    ``equivalent``): the knobs that differ from #1 and what that costs, and the equivalent plans merged into it."""
+    out = []
+    if not result.top:
+        return out
+    best = result.top[0]
+    for i, c in enumerate(result.top):
+        same = f" (≡ {len(c.equivalent)} more plan{'s' if len(c.equivalent) > 1 else ''} with the same time and " \
+               "memory)" if c.equivalent else ""
+        if i == 0:
+            if same:
+                out.append(f"#1{same}")
+            continue
+        diff = "; ".join(differences(best.plan, c.plan, num_layers)) or "the same knobs"
+        out.append(f"#{i + 1}: {diff} — {cost_of(best.prediction, c.prediction)}{same}")
+    return out

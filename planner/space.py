@@ -1,4 +1,5 @@
-"""The search space of the tuner: which plan knobs it may choose, and the parallel layouts that are legal."""
+"""The search space of the tuner: the user's pins, and the layouts, micro-batch splits and schedules that
+costmodel.check_plan accepts (asked through probe plans: no plan rule is restated here)."""
 from __future__ import annotations
 
 import itertools
@@ -9,10 +10,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from costmodel import SpecError, check_plan, parse_fp8_budget, parse_plan
-from costmodel.plan import ep_choices
+from costmodel import Plan, SpecError, check_plan, parse_fp8_budget, parse_plan
 from costmodel.kernels import choices as kernel_choices_of
-from costmodel.plan import KERNEL_KEYS
+from costmodel.plan import KERNEL_KEYS, ep_choices
 from costmodel.specs import ClusterSpec, ModelSpec
 
 ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), so the tuner never offers it
@@ -20,7 +20,13 @@ ZERO_LEVELS = (0, 2, 3)  # zero 1 runs as 2 under FSDP2 (costmodel.plan.Plan), s
 
 @dataclass(kw_only=True, frozen=True)
 class SearchSpace:
-    """What the tuner may choose. ``None`` leaves a knob free; a value pins it."""
+    """What the tuner may choose. ``None`` leaves a degree free; a value pins it. Tuple fields list the allowed
+    values (one value pins the knob). planner.knobs says how each plan key is searched.
+
+    Zero level and checkpointing mode are one value per plan, not per stage: the trainer applies one FSDP2 mesh
+    and reshard policy and one checkpointing mode to every stage (launcher.runtime.parallel), so a per-stage level
+    or mode needs the plan schema and the trainer to accept lists first. Per stage the tuner chooses every block
+    count: checkpointed, activation-offloaded, state-offloaded and float8 blocks."""
 
     tp: int | None = None
     """Pinned tensor-parallel degree."""
@@ -47,30 +53,36 @@ class SearchSpace:
     zero: tuple[int, ...] = ZERO_LEVELS
     """ZeRO levels to consider."""
     recompute: tuple[str, ...] = ("none", "full", "selective")
-    """Checkpointing modes to consider ("none" = no block checkpointed)."""
+    """Checkpointing modes to consider. Without "none" every stage checkpoints at least one block."""
     compile: tuple[bool, ...] = (False, True)
     """torch.compile off/on."""
+    grad_reduce: tuple[str, ...] = ("last", "every")
+    """Gradient reduction under accumulation without a pipeline (Plan.grad_reduce)."""
+    sequence_parallel: tuple[bool, ...] = (True, False)
+    """Sequence parallelism with tp > 1 (a bool pins it)."""
     offload: bool = True
     """Consider offloading activations and state to the CPU."""
     fp8_budget: float = 0.0
     """Quality budget: the largest share of block-steps that may run in float8 (Plan.fp8_share), in [0, 1];
     "off" (0) and "auto" are accepted too (costmodel.parse_fp8_budget). 0 = no float8: it changes numerics."""
+    fp8_recipes: tuple[str, ...] = ("tensorwise", "rowwise")
+    """torchao float8 recipes to consider where float8 is allowed."""
+    fp8_needs_compile: bool = True
+    """Allow float8 only in compiled plans (eager float8 was slower than bf16 in every measured case)."""
     fp8_rotation_steps: int = 100
     """When only part of a stage runs in float8, rotate the float8 set every this many steps (DPQuant)."""
     fp8_temperature: float = 1.0
     """How such a rotating set is chosen (Plan.fp8_temperature): > 0 drawn loss-aware, 0 the sliding window."""
     schedules: tuple[str, ...] = ("1F1B", "Interleaved1F1B")
-    """Pipeline schedules to consider (Interleaved1F1B is tried on the best 1F1B plans)."""
+    """Pipeline schedules to consider. GPipe is tried only when 1F1B is not allowed (planner.knobs)."""
+    virtual_stages: tuple[int, ...] = (2, 3, 4)
+    """Chunks per rank to consider under Interleaved1F1B."""
     cross_node_tp: bool = False
     """Allow a tensor-parallel group to span nodes."""
-    sequence_parallel: bool = True
-    """Use sequence parallelism with tp > 1."""
-    layer_slack: int = 2
-    """Stages may hold this many blocks more or fewer than the even split (Mist: 2)."""
-    knob_levels: int = 9
-    """At most this many values of each per-stage block count (checkpointed, offloaded) are sampled."""
     max_micro_batch_size: int = 64
     """Largest micro-batch considered."""
+    cp_rotate: tuple[str, ...] = ("allgather", "alltoall")
+    """How context-parallel ranks exchange keys and values (Plan.cp_rotate), where cp > 1."""
     rope_impl: tuple[str, ...] = ("eager",)
     """RoPE kernels to consider (Plan.rope_impl; "liger" needs liger-kernel on the GPU nodes)."""
     loss_impl: tuple[str, ...] = ("eager", "compiled")
@@ -81,15 +93,21 @@ class SearchSpace:
     """SwiGLU kernels to consider (Plan.swiglu_impl)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.sequence_parallel, bool):
+            object.__setattr__(self, "sequence_parallel", (self.sequence_parallel,))
         object.__setattr__(self, "fp8_budget", parse_fp8_budget(self.fp8_budget, "search space"))
-        bad = set(self.recompute) - {"none", "full", "selective"}
-        if bad:
-            raise ValueError(f"recompute {sorted(bad)} unknown; use none, full or selective")
-        if not set(self.zero) <= {0, 1, 2, 3}:
-            raise ValueError(f"zero {self.zero} must be within 0-3")
-        bad = set(self.schedules) - {"1F1B", "Interleaved1F1B", "GPipe"}
-        if bad:
-            raise ValueError(f"schedules {sorted(bad)} unknown; use 1F1B, Interleaved1F1B or GPipe")
+        checks = [("recompute", {"none", "full", "selective"}), ("zero", {0, 1, 2, 3}),
+                  ("schedules", {"1F1B", "Interleaved1F1B", "GPipe"}), ("grad_reduce", {"last", "every"}),
+                  ("fp8_recipes", {"tensorwise", "rowwise"}), ("compile", {False, True}),
+                  ("sequence_parallel", {False, True}), ("cp_rotate", {"allgather", "alltoall"})]
+        for key, allowed in checks:
+            values = getattr(self, key)
+            bad = set(values) - allowed
+            if bad or not values:
+                raise ValueError(f"{key} {sorted(map(str, bad)) or 'is empty'}: use one or more of "
+                                 f"{', '.join(map(str, sorted(allowed, key=str)))}")
+        if not self.virtual_stages or any(v < 2 for v in self.virtual_stages):
+            raise ValueError(f"virtual_stages {self.virtual_stages}: use chunk counts of at least 2")
         for key in KERNEL_KEYS:
             allowed, given = kernel_choices_of(key), getattr(self, key)
             if not given or set(given) - set(allowed):
@@ -115,13 +133,21 @@ class SearchSpace:
         return {"fp8_rotation_steps": self.fp8_rotation_steps, "fp8_temperature": self.fp8_temperature}
 
 
-def divisors(n: int) -> list[int]:
-    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
+@dataclass(frozen=True)
+class Layout:
+    """One parallel layout and micro-batch split: every stage of a plan shares these."""
+
+    tp: int
+    pp: int
+    dp: int
+    mbs: int
+    M: int
+    cp: int = 1
+    ep: int = 1
 
 
-class Layout(NamedTuple):
-    """One way to lay a plan out on the cluster's GPUs: tp × cp × pp × dp = GPUs."""
+class Degrees(NamedTuple):
+    """The parallel degrees of a layout: tp × cp × pp × dp = GPUs."""
 
     tp: int
     cp: int
@@ -129,23 +155,49 @@ class Layout(NamedTuple):
     dp: int
 
 
-def layout_problem(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int, tp: int, pp: int,
-                   dp: int, cp: int = 1) -> str | None:
-    """Why no plan of this (tp, cp, pp, dp) layout can run, as costmodel.check_plan words it; None if some can.
+@dataclass(frozen=True)
+class Schedule:
+    """A pipeline schedule and its chunks per rank (``v`` = 1 except under Interleaved1F1B)."""
 
-    The rules live in parse_plan/check_plan alone: a probe plan of the layout (no per-stage knobs) goes through
-    them."""
+    name: str
+    v: int = 1
+
+
+def divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def probe_problem(model: ModelSpec, cluster: ClusterSpec, **keys) -> str | None:
+    """Why a plan with these keys (and defaults for the rest) cannot run, as parse_plan/check_plan word it; None if
+    it can. The tuner asks every rule it needs this way."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")   # warnings are for plans, not for probes
-            # pp micro-batches fill the pipeline: the batch itself is checked per case (micro_batches)
-            probe = parse_plan(dict(global_batch_size=dp * pp, micro_batch_size=1, seq_len=seq_len, dp=dp, tp=tp,
-                                    pp=pp, cp=cp, zero=2, recompute="none",
-                                    sequence_parallel=space.sequence_parallel), "layout")
-            check_plan(probe, model, cluster, "layout")
+            check_plan(parse_plan(keys, "probe"), model, cluster, "layout")
     except SpecError as e:
         return f"{e.key}: {e.problem}"
     return None
+
+
+def probe_problem(model: ModelSpec, cluster: ClusterSpec, **keys) -> str | None:
+    """Why a plan with these keys (and defaults for the rest) cannot run, as parse_plan/check_plan word it; None if
+    it can. The tuner asks every rule it needs this way."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # warnings are for plans, not for probes
+            check_plan(parse_plan(keys, "probe"), model, cluster, "layout")
+    except SpecError as e:
+        return f"{e.key}: {e.problem}"
+    return None
+
+
+def layout_problem(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int, tp: int, pp: int,
+                   dp: int, cp: int = 1) -> str | None:
+    """Why no plan of this (tp, cp, pp, dp) layout can run; None if some can (with its most permissive case; pp
+    micro-batches fill the pipeline, the batch itself is checked per split by ``micro_batches``)."""
+    return probe_problem(model, cluster, global_batch_size=dp * pp, micro_batch_size=1, seq_len=seq_len, dp=dp,
+                         tp=tp, pp=pp, cp=cp, zero=2, recompute="none", sequence_parallel=min(space.sequence_parallel))
 
 
 def cp_degrees(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int) -> list[int]:
@@ -176,7 +228,7 @@ def lean_plan_fits(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, s
         if layout_problem(model, cluster, space, seq_len, t, p, d) is not None:
             continue
         plan = dict(global_batch_size=d * p, micro_batch_size=1, seq_len=seq_len, dp=d, tp=t, pp=p,
-                    zero=2 if p > 1 else 3, recompute="full", sequence_parallel=space.sequence_parallel)
+                    zero=2 if p > 1 else 3, recompute="full", sequence_parallel=min(space.sequence_parallel))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return predict(model, cluster, parse_plan(plan, "probe")).feasible
@@ -184,7 +236,7 @@ def lean_plan_fits(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, s
 
 
 def layouts(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len: int,
-            rejected: dict | None = None) -> list[Layout]:
+            rejected: dict | None = None) -> list[Degrees]:
     """Every (tp, cp, pp, dp) with tp·cp·pp·dp = GPUs that the pins and the search policy allow and the plan
     rules accept; ``rejected`` (if given) collects the layouts they refuse, with the reason."""
     N = cluster.num_gpus
@@ -200,14 +252,16 @@ def layouts(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, seq_len:
                     continue
                 why = layout_problem(model, cluster, space, seq_len, t, p, d, c)
                 if why is None:
-                    out.append(Layout(t, c, p, d))
+                    out.append(Degrees(t, c, p, d))
                 elif rejected is not None:
-                    rejected[Layout(t, c, p, d)] = why
+                    rejected[Degrees(t, c, p, d)] = why
     return out
 
 
-def micro_batches(global_batch: int, dp: int, pp: int, space: SearchSpace) -> list[tuple[int, int]]:
-    """(micro-batch size, micro-batches per step) that split the global batch exactly."""
+def micro_batches(model: ModelSpec, cluster: ClusterSpec, global_batch: int, seq_len: int, tp: int, pp: int,
+                  dp: int, space: SearchSpace, cp: int = 1) -> list[tuple[int, int]]:
+    """(micro-batch size, micro-batches per step) that split the global batch exactly and that check_plan accepts
+    (a pipeline needs at least pp micro-batches)."""
     if global_batch % dp:
         return []
     per_rank = global_batch // dp
@@ -215,23 +269,33 @@ def micro_batches(global_batch: int, dp: int, pp: int, space: SearchSpace) -> li
     for mbs in divisors(per_rank):
         if mbs > space.max_micro_batch_size or (space.micro_batch_size is not None and mbs != space.micro_batch_size):
             continue
-        M = per_rank // mbs
-        if pp > 1 and M < pp:
-            continue
-        out.append((mbs, M))
+        if probe_problem(model, cluster, global_batch_size=global_batch, micro_batch_size=mbs, seq_len=seq_len,
+                         dp=dp, tp=tp, pp=pp, cp=cp, zero=2, recompute="none",
+                         sequence_parallel=min(space.sequence_parallel)) is None:
+            out.append((mbs, per_rank // mbs))
     return out
 
 
-def levels(n: int) -> np.ndarray:
-    """n fractions spread over [0, 1] (both ends kept); a knob's value is round(fraction × its upper bound)."""
-    return np.linspace(0.0, 1.0, max(n, 2))
-
-
-def layer_counts(num_layers: int, stages: int, slack: int) -> list[int]:
-    """Block counts a stage may hold: the even split ± slack, at least 1."""
-    even = num_layers / stages
-    lo, hi = max(1, math.floor(even) - slack), min(num_layers - stages + 1, math.ceil(even) + slack)
-    return list(range(lo, hi + 1))
+def schedules(model: ModelSpec, cluster: ClusterSpec, space: SearchSpace, global_batch: int, seq_len: int,
+              g: Layout) -> list[Schedule]:
+    """The schedules to search for a layout: one for pp = 1; 1F1B (GPipe only without 1F1B, planner.knobs) and
+    every interleaved chunk count check_plan accepts for a pipeline."""
+    if g.pp == 1:
+        return [Schedule("1F1B")]
+    out = []
+    if "1F1B" in space.schedules:
+        out.append(Schedule("1F1B"))
+    elif "GPipe" in space.schedules:
+        out.append(Schedule("GPipe"))
+    if "Interleaved1F1B" in space.schedules:
+        for v in sorted(set(space.virtual_stages)):
+            if probe_problem(model, cluster, global_batch_size=global_batch, micro_batch_size=g.mbs,
+                             seq_len=seq_len, dp=g.dp, tp=g.tp, pp=g.pp, cp=g.cp, ep=g.ep, zero=2,
+                             recompute="none",
+                             sequence_parallel=min(space.sequence_parallel), pp_schedule="Interleaved1F1B",
+                             virtual_stages=v) is None:
+                out.append(Schedule("Interleaved1F1B", v))
+    return out
 
 
 def expert_degrees(model: ModelSpec, dp: int, space: SearchSpace) -> list[int]:
@@ -255,14 +319,11 @@ def moe_layers_of_role(model: ModelSpec, role: str, layers: np.ndarray, pp: int)
     return np.array([counts[int(n)] for n in np.asarray(layers).reshape(-1)], dtype=float).reshape(np.shape(layers))
 
 
-def middle_exact(model: ModelSpec, pp: int, slack: int) -> bool:
-    """Whether every block a middle stage may hold is of one kind (all MoE or all dense)."""
-    if pp <= 2 or not model.is_moe:
-        return True
-    lo = 1   # a first stage holds at least one block, a last one too
-    hi = model.num_hidden_layers - 1
-    n = model.moe_layers_in(lo, hi - lo)
-    return n in (0, hi - lo)
+def uniform_blocks(model: ModelSpec) -> bool:
+    """Whether every block is of one kind (dense, or all mixture-of-experts): then a stage's MoE blocks are known
+    from its block count alone, whatever its place in the model."""
+    n = model.moe_layers_in(0, model.num_hidden_layers)
+    return n in (0, model.num_hidden_layers)
 
 
 def kernel_combinations(space: SearchSpace, model: ModelSpec, plan: Plan) -> list[dict[str, str]]:
