@@ -38,7 +38,7 @@ TARGET_MEDIAN, TARGET_MAX = 0.05, 0.15
 
 
 NOT_RUNS = {"runtime-vs-torchtitan.jsonl"}
-"""JSON Lines under data/ that are not launcher.runtime.bench runs (one line per plan and engine, issue 15)."""
+"""JSON Lines under data/ that are not launcher.runtime.bench runs (one line per plan and engine)."""
 
 
 def measured_files(data: Path = DATA) -> list[Path]:

@@ -1,6 +1,6 @@
 """300-step bf16 vs float8 (rotating) loss curves of Llama-3.2-1B on one GPU, on a synthetic token file.
 
-Superseded by ``python -m benchmarks.gpu.fp8_schedule`` (four float8 schedules on two models, issue 19); kept
+Superseded by ``python -m benchmarks.gpu.fp8_schedule`` (four float8 schedules on two models); kept
 because the earlier loss-bf16 and loss-fp8 runs (benchmarks/data/loss) were measured with it.
 
     python benchmarks/fp8_loss_curves.py --out DIR [--variant bf16|fp8|both] [--steps 300] [--smoke]

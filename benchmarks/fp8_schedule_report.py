@@ -7,7 +7,7 @@ Per model and arm: the last-``tail`` mean loss and its difference from bf16; tok
 ``warmup`` (the probe steps included) and over all steps (compile included); the speed-up over bf16, measured and
 as the cost model predicted it for the GPU the run found (the trainer's summary); the float8 share of block-steps;
 the sensitivity probes (how many, their share of the time); for loss-aware draws, how often the most sensitive
-block ran in float8 against the mean. Then issue 19's acceptance per model: loss-aware within 0.5 % of bf16, no
+block ran in float8 against the mean. Then the acceptance per model: loss-aware within 0.5 % of bf16, no
 worse than the sliding window, at the predicted speed-up within 5 %. ``--md`` rewrites the block between the
 ``<!-- fp8-schedule:results -->`` markers of that file; ``--png`` draws loss against tokens/s (the Pareto picture)
 above the loss curves.
@@ -22,7 +22,7 @@ from pathlib import Path
 ARMS = ("bf16", "static", "window", "loss-aware")
 BEGIN, END = "<!-- fp8-schedule:results -->", "<!-- /fp8-schedule:results -->"
 LOSS_TARGET, SPEED_TARGET = 0.005, 0.05
-"""Issue 19's acceptance: loss within 0.5 % of bf16, speed-up within 5 % of the tuner's prediction."""
+"""The float8 schedule's acceptance: loss within 0.5 % of bf16, speed-up within 5 % of the tuner's prediction."""
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,4 +1,4 @@
-"""loadmaster's trainer beside TorchTitan on the same plans, from committed measurements (issue 15).
+"""loadmaster's trainer beside TorchTitan on the same plans, from committed measurements.
 
     python benchmarks/runtime_vs_torchtitan.py [LINES.jsonl] [--json]
 
@@ -24,7 +24,7 @@ DATA = Path(__file__).resolve().parent / "data" / LINES
 
 
 def verdict(rows: list[dict]) -> dict:
-    """The acceptance figures of issue 15 over the plans both engines ran."""
+    """The comparison's figures over the plans both engines ran."""
     both = [r for r in rows if r.get("speedup") is not None]
     speed = [r["speedup"] for r in both]
     mem = [r["memory_ratio"] for r in both if r.get("memory_ratio") is not None]

@@ -27,13 +27,13 @@ CASES = [  # (model, cluster, global batch, seq len, target seconds)
     ("llama3-70b", "64x8xh100", 1024, 8192, 10.0),
     ("llama3-405b", "256x8xh100", 2048, 8192, 60.0),
     ("gpt3-22b", "4x8xa100-40g", 512, 4096, 10.0),
-    # mixture of experts (issue 16): expert parallelism is one more dimension of the same targets by GPU count
+    # mixture of experts: expert parallelism is one more dimension of the same targets by GPU count
     ("qwen3-30b-a3b", "8xh100", 256, 4096, 1.0),
     ("mixtral-8x7b", "8x8xh100", 1024, 4096, 10.0),
     ("mixtral-8x22b", "16x8xh100", 1024, 4096, 10.0),
     ("qwen3-235b-a22b", "32x8xh100", 2048, 4096, 10.0),
     ("deepseek-v3", "256x8xh100", 4096, 4096, 60.0),
-    # long context (issue 16): context parallelism joins the search at 32k tokens and more
+    # long context: context parallelism joins the search at 32k tokens and more
     ("llama3-8b", "8xh100", 8, 131072, 10.0),
     ("llama3-70b", "64x8xh100", 64, 131072, 60.0),
 ]

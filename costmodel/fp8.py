@@ -11,7 +11,7 @@ import math
 from .specs import ModelSpec
 
 PROBE_SHARE = 0.01
-"""The share of training time the float8 loss-sensitivity probe may take (issue 19's bound)."""
+"""The share of training time the float8 loss-sensitivity probe may take (the float8 schedule's accepted overhead)."""
 
 
 def fp8_skipped(in_features: int, out_features: int, recipe: str) -> bool:

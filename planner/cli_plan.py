@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
                              "that names them")
         if global_batch_size is None or seq_len is None:
             raise ValueError("give --global-batch-size and --seq-len (or --job FILE)")
+        check_flags(("--top-k", top_k, 1), ("--time-limit", time_limit, 0.01), ("--gap", gap, 0.0), high={"--gap": 1.0})
         check_limits(top_k, time_limit, gap)
         check_flags(("--global-batch-size", global_batch_size, 1), ("--seq-len", seq_len, 1), ("--tp", tp, 1),
                     ("--pp", pp, 1), ("--dp", dp, 1), ("--cp", cp, 1), ("--ep", ep, 1),

@@ -58,6 +58,9 @@ def test_gpu_driver_runs_jobs_in_order_within_the_budget(tmp_path, monkeypatch):
     assert f"done {tmp_path / 'ok'}" in (tmp_path / "ok" / "log.txt").read_text()
     rows = gpu_run.run(["ok"], tmp_path, budget_s=5)   # under 10 s left: skipped
     assert rows[0][1] is None and rows[0][2] == 0
+    monkeypatch.setitem(gpu_run.JOBS, "slow", (["python", "-c", "import time; time.sleep(30)"], 60, "sleeps"))
+    rows = gpu_run.run(["slow:1.5"], tmp_path, budget_s=30)   # a cap given after the name wins
+    assert rows[0][1] is None and rows[0][2] < 5
 
 
 def test_gpu_driver_packs_every_job_into_one_archive(tmp_path, monkeypatch):
@@ -73,6 +76,8 @@ def test_gpu_driver_packs_every_job_into_one_archive(tmp_path, monkeypatch):
 def test_gpu_driver_refuses_an_unknown_job(capsys):
     assert gpu_run.main(["--out", "x", "nope"]) == 2
     assert "unknown job nope" in capsys.readouterr().err
+    assert gpu_run.main(["--out", "x", "profile:soon"]) == 2
+    assert "unknown job profile:soon" in capsys.readouterr().err
 
 
 def test_grid_files_hold_the_tuner_plan_and_eight_alternatives():

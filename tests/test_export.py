@@ -22,9 +22,11 @@ import pytest
 import engines
 
 from costmodel import ClusterSpec, Plan, load_cluster, load_model, load_plan
+from costmodel.errors import SpecError
 from costmodel.plan import tp_choices
 from costmodel.specs import shipped
 from launcher.export.common import TARGETS, export_plan, stage_view
+from launcher.export.torchtitan import MOE_FLAVORS, _moe_shape
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "export"
@@ -231,6 +233,10 @@ def test_torchtitan_parses_the_export(i, tmp_path, monkeypatch):
     from torchtitan.components.quantization import float8 as tt_float8
     from torchtitan.models.common.linear import Linear
     name, plan, model, cluster = CASES[i]
+    if model.is_moe and _moe_shape(model) not in MOE_FLAVORS:   # TorchTitan builds MoE only from its flavors
+        with pytest.raises(SpecError, match="TorchTitan 0.3 has no mixture-of-experts model"):
+            export_plan(plan, model, cluster, "torchtitan")
+        return
     result = export_plan(plan, model, cluster, "torchtitan")
     result.write(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -253,7 +259,10 @@ def test_torchtitan_parses_the_export(i, tmp_path, monkeypatch):
     assert m.enable_weight_tying == model.tie_word_embeddings
     rope, norm = m.layers[-1].attention.rope, m.layers[-1].ffn_norm
     assert (rope.theta, norm.eps, m.norm.eps) == (model.rope_theta, model.rms_norm_eps, model.rms_norm_eps)
-    assert rope.scaling == ("llama" if model.rope_type == "llama3" else "none")
+    if _moe_shape(model)[3] and MOE_FLAVORS[_moe_shape(model)][0] == "deepseek_v3":   # the flavor's own RoPE, warned
+        assert rope.scaling == "yarn" and any("YaRN" in w for w in result.warnings)
+    else:
+        assert rope.scaling == ("llama" if model.rope_type == "llama3" else "none")
     if model.rope_type == "llama3":
         assert rope.scaling_factor == model.rope_scaling["factor"]
     if plan.pp > 1:

@@ -1,4 +1,4 @@
-"""Issue 17's first hour, one test per case a new user hit: every verb answers with a result or one `error:` line
+"""The first hour, one test per case a new user hit: every verb answers with a result or one `error:` line
 and exit code 2 — never a traceback — and the output fits the terminal. (Exports in the engines' own parsers
 are in test_export.py; launch's GPU checks, step lines, TensorBoard and resume in test_launch*.py.)"""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15's GPU scripts (benchmarks/gpu/kernel_bench, kernel_loss_curves, runtime_vs_torchtitan, tuner_grid) in
+"""The kernel and runtime GPU scripts (benchmarks/gpu/kernel_bench, kernel_loss_curves, runtime_vs_torchtitan, tuner_grid) in
 their --cpu-smoke mode on the tiny model, the comparison's summary, and the 8k grid holding the tuner's plan."""
 from __future__ import annotations
 

@@ -237,7 +237,8 @@ def test_runner_ups_say_what_differs_and_equivalent_plans_merge(run_cli):
 
 # ---- the flags -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flag, value, words", [
-    ("--time-limit", "0", "time limit"), ("--time-limit", "-1", "time limit"), ("--time-limit", "nan", "time limit"),
+    ("--time-limit", "0", "--time-limit"), ("--time-limit", "-1", "--time-limit"),
+    ("--time-limit", "nan", "--time-limit"),
     ("--gap", "2", "gap"), ("--gap", "-0.1", "gap"), ("--gap", "1", "gap"), ("--top-k", "0", "top-k")])
 def test_search_flags_out_of_range_are_one_line_errors(run_cli, flag, value, words):
     code, out, err = run_cli("plan", "llama3-8b", "--cluster", "8xh100", "-b", "64", "-s", "4096", flag, value)

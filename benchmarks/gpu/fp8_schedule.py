@@ -1,4 +1,4 @@
-"""Float8 schedules against bf16 on one GPU: the loss and the speed of four arms on two models (issue 19).
+"""Float8 schedules against bf16 on one GPU: the loss and the speed of four arms on two models.
 
     python -m benchmarks.gpu.fp8_schedule --out DIR [--budget-s 540] [--steps 300] [--models M,..] [--arms A,..]
     python -m benchmarks.gpu.fp8_schedule --out DIR --cpu-smoke     # tiny model, CPU, torchao emulation, seconds
@@ -46,7 +46,7 @@ PRIORITY = [("llama3.2-1b", "bf16"), ("llama3-8b-8l", "bf16"), ("llama3.2-1b", "
 ROTATION_STEPS = 25
 """12 periods in 300 steps: every block of a half-float8 model is visited six times by the sliding window."""
 START_S = 45.0
-"""Per-arm build, initialisation and compile allowance of the budget check (the H200 loss runs of issue 4 took
+"""Per-arm build, initialisation and compile allowance of the budget check (the earlier H200 loss runs took
 60-90 s of start and compile cold; the on-disk inductor cache makes later arms cheaper)."""
 SMOKE_MODEL = "benchmarks/gpu/models/tiny-smoke.yaml"
 

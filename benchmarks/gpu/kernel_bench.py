@@ -1,4 +1,4 @@
-"""Each kernel choice's time and memory at model shapes, and the runtime constants they imply (issue 15).
+"""Each kernel choice's time and memory at model shapes, and the runtime constants they imply.
 
     python -m benchmarks.gpu.kernel_bench --out DIR [--budget-s 60] [--cpu-smoke]
 

@@ -1,5 +1,5 @@
 """300-step loss curves of Llama-3.2-1B, bf16 with the kernels the committed runs ran against each new kernel
-path, same data and seed (issue 15): the last 20 steps' mean loss of every path within 0.5 % of the baseline's.
+path, same data and seed: the last 20 steps' mean loss of every path within 0.5 % of the baseline's.
 
     python -m benchmarks.gpu.kernel_loss_curves --out DIR [--budget-s 170] [--steps 300] [--cpu-smoke]
 

@@ -1,4 +1,4 @@
-"""What the GPU scripts of issue 15 share: their command line, a deadline, JSON Lines, the short table they print
+"""What the kernel and runtime GPU scripts share: their command line, a deadline, JSON Lines, the short table they print
 last, and the wheels (TorchTitan, liger-kernel, torchao) installed from ``.whl`` on a machine without internet.
 
 Every script runs as ``python -m benchmarks.gpu.NAME --out DIR --budget-s S [--cpu-smoke]``: it writes its JSON or

@@ -43,7 +43,7 @@ GRID_2GPU = [
     ("tp2-none-mb8-cmp", dict(micro_batch_size=8, dp=1, tp=2, zero=3, recompute="none", compile=True)),
     ("tp2-sel-mb4-cmp", dict(micro_batch_size=4, dp=1, tp=2, zero=3, recompute="selective", compile=True)),
 ]
-# issue 15: Llama-3.2-1B shape, untied, seq 8192, gbs 8 — FSDP ± checkpointing at mbs 1/2/4, with and without
+# the runtime comparison's grid: Llama-3.2-1B shape, untied, seq 8192, gbs 8 — FSDP ± checkpointing at mbs 1/2/4, with and without
 # compile, TorchTitan's default (FSDP + full checkpointing, mbs 1) first; default kernels (the tuner picks its own)
 GRID_1GPU_8K = [
     ("fsdp-full-mb1", dict(micro_batch_size=1, dp=1, zero=3, recompute="full")),
@@ -100,7 +100,7 @@ def make_case(case: dict) -> tuple[list[dict], list[str]]:
                     "plan": tuned})
     header = [f"tuner: loadmaster plan {case['model']} --cluster {case['cluster']} --global-batch-size "
               f"{case['global_batch_size']} --seq-len {case['seq_len']} (default space, float8 off); "
-              f"{seconds:.1f} s, solver gap {result.best.gap:.2%}"
+              f"{seconds:.1f} s, gap to bound {result.gap:.2%}"
               + ("; kernel choices by planner.space.best_kernels" if case.get("kernels") else ""),
               f"predicted ({profile_for(load_cluster(case['cluster'])).name} profile):"]
     for e in entries:

@@ -13,8 +13,8 @@ and the grouped-GEMM efficiency points the model's ``grouped_gemm_efficiency`` c
    loss) on 4k, 8k and 16k tokens, bf16: forward + backward time (CUDA events, median) and the bytes it keeps from
    forward to backward (allocated after forward − before − output), against costmodel's moe_gemm_s,
    moe_elementwise_bytes and moe_saved_bytes for the same tokens. The time is predicted twice: with the profile's
-   stored constant, and with the one measured in step 1 (what the model will say once it is stored). Targets
-   (issue 16): time within 5 %, memory within 3 %. Isolated kernels: the prediction leaves out the profile's
+   stored constant, and with the one measured in step 1 (what the model will say once it is stored). Targets:
+   time within 5 %, memory within 3 %. Isolated kernels: the prediction leaves out the profile's
    in-training GEMM factor (the block is not inside a training step).
 
 Writes DIR/moe_block.json (every point), DIR/summary.md (tables) and DIR/grouped_gemm_efficiency.yaml.

@@ -1,10 +1,10 @@
 """Run GPU measurement jobs on this machine, one after another, each into OUT/JOB, within a time budget.
 
-    python -m benchmarks.gpu.run --out OUT [--budget-s 540] [--pack] JOB [JOB ...]
+    python -m benchmarks.gpu.run --out OUT [--budget-s 540] [--pack] JOB[:SECONDS] [JOB[:SECONDS] ...]
     python -m benchmarks.gpu.run --list
 
 Each job is one command of this repository (the table ``JOBS``); a job gets what is left of the budget, at most its
-own cap, and is stopped when that runs out (what it wrote so far stays). Wheels in ``.whl/`` (torchao, TorchTitan
+own cap (or the SECONDS given after its name), and is stopped when that runs out (what it wrote so far stays). Wheels in ``.whl/`` (torchao, TorchTitan
 and their needs; not in git) are installed into ``/tmp/site`` first. The last lines printed are a table of the
 jobs: exit code, seconds, log file. ``--pack`` then folds everything under OUT into OUT/results.tar.gz (the device
 tool brings back at most 8 files; every job writes several).
@@ -69,8 +69,10 @@ def run(jobs: list[str], out: Path, budget_s: float) -> list[tuple[str, int | No
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     site = install_wheels()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), site, env.get("PYTHONPATH")) if p)
-    for job in jobs:
+    for spec in jobs:
+        job, _, given = spec.partition(":")
         argv, cap, _ = JOBS[job]
+        cap = float(given) if given else cap
         left = budget_s - (time.monotonic() - t0)
         jdir = out / job
         jdir.mkdir(parents=True, exist_ok=True)
@@ -92,6 +94,13 @@ def run(jobs: list[str], out: Path, budget_s: float) -> list[tuple[str, int | No
         tail = log.read_text().splitlines()[-15:]
         print("\n".join(tail), flush=True)
     return rows
+
+
+def _seconds_ok(text: str) -> bool:
+    try:
+        return not text or float(text) > 0
+    except ValueError:
+        return False
 
 
 def pack(out: Path) -> Path:
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, cap, what) in JOBS.items():
             print(f"{name:<24} {cap:>5.0f} s  {what}")
         return 0
-    unknown = [j for j in a.jobs if j not in JOBS]
+    unknown = [j for j in a.jobs if j.partition(":")[0] not in JOBS or not _seconds_ok(j.partition(":")[2])]
     if unknown:
         print(f"error: unknown job {', '.join(unknown)}; jobs: {', '.join(JOBS)}", file=sys.stderr)
         return 2

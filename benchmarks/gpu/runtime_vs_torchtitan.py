@@ -1,4 +1,4 @@
-"""The same plans run by loadmaster's trainer and by TorchTitan on one GPU (issue 15): step time, tokens/s/GPU and
+"""The same plans run by loadmaster's trainer and by TorchTitan on one GPU: step time, tokens/s/GPU and
 peak memory of each engine, one JSON line per (plan, engine).
 
     python -m benchmarks.gpu.runtime_vs_torchtitan --out DIR [--budget-s 320] [--steps 12] [--warmup 2] [--cpu-smoke]

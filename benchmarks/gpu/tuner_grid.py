@@ -1,4 +1,4 @@
-"""The tuner's plan against a hand-picked grid on one H200, run by the trainer (issue 15, item 5).
+"""The tuner's plan against a hand-picked grid on one H200, run by the trainer.
 
     python -m benchmarks.gpu.tuner_grid --out DIR [--budget-s 200] [--plans benchmarks/gpu/tuner_vs_grid_8k.yaml]
         [--cpu-smoke]

@@ -67,11 +67,17 @@ def _moe_model_code(model: ModelSpec, warnings: list[str]) -> tuple[str, str, st
                         "export with --to megatron, or add the model to TorchTitan")
     package, flavor, recipe = match
     if package == "deepseek_v3":
-        warnings.append(f"{model.name}: TorchTitan's DeepSeek-V3 671B trains multi-head latent attention and its "
-                        "aux-loss-free balancing; the plan was costed with the recipe's GQA stand-in (more attention "
+        warnings.append(f"{model.name}: TorchTitan's DeepSeek-V3 671B trains multi-head latent attention, YaRN RoPE "
+                        "scaling and its aux-loss-free balancing; the plan was costed with the recipe's GQA stand-in (more attention "
                         "weights, smaller saved keys/values)")
+    # TorchTitan's MoE flavors fix their own norm eps (DeepSeek-V3 1e-5 against the checkpoint's 1e-6): set ours
+    eps = model.rms_norm_eps
     code = (f"def _model_spec(converters):\n"
-            f"    return model_registry({flavor!r}, converters=converters or None)\n")
+            f"    spec = model_registry({flavor!r}, converters=converters or None)\n"
+            f"    for layer in spec.model.layers:\n"
+            f"        layer.attention_norm.eps = layer.ffn_norm.eps = {eps!r}\n"
+            f"    spec.model.norm.eps = {eps!r}\n"
+            f"    return spec\n")
     return code, recipe, package
 
 
@@ -225,6 +231,12 @@ def _knob_warnings(plan: Plan, model: ModelSpec, view: StageView) -> list[str]:
     if any(view.fp8) and plan.fp8_recipe == "tensorwise":
         out.append("fp8_recipe tensorwise: TorchTitan 0.3's Float8LinearConverter offers rowwise only; "
                    "exported as rowwise")
+    if plan.cp > 1 and plan.cp_rotate != "allgather":
+        out.append(f"cp_rotate {plan.cp_rotate}: TorchTitan 0.3 has no rotate setting (torch's default, allgather); "
+                   f"exported as allgather")
+    if plan.tp > 1 and not plan.vocab_parallel:
+        out.append("vocab_parallel false: TorchTitan 0.3 always shards the output layer and its loss over TP "
+                   "(no setting); exported vocab-parallel (less memory, a different TP exchange than planned)")
     return out
 
 
@@ -249,12 +261,11 @@ def export_torchtitan(plan: Plan, model: ModelSpec, cluster: ClusterSpec | None 
         else "never"
     parallelism = [f"data_parallel_shard_degree={shard}", f"data_parallel_replicate_degree={replicate}",
                    f"fsdp_reshard_after_forward={reshard!r}", f"tensor_parallel_degree={plan.tp}",
-                   f"enable_sequence_parallel={plan.sequence_parallel}", f"pipeline_parallel_degree={plan.pp}",
-                   f"disable_loss_parallel={not plan.vocab_parallel}"]
-    if model.is_moe:   # TorchTitan folds EP from the data-parallel shards too; experts not tensor-parallel
-        parallelism += [f"expert_parallel_degree={plan.ep}", "expert_tensor_parallel_degree=1"]
+                   f"enable_sequence_parallel={plan.sequence_parallel}", f"pipeline_parallel_degree={plan.pp}"]
+    if model.is_moe:   # TorchTitan folds EP from the data-parallel shards too
+        parallelism += [f"expert_parallel_degree={plan.ep}"]
     if plan.cp > 1:   # TorchTitan shards parameters over data_parallel_shard × cp, as the trainer does
-        parallelism += [f"context_parallel_degree={plan.cp}", f"context_parallel_rotate_method={plan.cp_rotate!r}"]
+        parallelism += [f"context_parallel_degree={plan.cp}"]
     if plan.pp > 1:
         parallelism += [f"pipeline_parallel_schedule={plan.pp_schedule!r}",
                         f"pipeline_parallel_microbatch_size={plan.micro_batch_size}",

@@ -38,7 +38,6 @@ def loadmaster_plan() -> Trainer.Config:
         tensor_parallel_degree=1,
         enable_sequence_parallel=True,
         pipeline_parallel_degree=1,
-        disable_loss_parallel=False,
     )
     config.activation_checkpoint = SelectiveAC.Config()
     config.compile = CompileConfig(enable=False, components=["model", "loss"])

@@ -44,7 +44,6 @@ def loadmaster_plan() -> Trainer.Config:
         tensor_parallel_degree=1,
         enable_sequence_parallel=True,
         pipeline_parallel_degree=1,
-        disable_loss_parallel=False,
     )
     config.activation_checkpoint = FullAC.Config()
     config.compile = CompileConfig(enable=True, components=["model", "loss"])
