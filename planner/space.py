@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -96,6 +97,11 @@ class SearchSpace:
         if isinstance(self.sequence_parallel, bool):
             object.__setattr__(self, "sequence_parallel", (self.sequence_parallel,))
         object.__setattr__(self, "fp8_budget", parse_fp8_budget(self.fp8_budget, "search space"))
+        for key in ("tp", "pp", "dp", "ep", "cp", "micro_batch_size"):   # one value pins a degree: never a tuple
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                raise ValueError(f"{key} {value!r}: pin it with one whole number of at least 1 (e.g. {key}=2), or "
+                                 f"leave it None for the tuner to choose")
         checks = [("recompute", {"none", "full", "selective"}), ("zero", {0, 1, 2, 3}),
                   ("schedules", {"1F1B", "Interleaved1F1B", "GPipe"}), ("grad_reduce", {"last", "every"}),
                   ("fp8_recipes", {"tensorwise", "rowwise"}), ("compile", {False, True}),
@@ -166,18 +172,6 @@ class Schedule:
 def divisors(n: int) -> list[int]:
     small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
-
-
-def probe_problem(model: ModelSpec, cluster: ClusterSpec, **keys) -> str | None:
-    """Why a plan with these keys (and defaults for the rest) cannot run, as parse_plan/check_plan word it; None if
-    it can. The tuner asks every rule it needs this way."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # warnings are for plans, not for probes
-            check_plan(parse_plan(keys, "probe"), model, cluster, "layout")
-    except SpecError as e:
-        return f"{e.key}: {e.problem}"
-    return None
 
 
 def probe_problem(model: ModelSpec, cluster: ClusterSpec, **keys) -> str | None:

@@ -640,9 +640,34 @@ def _tune(model, cluster, global_batch_size, seq_len, space, *, top_k, time_limi
     if bounded < len(groups):
         result.timed_out = True
         contrib.append(0.0)                   # layouts not even bounded
-    n_done = 0
+    done: set[tuple[int, Schedule]] = set()
+
+    def search_item(gi: int, ls: LayoutSearch, s: Schedule) -> None:
+        if progress:
+            g = ls.g
+            progress(len(searched), len(groups), f"tp={g.tp}" + (f" cp={g.cp}" if g.cp > 1 else "") +
+                     f" pp={g.pp} dp={g.dp}" + (f" ep={g.ep}" if g.ep > 1 else "") + f" mbs={g.mbs}")
+        searched.add(gi)
+        done.add((gi, s))
+        ls.run(s)
+        contrib.extend(ls.contrib)
+        ls.contrib = []
+
+    # first the plain schedules (one chunk per rank: quick to solve), best bound first, for up to a quarter of the
+    # time: the costly interleaved cases of deep pipelines, whose bounds are loose, then meet a good threshold,
+    # and a time limit still returns a plan
+    warm_until = t_start + 0.25 * time_limit_s
+    for _, _, gi, ls, s in sorted((item for item in queue if item[4].v == 1), key=lambda item: item[:2]):
+        if search.out_of_time() or (math.isfinite(search.threshold()) and time.perf_counter() > warm_until):
+            break
+        if ls.g.pp > 1 and not ls.refine(s) < search.threshold():
+            continue                      # back in the queue with its refined bound (never below the old one)
+        search_item(gi, ls, s)
     while queue:
         lb, _, gi, ls, s = queue[0]
+        if (gi, s) in done:
+            heapq.heappop(queue)
+            continue
         if search.out_of_time():
             result.timed_out = True
             contrib.extend(item[0] for item in queue)
@@ -656,15 +681,7 @@ def _tune(model, cluster, global_batch_size, seq_len, space, *, top_k, time_limi
             if new > lb:
                 heapq.heappush(queue, (new, next(tick), gi, ls, s))
                 continue
-        if progress:
-            g = ls.g
-            progress(len(searched), len(groups), f"tp={g.tp}" + (f" cp={g.cp}" if g.cp > 1 else "") +
-                     f" pp={g.pp} dp={g.dp}" + (f" ep={g.ep}" if g.ep > 1 else "") + f" mbs={g.mbs}")
-        searched.add(gi)
-        n_done += 1
-        ls.run(s)
-        contrib.extend(ls.contrib)
-        ls.contrib = []
+        search_item(gi, ls, s)
     result.groups_searched = len(searched)
     result.groups_pruned = bounded - len(searched) if not result.timed_out else 0
     result.top = list(top.items)

@@ -400,3 +400,10 @@ def test_every_returned_plan_passes_check_plan():
         for c in top:
             check_plan(c.plan, model, cluster)
             assert isinstance(c.plan, Plan) and dataclasses.asdict(c.plan)
+
+
+@pytest.mark.parametrize("pins", [dict(tp=(2,)), dict(pp=0), dict(ep=2.5), dict(micro_batch_size=True)])
+def test_a_degree_is_pinned_with_one_whole_number(pins):
+    (key,) = pins
+    with pytest.raises(ValueError, match=f"^{key} .*one whole number"):
+        SearchSpace(**pins)
