@@ -33,7 +33,7 @@ import numpy as np
 from costmodel import Plan, SpecError, check_plan, load_cluster, load_model
 from costmodel.hardware import profile_for
 from costmodel.pipeline import step_time
-from costmodel.plan import even_split
+from costmodel.plan import KERNEL_KEYS, even_split
 from costmodel.prediction import predict
 from planner.space import SearchSpace, layouts, micro_batches
 from planner.tuner import tune
@@ -106,6 +106,7 @@ def brute_force(case: Case, space: SearchSpace) -> tuple[float, Plan | None, int
     model, cluster = load_model(case.model), load_cluster(case.cluster)
     prof = profile_for(cluster)
     L, frac = model.num_hidden_layers, space.max_fp8_fraction
+    assert all(len(getattr(space, k)) == 1 for k in KERNEL_KEYS), "common_space pins one value per kernel choice"
     best, costed = (math.inf, None), 0
     for t, cp, p, d in layouts(model, cluster, space, case.seq):
         for mbs, M in micro_batches(model, cluster, case.gbs, case.seq, t, p, d, space, cp=cp):
@@ -113,7 +114,7 @@ def brute_force(case: Case, space: SearchSpace) -> tuple[float, Plan | None, int
                 fp8_max = (lambda n: int(frac * n + 1e-9)) if frac and comp else (lambda n: 0)
                 base = dict(global_batch_size=case.gbs, micro_batch_size=mbs, seq_len=case.seq, dp=d, tp=t, pp=p,
                             cp=cp, zero=zero, recompute=rec, compile=comp, grad_reduce=gr, sequence_parallel=sp,
-                            fp8_recipe=recipe)
+                            fp8_recipe=recipe, **{k: getattr(space, k)[0] for k in KERNEL_KEYS})
                 if p == 1:
                     got, c = _single(model, cluster, prof, base, L, fp8_max(L), case.counts)
                 else:
@@ -215,10 +216,12 @@ def _pipeline(model, cluster, prof, base, L, pp, M, window, fp8_max, fix):
 def common_space(case: Case, free_best) -> dict:
     """The brute force's space: the case's pins and restrictions, or (no restrictions given) the tuner's own layout,
     micro-batch and plan-wide values of its free run (float8 share as pinned)."""
+    # the kernel choices (planner.knobs' case knobs) of the tuner's own plan, one each, for both searches
+    kernels = {k: (getattr(free_best.plan, k),) for k in KERNEL_KEYS} if free_best else {}
     if case.space:
-        return {**case.pins, **case.space}
+        return {**kernels, **case.pins, **case.space}
     p = free_best.plan
-    return dict(case.pins, tp=p.tp, pp=p.pp, dp=p.dp, micro_batch_size=p.micro_batch_size, zero=(p.zero,),
+    return dict(case.pins, **kernels, tp=p.tp, pp=p.pp, dp=p.dp, micro_batch_size=p.micro_batch_size, zero=(p.zero,),
                 recompute=("none", p.recompute) if p.recompute != "none" else ("none", "full"), compile=(p.compile,),
                 grad_reduce=(p.grad_reduce,), sequence_parallel=(p.sequence_parallel,), schedules=(p.pp_schedule,))
 

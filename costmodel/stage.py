@@ -62,6 +62,24 @@ COMM_SYMBOLS = ("bw_tp", "bw_tp_rs", "bw_ag", "bw_rs", "bw_rag", "bw_rrs", "bw_p
                 "bw_ers", "t_a2a_tiny", "bw_cp", "bw_cp_p2p")
 
 
+def _factorize(values: np.ndarray, passes: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, index of each value among them), as np.unique(return_inverse=True) gives in some order:
+    a stage table holds few distinct (group, stride, op) combinations, and a compare per distinct value beats a
+    sort of every row (the tuner's hot path); more than ``passes`` of them fall back to the sort."""
+    inverse = np.full(values.shape, -1, dtype=np.int64)
+    uniq: list = []
+    todo = np.ones(values.shape, dtype=bool)
+    while todo.any():
+        if len(uniq) == passes:
+            return np.unique(values, return_inverse=True)
+        v = values[int(np.argmax(todo))]
+        hit = values == v
+        inverse[hit] = len(uniq)
+        uniq.append(v)
+        todo &= ~hit
+    return np.asarray(uniq), inverse
+
+
 def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict) -> dict[str, np.ndarray]:
     """The effective bus bandwidth (B/s) of every collective of a stage, looked up on the profile's measured
     curves (costmodel.comm) at that collective's own size and group, for the rank layout (pp, dp, cp, tp), tp
@@ -89,7 +107,7 @@ def comm_inputs(p: HardwareProfile, gpus_per_node: int, knobs: dict, msgs: dict)
         if combo.size == 1 or combo.min() == combo.max():    # one layout (the tuner's case): no sort
             uniq, inverse = combo.reshape(-1)[:1], np.zeros(n, dtype=np.int64)
         else:
-            uniq, inverse = np.unique(np.broadcast_to(combo, (n,)), return_inverse=True)
+            uniq, inverse = _factorize(np.broadcast_to(combo, (n,)))
         for u, k in enumerate(uniq.tolist()):
             g, st, o = k // 4 // 2**24, k // 4 % 2**24, OPS[k % 4]
             if g <= 1:

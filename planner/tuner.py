@@ -657,11 +657,12 @@ def _tune(model, cluster, global_batch_size, seq_len, space, *, top_k, time_limi
     # time: the costly interleaved cases of deep pipelines, whose bounds are loose, then meet a good threshold,
     # and a time limit still returns a plan
     warm_until = t_start + 0.25 * time_limit_s
-    for _, _, gi, ls, s in sorted((item for item in queue if item[4].v == 1), key=lambda item: item[:2]):
-        if search.out_of_time() or (math.isfinite(search.threshold()) and time.perf_counter() > warm_until):
+    for lb, _, gi, ls, s in sorted((item for item in queue if item[4].v == 1), key=lambda item: item[:2]):
+        if search.out_of_time() or lb >= search.threshold() or \
+                (math.isfinite(search.threshold()) and time.perf_counter() > warm_until):
             break
-        if ls.g.pp > 1 and not ls.refine(s) < search.threshold():
-            continue                      # back in the queue with its refined bound (never below the old one)
+        if not ls.refine(s) < search.threshold():
+            continue                      # stays queued: its run skips the cases the refined bound rules out
         search_item(gi, ls, s)
     while queue:
         lb, _, gi, ls, s = queue[0]

@@ -75,9 +75,9 @@ def test_gpu_driver_packs_every_job_into_one_archive(tmp_path, monkeypatch):
 
 def test_gpu_driver_refuses_an_unknown_job(capsys):
     assert gpu_run.main(["--out", "x", "nope"]) == 2
-    assert "unknown job nope" in capsys.readouterr().err
+    assert "unknown job or cap nope" in capsys.readouterr().err
     assert gpu_run.main(["--out", "x", "profile:soon"]) == 2
-    assert "unknown job profile:soon" in capsys.readouterr().err
+    assert "unknown job or cap profile:soon" in capsys.readouterr().err
 
 
 def test_grid_files_hold_the_tuner_plan_and_eight_alternatives():

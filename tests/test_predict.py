@@ -131,3 +131,14 @@ def test_pipeline_receive_buffers_grow_with_the_micro_batch_count():
     one_stage = predict(m, "1xh200", parse_plan(dict(global_batch_size=16, micro_batch_size=1, seq_len=4096,
                                                           dp=1, tp=1, pp=1, zero=2, recompute="full")))
     assert one_stage.memory_breakdown.get("pipeline_buffers", 0.0) == 0.0
+
+
+@pytest.mark.parametrize("values", [[7, 7, 3, 9, 3, 7], list(range(20)) * 2, [5]])
+def test_collective_groups_factorise_as_unique_does(values):
+    """costmodel.stage groups a stage table's rows by (group, stride, op) without a sort; every row maps back to
+    its own value and the distinct values are each listed once, past the compare passes too (20 values)."""
+    import numpy as np
+    from costmodel.stage import _factorize
+    a = np.asarray(values, dtype=np.int64)
+    uniq, inverse = _factorize(a)
+    assert (uniq[inverse] == a).all() and sorted(uniq.tolist()) == sorted(set(values))

@@ -4,10 +4,10 @@
     python -m benchmarks.gpu.run --list
 
 Each job is one command of this repository (the table ``JOBS``); a job gets what is left of the budget, at most its
-own cap (or the SECONDS given after its name), and is stopped when that runs out (what it wrote so far stays). Wheels in ``.whl/`` (torchao, TorchTitan
-and their needs; not in git) are installed into ``/tmp/site`` first. The last lines printed are a table of the
-jobs: exit code, seconds, log file. ``--pack`` then folds everything under OUT into OUT/results.tar.gz (the device
-tool brings back at most 8 files; every job writes several).
+own cap (or the SECONDS given after its name), and is stopped when that runs out (what it wrote so far stays).
+Wheels in ``.whl/`` (torchao, TorchTitan and their needs; not in git) are installed into ``/tmp/site`` first. The
+last lines printed are a table of the jobs: exit code, seconds, log file. ``--pack`` then folds everything under OUT
+into OUT/results.tar.gz (the device tool brings back at most 8 files; every job writes several).
 """
 from __future__ import annotations
 
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [j for j in a.jobs if j.partition(":")[0] not in JOBS or not _seconds_ok(j.partition(":")[2])]
     if unknown:
-        print(f"error: unknown job {', '.join(unknown)}; jobs: {', '.join(JOBS)}", file=sys.stderr)
+        print(f"error: unknown job or cap {', '.join(unknown)}; use JOB or JOB:SECONDS (SECONDS > 0) with JOB one "
+              f"of {', '.join(JOBS)}", file=sys.stderr)
         return 2
     rows = run(a.jobs, Path(a.out), a.budget_s)
     print("| job | exit | seconds | log |\n|---|---:|---:|---|")
