@@ -28,17 +28,15 @@ import dataclasses
 import json
 import statistics
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 import torch
 import torch.nn.functional as F
-import yaml
 
 from benchmarks.rehearse import summary_lines, table_lines
-from costmodel import ModelSpec, load_cluster, load_model, parse_plan
+from costmodel import ModelSpec, load_cluster, load_model
 from costmodel.hardware import profile_for, profile_name_for_gpu
 from costmodel.memory import FP32, BF16, cp_buffer_bytes
 from costmodel.stage import all_symbols, hardware_inputs, lambdify_modules, model_inputs
@@ -148,17 +146,9 @@ def part_attention(out: Path, device: torch.device, smoke: bool, budget_end: flo
 def part_roles(out: Path, path: str, smoke: bool, only: list[str] | None, budget_end: float) -> list[dict]:
     """Part 2: rehearse the roles of cp_roles.yaml while the budget lasts."""
     from launcher.gputools.rehearse import rehearse
+    from benchmarks.gpu.rehearse_roles import role_entries
     lines, skipped = [], []
-    for e in yaml.safe_load(ROLES.read_text()):
-        if only and e["name"] not in only:
-            continue
-        if time.monotonic() > budget_end:
-            skipped.append(e["name"])
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan = parse_plan(e["plan"], e["name"])
-        model = load_model(e["model"])
+    for e, plan, model in role_entries(ROLES, only, budget_end, skipped):
         if smoke:   # the tiny model, the plan's layout, a short sequence
             model = dataclasses.replace(SMOKE_MODEL, name=f"smoke-{model.name}")
             plan = plan.replace(seq_len=16 * plan.cp * plan.tp)

@@ -35,6 +35,21 @@ def _ranks(entry: dict, plan) -> list[int] | None:
     return None if entry["ranks"] == "roles" else list(entry["ranks"])
 
 
+def role_entries(path: Path, only: list[str] | None, end: float, skipped: list[str]):
+    """(entry, its plan, its model) of each role of a roles file in file order (``only``: the names to run, None:
+    all) while ``time.monotonic()`` is before ``end``; the names the budget did not reach go in ``skipped``."""
+    for e in yaml.safe_load(path.read_text()):
+        if only and e["name"] not in only:
+            continue
+        if time.monotonic() > end:
+            skipped.append(e["name"])
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plan = parse_plan(e["plan"], e["name"])
+        yield e, plan, load_model(e["model"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="folder for rehearse.jsonl")
@@ -47,17 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rehearse.jsonl"
-    t0, lines, skipped = time.monotonic(), [], []
-    for e in yaml.safe_load(Path(a.cases).read_text()):
-        if a.only and e["name"] not in a.only:
-            continue
-        if time.monotonic() - t0 > a.budget_s:
-            skipped.append(e["name"])
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            plan = parse_plan(e["plan"], e["name"])
-        model = load_model(e["model"])
+    lines, skipped = [], []
+    for e, plan, model in role_entries(Path(a.cases), a.only, time.monotonic() + a.budget_s, skipped):
         if a.cpu_smoke:   # the tiny model: 4 heads per TP rank, the plan's layout, a short sequence
             moe = dict(num_experts=16, num_experts_per_tok=2, moe_intermediate_size=32,
                        num_shared_experts=min(model.num_shared_experts, 1)) if model.is_moe else {}
