@@ -70,9 +70,6 @@ class StageView:
         """Global indices of the blocks whose Linears run in float8 (the first fp8 blocks of each stage)."""
         return [s + i for s, k in zip(self.first_block, self.fp8) for i in range(k)]
 
-    def state_offload_blocks(self) -> list[int]:
-        return [s + i for s, k in zip(self.first_block, self.offload_state) for i in range(k)]
-
 
 def stage_view(plan: Plan, model: ModelSpec) -> StageView:
     L = model.num_hidden_layers
